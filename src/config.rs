@@ -1,0 +1,355 @@
+//! Settings: the positional load/command arguments, their validation, and
+//! the module configs (`CONFIG SET key_evt_amqp.*`) that tune the pipeline.
+
+use crate::event::{BadEventType, EventTypes};
+use crate::keymask::KeyMasks;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use thiserror::Error;
+
+/// A bad argument; the message names it and never echoes a password.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// An argument that does not parse or is out of range.
+    #[error("invalid {name} '{value}': {reason}")]
+    Invalid {
+        /// The argument's name.
+        name: &'static str,
+        /// The value given (never a password).
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A bad event-type string.
+    #[error("invalid event_types: {0}")]
+    EventTypes(#[from] BadEventType),
+    /// A command that needs arguments got none.
+    #[error("wrong number of arguments")]
+    Arity,
+}
+
+/// Connection settings for the broker.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpSettings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// User name.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+    /// Heartbeat in seconds (0 turns heartbeats off).
+    pub heartbeat: u16,
+    /// Exchange to publish to.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// 1 non-persistent, 2 persistent.
+    pub delivery_mode: u8,
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("heartbeat", &self.heartbeat)
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .field("delivery_mode", &self.delivery_mode)
+            .finish()
+    }
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5672,
+            user: "guest".into(),
+            password: "guest".into(),
+            heartbeat: 30,
+            exchange: "amq.direct".into(),
+            routing_key: "redis_keyspace_events".into(),
+            delivery_mode: 1,
+        }
+    }
+}
+
+/// Everything the positional arguments set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Broker connection.
+    pub amqp: AmqpSettings,
+    /// >0 cap, 0 unlimited, <0 off.
+    pub fallback_size: i64,
+    /// Which keys are forwarded.
+    pub masks: KeyMasks,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            amqp: AmqpSettings::default(),
+            fallback_size: 10_000_000,
+            masks: KeyMasks::None,
+        }
+    }
+}
+
+/// The names of the positional arguments after the event types, in order.
+pub const ARG_NAMES: [&str; 10] = [
+    "host",
+    "port",
+    "user",
+    "password",
+    "heartbeat",
+    "exchange",
+    "routing_key",
+    "delivery_mode",
+    "fallback_storage_size",
+    "key_mask",
+];
+
+fn text(name: &'static str, v: &[u8], max: usize) -> Result<String, ConfigError> {
+    let invalid = |reason| ConfigError::Invalid {
+        name,
+        value: if name == "password" {
+            "***".into()
+        } else {
+            String::from_utf8_lossy(v).into_owned()
+        },
+        reason,
+    };
+    let s = std::str::from_utf8(v).map_err(|_| invalid("must be UTF-8"))?;
+    if s.len() > max {
+        return Err(invalid("too long (255 bytes at most)"));
+    }
+    Ok(s.to_owned())
+}
+
+fn number<T: std::str::FromStr>(
+    name: &'static str,
+    v: &[u8],
+    reason: &'static str,
+) -> Result<T, ConfigError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ConfigError::Invalid {
+            name,
+            value: String::from_utf8_lossy(v).into_owned(),
+            reason,
+        })
+}
+
+/// Parses `fallback_storage_size`.
+pub fn parse_fallback_size(v: &[u8]) -> Result<i64, ConfigError> {
+    number("fallback_storage_size", v, "must be an integer")
+}
+
+impl Settings {
+    /// Returns a copy with the positional arguments (host first) applied.
+    /// Arguments not given keep their current value; masks given replace the old ones.
+    pub fn with_args<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Self, ConfigError> {
+        let mut s = self.clone();
+        for (i, arg) in args.iter().take(9).enumerate() {
+            let v = arg.as_ref();
+            match i {
+                0 => {
+                    s.amqp.host = text("host", v, 255)?;
+                    if s.amqp.host.is_empty() {
+                        return Err(ConfigError::Invalid {
+                            name: "host",
+                            value: String::new(),
+                            reason: "must not be empty",
+                        });
+                    }
+                }
+                1 => {
+                    let port: u32 = number("port", v, "must be 1..65535")?;
+                    s.amqp.port = u16::try_from(port)
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            name: "port",
+                            value: port.to_string(),
+                            reason: "must be 1..65535",
+                        })?;
+                }
+                2 => s.amqp.user = text("user", v, 255)?,
+                3 => s.amqp.password = text("password", v, 255)?,
+                4 => s.amqp.heartbeat = number("heartbeat", v, "must be 0..65535 seconds")?,
+                5 => s.amqp.exchange = text("exchange", v, 255)?,
+                6 => s.amqp.routing_key = text("routing_key", v, 255)?,
+                7 => {
+                    s.amqp.delivery_mode = match v {
+                        b"1" => 1,
+                        b"2" => 2,
+                        _ => {
+                            return Err(ConfigError::Invalid {
+                                name: "delivery_mode",
+                                value: String::from_utf8_lossy(v).into_owned(),
+                                reason: "must be 1 (non-persistent) or 2 (persistent)",
+                            })
+                        }
+                    }
+                }
+                _ => s.fallback_size = parse_fallback_size(v)?,
+            }
+        }
+        if args.len() > 9 {
+            s.masks = KeyMasks::from_args(&args[9..]);
+        }
+        Ok(s)
+    }
+
+    /// Parses the load arguments: event types first, then [`Settings::with_args`].
+    pub fn from_load_args<A: AsRef<[u8]>>(args: &[A]) -> Result<(EventTypes, Self), ConfigError> {
+        let types = match args.first() {
+            Some(t) => EventTypes::parse(t.as_ref())?,
+            None => EventTypes::parse(b"xe")?,
+        };
+        let rest = args.get(1..).unwrap_or(&[]);
+        Ok((types, Self::default().with_args(rest)?))
+    }
+}
+
+/// A tunable held in an atomic and exposed as a module config.
+pub struct Tunable {
+    /// Config name without the module prefix.
+    pub name: &'static str,
+    /// Current value.
+    pub value: AtomicI64,
+    /// Default.
+    pub default: i64,
+    /// Smallest accepted value.
+    pub min: i64,
+    /// Largest accepted value.
+    pub max: i64,
+}
+
+impl Tunable {
+    const fn new(name: &'static str, default: i64, min: i64, max: i64) -> Self {
+        Self {
+            name,
+            value: AtomicI64::new(default),
+            default,
+            min,
+            max,
+        }
+    }
+
+    /// Current value.
+    #[inline]
+    pub fn get(&self) -> i64 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// Current value as a count.
+    #[inline]
+    pub fn get_usize(&self) -> usize {
+        usize::try_from(self.get()).unwrap_or(0)
+    }
+}
+
+/// `key_evt_amqp.flush-interval-ms`: how often the timer runs while there is work.
+pub static FLUSH_INTERVAL_MS: Tunable = Tunable::new("flush-interval-ms", 2, 1, 1000);
+/// `key_evt_amqp.queue-max-events`: in-memory queue bound in events; past it, spill to the list.
+pub static QUEUE_MAX_EVENTS: Tunable = Tunable::new("queue-max-events", 100_000, 1, 100_000_000);
+/// `key_evt_amqp.queue-max-bytes`: in-memory queue bound in bytes; past it, spill to the list.
+pub static QUEUE_MAX_BYTES: Tunable =
+    Tunable::new("queue-max-bytes", 64 << 20, 1024, 16 << 30);
+/// `key_evt_amqp.batch-size`: events handed to the AMQP side in one batch.
+pub static BATCH_SIZE: Tunable = Tunable::new("batch-size", 1024, 1, 100_000);
+/// `key_evt_amqp.inflight-max`: events published and not yet confirmed, at most.
+pub static INFLIGHT_MAX: Tunable = Tunable::new("inflight-max", 8192, 1, 1_000_000);
+
+/// `key_evt_amqp.reconnect-max-ms`: the cap of the reconnect backoff.
+pub static RECONNECT_MAX_MS: Tunable = Tunable::new("reconnect-max-ms", 5000, 100, 600_000);
+
+/// All integer tunables, for registration.
+pub static TUNABLES: [&Tunable; 6] = [
+    &FLUSH_INTERVAL_MS,
+    &QUEUE_MAX_EVENTS,
+    &QUEUE_MAX_BYTES,
+    &BATCH_SIZE,
+    &INFLIGHT_MAX,
+    &RECONNECT_MAX_MS,
+];
+
+/// `key_evt_amqp.fallback-key` (immutable): the fallback list key (a hash tag is added in cluster mode).
+pub static FALLBACK_KEY: Mutex<String> = Mutex::new(String::new());
+/// Default of [`FALLBACK_KEY`].
+pub const FALLBACK_KEY_DEFAULT: &str = "key_evt_amqp:fallback";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let (t, s) = Settings::from_load_args::<&[u8]>(&[]).unwrap();
+        assert_eq!(t.to_string(), "xe");
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.amqp.heartbeat, 30);
+        assert_eq!(s.amqp.exchange, "amq.direct");
+        assert_eq!(s.amqp.routing_key, "redis_keyspace_events");
+        assert_eq!(s.fallback_size, 10_000_000);
+        assert_eq!(s.masks, KeyMasks::None);
+    }
+
+    #[test]
+    fn spec_example() {
+        let args: Vec<&[u8]> = "xe 127.0.0.1 5672 user pass 20 exchange_name routing_key 2 10000000 ALL"
+            .split(' ')
+            .map(str::as_bytes)
+            .collect();
+        let (t, s) = Settings::from_load_args(&args).unwrap();
+        assert_eq!(t.to_string(), "xe");
+        assert_eq!(s.amqp.user, "user");
+        assert_eq!(s.amqp.password, "pass");
+        assert_eq!(s.amqp.heartbeat, 20);
+        assert_eq!(s.amqp.exchange, "exchange_name");
+        assert_eq!(s.amqp.delivery_mode, 2);
+        assert_eq!(s.masks, KeyMasks::All);
+    }
+
+    #[test]
+    fn partial_args_keep_the_rest() {
+        let base = Settings::default().with_args(&["h", "1", "u", "p", "5", "ex", "rk", "2", "-1", "^a"]).unwrap();
+        let s = base.with_args(&["other"]).unwrap();
+        assert_eq!(s.amqp.host, "other");
+        assert_eq!(s.amqp.exchange, "ex");
+        assert_eq!(s.fallback_size, -1);
+        assert_eq!(s.masks.count(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_argument() {
+        let bad = |args: &[&str]| Settings::default().with_args(args).unwrap_err().to_string();
+        assert!(bad(&["h", "0"]).contains("port"));
+        assert!(bad(&["h", "65536"]).contains("port"));
+        assert!(bad(&["h", "x"]).contains("port"));
+        assert!(bad(&["h", "1", "u", "p", "-3"]).contains("heartbeat"));
+        assert!(bad(&["h", "1", "u", "p", "1", "e", "r", "3"]).contains("delivery_mode"));
+        assert!(bad(&["h", "1", "u", "p", "1", "e", "r", "1", "ten"]).contains("fallback_storage_size"));
+        assert!(bad(&[""]).contains("host"));
+        let e = Settings::from_load_args(&["xq"]).unwrap_err().to_string();
+        assert!(e.contains("event_types") && e.contains('q'), "{e}");
+    }
+
+    #[test]
+    fn password_is_never_echoed() {
+        let e = Settings::default()
+            .with_args(&[&b"h"[..], b"1", b"u", b"\xffsecret"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password") && !e.contains("secret"), "{e}");
+        let s = Settings::default().with_args(&["h", "1", "u", "topsecret"]).unwrap();
+        assert!(!format!("{s:?}").contains("topsecret"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Event types and the message encoding.
+//!
+//! A *record* is what the module keeps in memory and in the fallback list:
+//! `<message_id>\n<timestamp>\n<body>`, where the body is the AMQP message
+//! body `<db>\n<event>\n<key>` (no trailing newline; the key is raw bytes).
+
+use std::fmt;
+use thiserror::Error;
+
+/// The keyspace-notification classes of Redis, as `RedisModule_SubscribeToKeyspaceEvents` flags.
+pub mod flags {
+    /// `g`
+    pub const GENERIC: i32 = 1 << 2;
+    /// `$`
+    pub const STRING: i32 = 1 << 3;
+    /// `l`
+    pub const LIST: i32 = 1 << 4;
+    /// `s`
+    pub const SET: i32 = 1 << 5;
+    /// `h`
+    pub const HASH: i32 = 1 << 6;
+    /// `z`
+    pub const ZSET: i32 = 1 << 7;
+    /// `x`
+    pub const EXPIRED: i32 = 1 << 8;
+    /// `e`
+    pub const EVICTED: i32 = 1 << 9;
+    /// `t`
+    pub const STREAM: i32 = 1 << 10;
+    /// `m`
+    pub const KEY_MISS: i32 = 1 << 11;
+    /// `n`
+    pub const NEW: i32 = 1 << 14;
+    /// `A`: `g$lshzxe`
+    pub const ALL: i32 = GENERIC | STRING | LIST | SET | HASH | ZSET | EXPIRED | EVICTED;
+}
+
+/// An invalid event-type string.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("unknown event type letter '{0}' (use g $ l s h z x e t n m A)")]
+pub struct BadEventType(pub char);
+
+/// The event classes the module subscribes to, fixed at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTypes(pub i32);
+
+impl EventTypes {
+    /// Parses a string such as `xe` or `A`.
+    pub fn parse(s: &[u8]) -> Result<Self, BadEventType> {
+        let mut mask = 0;
+        for &c in s {
+            mask |= match c {
+                b'g' => flags::GENERIC,
+                b'$' => flags::STRING,
+                b'l' => flags::LIST,
+                b's' => flags::SET,
+                b'h' => flags::HASH,
+                b'z' => flags::ZSET,
+                b'x' => flags::EXPIRED,
+                b'e' => flags::EVICTED,
+                b't' => flags::STREAM,
+                b'm' => flags::KEY_MISS,
+                b'n' => flags::NEW,
+                b'A' => flags::ALL,
+                other => return Err(BadEventType(other as char)),
+            };
+        }
+        if mask == 0 {
+            return Err(BadEventType(' '));
+        }
+        Ok(Self(mask))
+    }
+
+    /// True when the list class is subscribed (the fallback key then notifies us).
+    pub fn includes(self, flag: i32) -> bool {
+        self.0 & flag != 0
+    }
+}
+
+impl fmt::Display for EventTypes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const LETTERS: [(i32, char); 11] = [
+            (flags::GENERIC, 'g'),
+            (flags::STRING, '$'),
+            (flags::LIST, 'l'),
+            (flags::SET, 's'),
+            (flags::HASH, 'h'),
+            (flags::ZSET, 'z'),
+            (flags::EXPIRED, 'x'),
+            (flags::EVICTED, 'e'),
+            (flags::STREAM, 't'),
+            (flags::NEW, 'n'),
+            (flags::KEY_MISS, 'm'),
+        ];
+        for (flag, c) in LETTERS {
+            if self.0 & flag != 0 {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends the decimal form of `v` to `out` without going through `fmt`.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Builds records for one node: a fixed id prefix and a sequence number.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    prefix: Vec<u8>,
+    seq: u64,
+}
+
+impl Encoder {
+    /// `node` is a short id unique to this node and load (hex).
+    pub fn new(node: &str) -> Self {
+        let mut prefix = node.as_bytes().to_vec();
+        prefix.push(b'-');
+        Self { prefix, seq: 0 }
+    }
+
+    /// How many records this encoder made.
+    pub fn sequence(&self) -> u64 {
+        self.seq
+    }
+
+    /// Encodes one event into a record.
+    pub fn record(&mut self, now_secs: u64, db: i32, event: &[u8], key: &[u8]) -> Vec<u8> {
+        self.seq += 1;
+        let mut out =
+            Vec::with_capacity(self.prefix.len() + 20 + 12 + 12 + event.len() + key.len());
+        out.extend_from_slice(&self.prefix);
+        push_u64(&mut out, self.seq);
+        out.push(b'\n');
+        push_u64(&mut out, now_secs);
+        out.push(b'\n');
+        if db < 0 {
+            out.push(b'-');
+        }
+        push_u64(&mut out, u64::from(db.unsigned_abs()));
+        out.push(b'\n');
+        out.extend_from_slice(event);
+        out.push(b'\n');
+        out.extend_from_slice(key);
+        out
+    }
+}
+
+/// A record split into its parts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parts<'a> {
+    /// The AMQP `message_id`.
+    pub message_id: &'a str,
+    /// Seconds since the epoch, for the AMQP `timestamp`.
+    pub timestamp: u64,
+    /// The AMQP body.
+    pub body: &'a [u8],
+}
+
+/// Splits a record; `None` when it is not one (a foreign list element).
+pub fn split(record: &[u8]) -> Option<Parts<'_>> {
+    let a = memchr::memchr(b'\n', record)?;
+    let b = a + 1 + memchr::memchr(b'\n', &record[a + 1..])?;
+    let message_id = std::str::from_utf8(&record[..a]).ok()?;
+    let timestamp = std::str::from_utf8(&record[a + 1..b]).ok()?.parse().ok()?;
+    Some(Parts {
+        message_id,
+        timestamp,
+        body: &record[b + 1..],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types() {
+        assert_eq!(
+            EventTypes::parse(b"xe").unwrap().0,
+            flags::EXPIRED | flags::EVICTED
+        );
+        assert_eq!(EventTypes::parse(b"A").unwrap().0, flags::ALL);
+        assert_eq!(EventTypes::parse(b"A").unwrap().to_string(), "g$lshzxe");
+        assert_eq!(EventTypes::parse(b"tnm").unwrap().to_string(), "tnm");
+        assert_eq!(EventTypes::parse(b"xq"), Err(BadEventType('q')));
+        assert!(EventTypes::parse(b"").is_err());
+    }
+
+    #[test]
+    fn body_format_is_exact() {
+        let mut e = Encoder::new("abc");
+        let r = e.record(1700000000, 0, b"expire", b"redis_key_name");
+        assert_eq!(r, b"abc-1\n1700000000\n0\nexpire\nredis_key_name");
+        let p = split(&r).unwrap();
+        assert_eq!(p.message_id, "abc-1");
+        assert_eq!(p.timestamp, 1700000000);
+        assert_eq!(p.body, b"0\nexpire\nredis_key_name");
+        let r2 = e.record(5, 15, b"set", b"a\nb\x00\xff");
+        assert_eq!(split(&r2).unwrap().body, b"15\nset\na\nb\x00\xff");
+        assert_eq!(split(&r2).unwrap().message_id, "abc-2");
+    }
+
+    #[test]
+    fn foreign_elements_are_rejected() {
+        assert_eq!(split(b"no newline"), None);
+        assert_eq!(split(b"id\nnotanumber\nbody"), None);
+    }
+}

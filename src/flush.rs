@@ -1,0 +1,351 @@
+//! The timer: every few milliseconds on the main thread it collects what the
+//! AMQP side reported, trims confirmed records from the fallback list, hands
+//! new batches over, and spills to the list what cannot go now. It never waits.
+
+use crate::amqp::{Batch, Client, Outcome, Request, Settled};
+use crate::config::{BATCH_SIZE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS};
+use crate::guard;
+use crate::state::{self, InFlight, Link, State};
+use redis_module::{raw, Context};
+use std::os::raw::c_void;
+
+/// Timer period while there is nothing to do.
+const IDLE_INTERVAL_MS: i64 = 100;
+/// Ticks between checks of the list length when it is thought empty.
+const SYNC_EVERY_IDLE_TICKS: u64 = 5;
+
+/// Why records could not stay in memory.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Tail,
+    Head,
+}
+
+extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
+    guard::run("timer", || {
+        let ctx = Context::new(ctx);
+        state::with(|st| {
+            st.timer = None;
+            tick(&ctx, st);
+            arm(&ctx, st);
+        });
+    });
+}
+
+/// Arms the timer if none is armed, short when there is work.
+pub fn arm(ctx: &Context, st: &mut State) {
+    if st.timer.is_some() {
+        return;
+    }
+    let busy = !st.queue.is_empty()
+        || st.inflight_events > 0
+        || !st.returns.is_empty()
+        || (st.backlog.len > 0 && st.link == Link::Up && st.master);
+    let period = if busy { FLUSH_INTERVAL_MS.get() } else { IDLE_INTERVAL_MS };
+    st.timer_fast = busy;
+    // SAFETY: called on the main thread with a valid context.
+    let id = unsafe {
+        raw::RedisModule_CreateTimer.map(|f| {
+            f(ctx.ctx, period, Some(on_timer), std::ptr::null_mut())
+        })
+    };
+    st.timer = id;
+}
+
+/// Brings the timer forward after the first event lands in an empty queue.
+#[inline]
+pub fn hurry(ctx: &Context, st: &mut State) {
+    if st.timer_fast {
+        return;
+    }
+    if let Some(id) = st.timer.take() {
+        // SAFETY: main thread; the id came from CreateTimer.
+        unsafe {
+            if let Some(stop) = raw::RedisModule_StopTimer {
+                stop(ctx.ctx, id, std::ptr::null_mut());
+            }
+        }
+    }
+    arm(ctx, st);
+}
+
+fn client(st: &mut State) -> &Client {
+    st.client.get_or_insert_with(Client::start)
+}
+
+/// Asks the AMQP side to connect with the current settings.
+pub fn request_connect(st: &mut State) {
+    let settings = st.settings.amqp.clone();
+    client(st).send(Request::Connect(settings));
+    if st.link != Link::Up {
+        st.link = Link::Connecting;
+    }
+}
+
+/// Asks the AMQP side to disconnect and stay disconnected.
+pub fn request_disconnect(st: &mut State) {
+    if let Some(c) = &st.client {
+        c.send(Request::Disconnect);
+    }
+    st.link = Link::Closed;
+}
+
+fn log_link(ctx: &Context, st: &State, what: &str) {
+    ctx.log_notice(&format!(
+        "key_evt_amqp: {what} (broker {}:{})",
+        st.settings.amqp.host, st.settings.amqp.port
+    ));
+}
+
+fn collect(ctx: &Context, st: &mut State) {
+    while let Some(outcome) = st.client.as_ref().and_then(Client::poll) {
+        match outcome {
+            Outcome::Connected { generation } => {
+                st.generation = generation;
+                if st.link == Link::Closed {
+                    continue;
+                }
+                if st.link != Link::Up {
+                    log_link(ctx, st, "connected");
+                }
+                st.link = Link::Up;
+            }
+            Outcome::Down { error, retry_in_ms } => {
+                st.stats.reconnects += 1;
+                if st.link != Link::Closed {
+                    if st.link != Link::Down || st.last_error != error {
+                        log_link(
+                            ctx,
+                            st,
+                            &format!("connection down: {error}; retrying in {retry_in_ms} ms"),
+                        );
+                    }
+                    st.link = Link::Down;
+                }
+                st.set_error(error);
+            }
+            Outcome::Closed => {
+                if st.link == Link::Closed {
+                    log_link(ctx, st, "disconnected on request");
+                }
+            }
+            Outcome::Blocked(blocked) => {
+                if matches!(st.link, Link::Up | Link::Blocked) {
+                    st.link = if blocked { Link::Blocked } else { Link::Up };
+                    log_link(ctx, st, if blocked { "blocked by the broker" } else { "unblocked" });
+                }
+            }
+            Outcome::Settled(s) => {
+                if let Some(b) = st.inflight.iter_mut().find(|b| b.id == s.id) {
+                    b.settled = Some(s);
+                }
+            }
+        }
+    }
+}
+
+/// Applies settled batches, oldest first, and stops at the first unsettled one.
+fn settle(ctx: &Context, st: &mut State) {
+    let mut trim = 0usize;
+    while st.inflight.front().is_some_and(|b| b.settled.is_some()) {
+        let Some(mut b) = st.inflight.pop_front() else { break };
+        let Some(Settled { acked, nacked, error, .. }) = b.settled.take() else { break };
+        st.inflight_events -= b.count;
+        st.stats.confirmed += acked as u64;
+        st.stats.nacked += nacked as u64;
+        let failed = acked < b.count;
+        if let Some(e) = error {
+            st.set_error(e);
+        }
+        if b.from_list {
+            if b.epoch == st.backlog.epoch {
+                st.backlog.head_inflight = st.backlog.head_inflight.saturating_sub(b.count);
+                if !st.halted {
+                    trim += acked;
+                }
+            }
+        } else if failed && !b.stored {
+            let rest = b.records.split_off(acked);
+            st.returns.extend(rest);
+        }
+        if failed {
+            st.halted = true;
+        }
+    }
+    if trim > 0 {
+        if let Err(e) = st.backlog.trim_front(ctx, trim) {
+            st.set_error(format!("fallback trim: {e}"));
+        }
+    }
+    if st.halted && st.inflight.is_empty() {
+        st.halted = false;
+        st.backlog.head_inflight = 0;
+        let returns = std::mem::take(&mut st.returns);
+        store(ctx, st, returns, Store::Head);
+    }
+}
+
+/// Writes records to the fallback list, or drops and counts them by the rules.
+fn store(ctx: &Context, st: &mut State, records: Vec<Vec<u8>>, at: Store) {
+    if records.is_empty() {
+        return;
+    }
+    let n = records.len() as u64;
+    if st.settings.fallback_size < 0 {
+        st.stats.dropped += n;
+        st.stats.dropped_disabled += n;
+        return;
+    }
+    if !st.master {
+        st.stats.dropped += n;
+        st.stats.dropped_unwritable += n;
+        return;
+    }
+    let written = match at {
+        Store::Tail => st.backlog.append(ctx, &records),
+        Store::Head => st.backlog.prepend(ctx, &records),
+    };
+    match written {
+        Ok(()) => st.stats.stored += n,
+        Err(e) => {
+            st.stats.dropped += n;
+            st.stats.dropped_unwritable += n;
+            st.set_error(format!("fallback write: {e}"));
+            return;
+        }
+    }
+    let cap = u64::try_from(st.settings.fallback_size).unwrap_or(0);
+    match st.backlog.enforce_cap(ctx, cap) {
+        Ok(d) => {
+            st.stats.dropped += d;
+            st.stats.dropped_cap += d;
+        }
+        Err(e) => st.set_error(format!("fallback cap: {e}")),
+    }
+}
+
+/// Moves the whole in-memory queue to the tail of the list.
+pub fn spill(ctx: &Context, st: &mut State) {
+    if st.queue.is_empty() {
+        return;
+    }
+    if ctx.avoid_replication_traffic() && st.settings.fallback_size >= 0 {
+        // CLIENT PAUSE or failover: hold in memory, within the bounds.
+        return;
+    }
+    let records = st.queue.take_all();
+    store(ctx, st, records, Store::Tail);
+}
+
+fn send(st: &mut State, records: Vec<Vec<u8>>, from_list: bool) {
+    let id = st.next_batch;
+    st.next_batch += 1;
+    let batch = Batch::new(id, st.generation, &records);
+    let count = batch.len();
+    st.inflight_events += count;
+    st.stats.published += count as u64;
+    st.inflight.push_back(InFlight {
+        id,
+        from_list,
+        epoch: st.backlog.epoch,
+        count,
+        records: if from_list { Vec::new() } else { records },
+        stored: false,
+        settled: None,
+    });
+    client(st).send(Request::Publish(batch));
+}
+
+/// One flush.
+pub fn tick(ctx: &Context, st: &mut State) {
+    st.ticks += 1;
+    collect(ctx, st);
+    settle(ctx, st);
+    if !st.master {
+        // Demoted: nothing new is queued; what is left cannot be stored here.
+        let n = st.queue.take_all().len() as u64;
+        st.stats.dropped += n;
+        st.stats.dropped_unwritable += n;
+        if st.inflight.is_empty() && matches!(st.link, Link::Up | Link::Down | Link::Connecting | Link::Blocked) {
+            request_disconnect(st);
+            st.link = Link::Idle;
+        }
+        return;
+    }
+    if st.loading {
+        return;
+    }
+    if st.backlog.len > 0 || st.ticks % SYNC_EVERY_IDLE_TICKS == 0 {
+        match st.backlog.sync_len(ctx) {
+            Ok(lost) if lost > 0 => {
+                st.stats.lost += lost;
+                ctx.log_warning(&format!(
+                    "key_evt_amqp: {lost} events vanished from the fallback list {}",
+                    st.backlog.key
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => st.set_error(format!("fallback read: {e}")),
+        }
+    }
+    let has_work = !st.queue.is_empty() || st.backlog.len > 0;
+    if st.link == Link::Idle && has_work {
+        request_connect(st);
+    }
+    if st.link == Link::Up && !st.halted {
+        let window = INFLIGHT_MAX.get_usize();
+        let batch = BATCH_SIZE.get_usize().max(1);
+        let list_mode = match st.inflight.front() {
+            Some(b) => b.from_list,
+            None => st.backlog.len > 0,
+        };
+        if list_mode {
+            // The backlog goes first; newer events queue behind it in the list.
+            spill(ctx, st);
+            while st.inflight_events < window
+                && (st.backlog.head_inflight as u64) < st.backlog.len
+            {
+                let n = batch.min(window - st.inflight_events);
+                match st.backlog.read(ctx, n) {
+                    Ok(records) if !records.is_empty() => send(st, records, true),
+                    Ok(_) => break,
+                    Err(e) => {
+                        st.set_error(format!("fallback read: {e}"));
+                        break;
+                    }
+                }
+            }
+        } else {
+            while st.inflight_events < window && !st.queue.is_empty() {
+                let n = batch.min(window - st.inflight_events);
+                let records = st.queue.take(n);
+                send(st, records, false);
+            }
+        }
+    }
+    match st.link {
+        Link::Up | Link::Connecting | Link::Idle => {
+            if st.queue.over(QUEUE_MAX_EVENTS.get_usize(), QUEUE_MAX_BYTES.get_usize()) {
+                spill(ctx, st);
+            }
+        }
+        Link::Down | Link::Closed | Link::Blocked => spill(ctx, st),
+    }
+}
+
+/// Writes everything held only in memory to the list (before SHUTDOWN).
+pub fn persist_memory(ctx: &Context, st: &mut State) {
+    if !st.master || st.loading {
+        return;
+    }
+    collect(ctx, st);
+    settle(ctx, st);
+    let mut older: Vec<Vec<u8>> = std::mem::take(&mut st.returns);
+    for b in st.inflight.iter_mut().filter(|b| !b.from_list && !b.stored) {
+        b.stored = true;
+        older.extend(b.records.iter().cloned());
+    }
+    store(ctx, st, older, Store::Head);
+    let records = st.queue.take_all();
+    store(ctx, st, records, Store::Tail);
+}

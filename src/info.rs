@@ -1,0 +1,114 @@
+//! Counters and the `INFO key_evt_amqp` section.
+
+use redis_module::{InfoContext, RedisResult};
+
+/// Event counters since load. Every accepted event ends up in exactly one
+/// of: confirmed, still queued/in flight/stored, dropped, lost.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Notifications received while forwarding (before the key filter).
+    pub seen: u64,
+    /// Events that matched a key mask and were queued.
+    pub accepted: u64,
+    /// Records handed to the broker (including re-sends).
+    pub published: u64,
+    /// Records the broker acked.
+    pub confirmed: u64,
+    /// Records the broker nacked.
+    pub nacked: u64,
+    /// Records written to the fallback list (spills and returns).
+    pub stored: u64,
+    /// Records dropped under a documented rule (fallback off, cap, write refused).
+    pub dropped: u64,
+    /// Of `dropped`: the oldest records trimmed by the fallback cap.
+    pub dropped_cap: u64,
+    /// Of `dropped`: undeliverable records while the fallback is off (size < 0).
+    pub dropped_disabled: u64,
+    /// Of `dropped`: records the list refused (OOM, WRONGTYPE) or that a demoted node could not store.
+    pub dropped_unwritable: u64,
+    /// Records that vanished from the fallback list behind the module's back (DEL, FLUSHALL, eviction).
+    pub lost: u64,
+    /// Connection attempts that failed or connections that were lost.
+    pub reconnects: u64,
+    /// Events ignored while loading, on a replica, or about the fallback key.
+    pub skipped: u64,
+}
+
+/// A snapshot of everything INFO shows.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Counters.
+    pub stats: Stats,
+    /// Connection state name.
+    pub connection: &'static str,
+    /// Role as the module sees it.
+    pub role: &'static str,
+    /// True when this node forwards.
+    pub forwarding: bool,
+    /// Records in memory.
+    pub queue_len: usize,
+    /// Bytes in memory.
+    pub queue_bytes: usize,
+    /// Records published and not settled.
+    pub inflight: usize,
+    /// Records in the fallback list.
+    pub fallback_len: u64,
+    /// The fallback key.
+    pub fallback_key: String,
+    /// The fallback cap.
+    pub fallback_size: i64,
+    /// The subscribed event types.
+    pub event_types: String,
+    /// Key masks.
+    pub keymasks: String,
+    /// Broker address (no credentials).
+    pub broker: String,
+    /// The last error, if any.
+    pub last_error: String,
+}
+
+/// Writes the section; field names get the `key_evt_amqp_` prefix from Redis.
+pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
+    let st = &s.stats;
+    let mut section = ctx.builder().add_section("");
+    let text = [
+        ("connection", s.connection.to_string()),
+        ("role", s.role.to_string()),
+        ("forwarding", if s.forwarding { "yes" } else { "no" }.to_string()),
+        ("broker", s.broker.clone()),
+        ("event_types", s.event_types.clone()),
+        ("keymasks", s.keymasks.clone()),
+        ("fallback_key", s.fallback_key.clone()),
+        ("last_error", s.last_error.replace(['\r', '\n'], " ")),
+    ];
+    for (name, value) in text {
+        section = section.field(name, value)?;
+    }
+    let numbers = [
+        ("events_seen", st.seen),
+        ("events_accepted", st.accepted),
+        ("events_forwarded", st.published),
+        ("events_confirmed", st.confirmed),
+        ("events_nacked", st.nacked),
+        ("events_stored", st.stored),
+        ("events_dropped", st.dropped),
+        ("events_dropped_cap", st.dropped_cap),
+        ("events_dropped_disabled", st.dropped_disabled),
+        ("events_dropped_unwritable", st.dropped_unwritable),
+        ("events_lost", st.lost),
+        ("events_skipped", st.skipped),
+        ("queue_len", s.queue_len as u64),
+        ("queue_bytes", s.queue_bytes as u64),
+        ("inflight", s.inflight as u64),
+        ("fallback_len", s.fallback_len),
+        ("reconnects", st.reconnects),
+    ];
+    for (name, value) in numbers {
+        section = section.field(name, value)?;
+    }
+    section
+        .field("fallback_size", s.fallback_size)?
+        .build_section()?
+        .build_info()?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `key_evt_amqp`: forwards Redis keyspace events to RabbitMQ.
+//!
+//! Data flow, one file per step:
+//! `notify` (filter, encode, enqueue) → `queue` → `flush` (timer) →
+//! `amqp` (lapin, on its executor, behind channels) → confirmed, or
+//! `fallback` (a Redis list). `commands`, `cluster` and `info` steer and show it.
+
+pub mod amqp;
+pub mod cluster;
+pub mod commands;
+pub mod config;
+pub mod event;
+pub mod fallback;
+pub mod flush;
+pub mod guard;
+pub mod info;
+pub mod keymask;
+pub mod lifecycle;
+pub mod notify;
+pub mod queue;
+pub mod state;
+
+use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
+
+/// The module name registered with Redis.
+pub const MODULE_NAME: &str = "key_evt_amqp";
+
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    guard::run("load", || lifecycle::load(ctx, args)).unwrap_or(Status::Err)
+}
+
+fn deinit(ctx: &Context) -> Status {
+    lifecycle::refuse_unload(ctx)
+}
+
+#[redis_module_macros::info_command_handler]
+fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
+    guard::run("info", || lifecycle::info(ctx)).unwrap_or(Ok(()))
+}
+
+redis_module! {
+    name: MODULE_NAME,
+    version: 1,
+    allocator: (std::alloc::System, std::alloc::System),
+    data_types: [],
+    init: init,
+    deinit: deinit,
+    commands: [
+        ["key_evt_amqp.config_set", commands::config_set, "", 0, 0, 0, ""],
+        ["key_evt_amqp.connect", commands::connect, "", 0, 0, 0, ""],
+        ["key_evt_amqp.disconnect", commands::disconnect, "", 0, 0, 0, ""],
+        ["key_evt_amqp.fallback_storage_size_set", commands::fallback_storage_size_set, "", 0, 0, 0, ""],
+        ["key_evt_amqp.keymask_clean", commands::keymask_clean, "", 0, 0, 0, ""],
+        ["key_evt_amqp.keymask_add", commands::keymask_add, "", 0, 0, 0, ""],
+        ["key_evt_amqp.keymask_set", commands::keymask_set, "", 0, 0, 0, ""],
+    ],
+}

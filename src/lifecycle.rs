@@ -1,0 +1,228 @@
+//! Load, unload, server events (loading, shutdown) and the INFO snapshot.
+
+use crate::config::{Settings, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, TUNABLES};
+use crate::event::Encoder;
+use crate::fallback::Backlog;
+use crate::info::{self, Snapshot};
+use crate::state::{self, Link, State};
+use crate::{cluster, flush, guard, notify};
+use redis_module::configuration::{
+    register_i64_configuration, register_string_configuration, ConfigurationFlags,
+};
+use redis_module::{raw, Context, ContextFlags, InfoContext, RedisResult, RedisString, Status};
+use std::collections::VecDeque;
+use std::os::raw::c_void;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// Module option that Valkey 9 needs for atomic slot migration.
+const HANDLE_ATOMIC_SLOT_MIGRATION: i32 = 1 << 5;
+
+/// A long-lived context for the SHUTDOWN filter (it gets none of its own).
+static DETACHED: AtomicPtr<raw::RedisModuleCtx> = AtomicPtr::new(std::ptr::null_mut());
+
+fn node_tag() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+fn register_configs(ctx: &Context) {
+    for t in TUNABLES {
+        register_i64_configuration(
+            ctx,
+            t.name,
+            &t.value,
+            t.default,
+            t.min,
+            t.max,
+            ConfigurationFlags::DEFAULT,
+            None,
+        );
+    }
+    register_string_configuration(
+        ctx,
+        "fallback-key",
+        &FALLBACK_KEY,
+        FALLBACK_KEY_DEFAULT,
+        ConfigurationFlags::IMMUTABLE,
+        None,
+    );
+    // SAFETY: OnLoad, valid context.
+    unsafe {
+        if let Some(load) = raw::RedisModule_LoadConfigs {
+            load(ctx.ctx);
+        }
+    }
+}
+
+fn is_valkey_9(ctx: &Context) -> bool {
+    let info = match ctx.call("INFO", &["server"]) {
+        Ok(redis_module::RedisValue::SimpleString(s)) | Ok(redis_module::RedisValue::BulkString(s)) => s,
+        _ => return false,
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("valkey_version:"))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse::<u32>().ok())
+        .is_some_and(|m| m >= 9)
+}
+
+/// `MODULE LOAD` / `loadmodule`.
+pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
+    guard::install_panic_hook();
+    let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+    let (types, settings) = match Settings::from_load_args(&raw_args) {
+        Ok(v) => v,
+        Err(e) => {
+            ctx.log_warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
+            return Status::Err;
+        }
+    };
+    register_configs(ctx);
+    let flags = ctx.get_flags();
+    let is_cluster = flags.contains(ContextFlags::CLUSTER);
+    let master = !flags.contains(ContextFlags::SLAVE);
+    let base = FALLBACK_KEY
+        .lock()
+        .map(|k| k.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    let base = if base.is_empty() { FALLBACK_KEY_DEFAULT.to_string() } else { base };
+    let key = if is_cluster { cluster::backlog_key(&base, &[]) } else { base.clone() };
+    let tag = node_tag();
+    ctx.log_notice(&format!(
+        "key_evt_amqp: loaded; events '{types}', broker {}:{}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
+        settings.amqp.host, settings.amqp.port, settings.amqp.exchange, settings.amqp.routing_key
+    ));
+    state::install(State {
+        types,
+        settings,
+        encoder: Encoder::new(&tag),
+        queue: Default::default(),
+        backlog: Backlog::new(key, base),
+        inflight: VecDeque::new(),
+        inflight_events: 0,
+        client: None,
+        link: Link::Idle,
+        generation: 0,
+        next_batch: 1,
+        halted: false,
+        returns: Vec::new(),
+        stats: Default::default(),
+        master,
+        loading: flags.contains(ContextFlags::LOADING),
+        timer_fast: false,
+        timer: None,
+        ticks: 0,
+        last_error: String::new(),
+        cluster: is_cluster,
+    });
+    if !notify::subscribe(ctx, types.0) {
+        ctx.log_warning("key_evt_amqp: MODULE LOAD refused: cannot subscribe to keyspace events");
+        return Status::Err;
+    }
+    cluster::register(ctx, is_cluster);
+    // SAFETY: OnLoad, valid context; these are plain registrations.
+    unsafe {
+        if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
+            let ev = raw::RedisModuleEvent {
+                id: raw::REDISMODULE_EVENT_LOADING as u64,
+                dataver: 1,
+            };
+            sub(ctx.ctx, ev, Some(on_loading));
+        }
+        if let Some(detach) = raw::RedisModule_GetDetachedThreadSafeContext {
+            DETACHED.store(detach(ctx.ctx), Ordering::Release);
+        }
+        if let Some(reg) = raw::RedisModule_RegisterCommandFilter {
+            reg(ctx.ctx, Some(on_command), raw::REDISMODULE_CMDFILTER_NOSELF as i32);
+        }
+        if is_valkey_9(ctx) {
+            if let Some(set) = raw::RedisModule_SetModuleOptions {
+                set(ctx.ctx, HANDLE_ATOMIC_SLOT_MIGRATION);
+            }
+        }
+    }
+    state::with(|st| flush::arm(ctx, st));
+    Status::Ok
+}
+
+/// `MODULE UNLOAD` is refused: lapin's threads would run code from an unloaded library.
+pub fn refuse_unload(ctx: &Context) -> Status {
+    ctx.log_warning(
+        "key_evt_amqp: MODULE UNLOAD refused: the AMQP threads cannot be stopped safely; restart the server instead",
+    );
+    Status::Err
+}
+
+extern "C" fn on_loading(
+    _ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    _data: *mut c_void,
+) {
+    guard::run("loading event", || {
+        let ended = subevent == u64::from(raw::REDISMODULE_SUBEVENT_LOADING_ENDED)
+            || subevent == u64::from(raw::REDISMODULE_SUBEVENT_LOADING_FAILED);
+        state::with(|st| {
+            st.loading = !ended;
+            if ended {
+                // What was loaded may hold a backlog: read its length next tick.
+                st.backlog.epoch += 1;
+            }
+        });
+    });
+}
+
+/// Sees every command before it runs; on SHUTDOWN, writes what is only in memory to the list.
+extern "C" fn on_command(filter: *mut raw::RedisModuleCommandFilterCtx) {
+    guard::run("command filter", || {
+        // SAFETY: Redis passes a valid filter context; argument 0 is the command name.
+        let name = unsafe {
+            match raw::RedisModule_CommandFilterArgGet {
+                Some(get) => get(filter, 0),
+                None => return,
+            }
+        };
+        if name.is_null() {
+            return;
+        }
+        let name = RedisString::string_as_slice(name);
+        if !name.eq_ignore_ascii_case(b"shutdown") {
+            return;
+        }
+        let ptr = DETACHED.load(Ordering::Acquire);
+        if ptr.is_null() {
+            return;
+        }
+        let ctx = Context::new(ptr);
+        state::with(|st| flush::persist_memory(&ctx, st));
+    });
+}
+
+/// Fills `INFO key_evt_amqp`.
+pub fn info(ctx: &InfoContext) -> RedisResult<()> {
+    let snap = state::with(|st| Snapshot {
+        stats: st.stats.clone(),
+        connection: st.link.name(),
+        role: if st.master { "master" } else { "replica" },
+        forwarding: st.master && !st.loading,
+        queue_len: st.queue.len(),
+        queue_bytes: st.queue.bytes(),
+        inflight: st.inflight_events,
+        fallback_len: st.backlog.len,
+        fallback_key: st.backlog.key.clone(),
+        fallback_size: st.settings.fallback_size,
+        event_types: st.types.to_string(),
+        keymasks: st.settings.masks.describe(),
+        broker: format!("{}:{}", st.settings.amqp.host, st.settings.amqp.port),
+        last_error: st.last_error.clone(),
+    })
+    .unwrap_or_default();
+    info::render(ctx, &snap)
+}

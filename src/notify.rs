@@ -1,0 +1,56 @@
+//! The keyspace-notification callback: filter, encode, enqueue. No I/O.
+
+use crate::{flush, guard, state};
+use redis_module::{raw, Context, RedisString};
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Subscribes to the chosen event classes.
+pub fn subscribe(ctx: &Context, types: i32) -> bool {
+    // SAFETY: called from OnLoad with a valid context.
+    unsafe {
+        raw::RedisModule_SubscribeToKeyspaceEvents
+            .map(|f| f(ctx.ctx, types, Some(on_keyspace_event)))
+            == Some(raw::Status::Ok as c_int)
+    }
+}
+
+extern "C" fn on_keyspace_event(
+    ctx: *mut raw::RedisModuleCtx,
+    _class: c_int,
+    event: *const c_char,
+    key: *mut raw::RedisModuleString,
+) -> c_int {
+    guard::run("keyspace notification", || {
+        if event.is_null() || key.is_null() {
+            return;
+        }
+        // SAFETY: Redis passes a NUL-terminated event name and a live key string.
+        let event = unsafe { CStr::from_ptr(event) }.to_bytes();
+        let key = RedisString::string_as_slice(key);
+        state::with(|st| {
+            if !st.master || st.loading {
+                st.stats.skipped += 1;
+                return;
+            }
+            st.stats.seen += 1;
+            if key.starts_with(st.backlog.key_prefix.as_bytes()) || !st.settings.masks.matches(key) {
+                return;
+            }
+            // SAFETY: valid context from Redis.
+            let db = unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx)) };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let record = st.encoder.record(now, db, event, key);
+            st.stats.accepted += 1;
+            let was_empty = st.queue.is_empty();
+            st.queue.push(record);
+            if was_empty {
+                flush::hurry(&Context::new(ctx), st);
+            }
+        });
+    });
+    0
+}

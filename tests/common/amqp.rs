@@ -1,0 +1,224 @@
+//! The consuming side of the tests: a per-test durable exchange and queue on
+//! a real RabbitMQ, read with basic.get on short-lived connections so that it
+//! survives broker restarts.
+
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::time::{Duration, Instant};
+
+/// One consumed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    /// The body.
+    pub body: Vec<u8>,
+    /// `message_id` property.
+    pub message_id: String,
+    /// `timestamp` property.
+    pub timestamp: u64,
+    /// `content_type` property.
+    pub content_type: String,
+    /// `delivery_mode` property.
+    pub delivery_mode: u8,
+    /// The routing key it was published with.
+    pub routing_key: String,
+}
+
+impl Msg {
+    /// The body as (db, event, key).
+    pub fn parts(&self) -> (String, String, Vec<u8>) {
+        let mut it = self.body.splitn(3, |b| *b == b'\n');
+        let db = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
+        let ev = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
+        (db, ev, it.next().unwrap_or_default().to_vec())
+    }
+
+    /// The key as text.
+    pub fn key(&self) -> String {
+        String::from_utf8_lossy(&self.parts().2).into_owned()
+    }
+}
+
+/// A durable direct exchange bound to a durable queue, both unique to a test.
+pub struct Sink {
+    /// Broker port.
+    pub port: u16,
+    /// Exchange name.
+    pub exchange: String,
+    /// Queue name.
+    pub queue: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// Everything received so far, in order.
+    pub received: Vec<Msg>,
+}
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    async_global_executor::block_on(f)
+}
+
+async fn channel(port: u16) -> lapin::Result<(Connection, Channel)> {
+    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f?connection_timeout=5000");
+    let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    Ok((conn, ch))
+}
+
+impl Sink {
+    /// Declares a fresh exchange, queue and binding on the broker at `port`.
+    pub fn new(port: u16) -> Self {
+        let s = Self {
+            port,
+            exchange: super::unique("kea-x"),
+            queue: super::unique("kea-q"),
+            routing_key: super::unique("rk"),
+            received: Vec::new(),
+        };
+        s.declare_exchange();
+        s.declare_queue();
+        s
+    }
+
+    /// Declares (or re-declares) the exchange.
+    pub fn declare_exchange(&self) {
+        block(async {
+            let (conn, ch) = channel(self.port).await?;
+            let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+            ch.exchange_declare(self.exchange.as_str().into(), ExchangeKind::Direct, opts, FieldTable::default())
+                .await?;
+            conn.close(200, "ok".into()).await
+        })
+        .expect("declare exchange");
+    }
+
+    /// Deletes the exchange (to make the broker refuse publishes with 404).
+    pub fn delete_exchange(&self) {
+        block(async {
+            let (conn, ch) = channel(self.port).await?;
+            ch.exchange_delete(self.exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+            conn.close(200, "ok".into()).await
+        })
+        .expect("delete exchange");
+    }
+
+    /// Declares the queue and binds it.
+    pub fn declare_queue(&self) {
+        block(async {
+            let (conn, ch) = channel(self.port).await?;
+            let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+            ch.queue_declare(self.queue.as_str().into(), opts, FieldTable::default()).await?;
+            ch.queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                self.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+            conn.close(200, "ok".into()).await
+        })
+        .expect("declare queue");
+    }
+
+    /// Takes every message waiting in the queue now; errors (broker away) give none.
+    pub fn drain(&mut self) -> usize {
+        let got = block(async {
+            let mut out = Vec::new();
+            let Ok((conn, ch)) = channel(self.port).await else { return out };
+            while let Ok(Some(m)) = ch.basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true }).await {
+                let d = &m.delivery;
+                let p = &d.properties;
+                out.push(Msg {
+                    body: d.data.clone(),
+                    message_id: p.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                    timestamp: p.timestamp().unwrap_or(0),
+                    content_type: p.content_type().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                    delivery_mode: p.delivery_mode().unwrap_or(0),
+                    routing_key: d.routing_key.to_string(),
+                });
+            }
+            let _ = conn.close(200, "ok".into()).await;
+            out
+        });
+        let n = got.len();
+        self.received.extend(got);
+        n
+    }
+
+    /// Waits until at least `n` messages arrived in total; returns them all.
+    pub fn expect_at_least(&mut self, n: usize, timeout: Duration) -> &[Msg] {
+        let start = Instant::now();
+        while self.received.len() < n {
+            if self.drain() == 0 {
+                assert!(
+                    start.elapsed() < timeout,
+                    "timed out: {} of {n} messages arrived in {timeout:?}",
+                    self.received.len()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        &self.received
+    }
+
+    /// Drains for a short quiet period and asserts nothing more arrives.
+    pub fn expect_quiet(&mut self, quiet: Duration) {
+        let before = self.received.len();
+        std::thread::sleep(quiet);
+        self.drain();
+        assert_eq!(self.received.len(), before, "unexpected messages: {:?}", &self.received[before..]);
+    }
+
+    /// Module arguments for this sink (host first: the config_set/connect form).
+    pub fn args(&self, delivery_mode: u8) -> Vec<String> {
+        vec![
+            "127.0.0.1".into(),
+            self.port.to_string(),
+            "guest".into(),
+            "guest".into(),
+            "5".into(),
+            self.exchange.clone(),
+            self.routing_key.clone(),
+            delivery_mode.to_string(),
+        ]
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = block(async {
+            let (conn, ch) = channel(self.port).await?;
+            ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()).await?;
+            ch.exchange_delete(self.exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+            conn.close(200, "ok".into()).await
+        });
+    }
+}
+
+/// Checks an ordered, at-least-once stream of numbered keys `prefix0..prefixN`:
+/// every number arrives, first arrivals are in order; returns the duplicates.
+pub fn check_sequence(msgs: &[Msg], prefix: &str, n: usize) -> usize {
+    let mut seen = vec![false; n];
+    let mut last: Option<usize> = None;
+    let mut dups = 0;
+    for m in msgs {
+        let key = m.key();
+        let Some(i) = key.strip_prefix(prefix).and_then(|s| s.parse::<usize>().ok()) else { continue };
+        assert!(i < n, "unexpected key {key}");
+        if seen[i] {
+            dups += 1;
+            continue;
+        }
+        if let Some(l) = last {
+            assert!(i > l, "order broken: {key} arrived after {prefix}{l}");
+        }
+        seen[i] = true;
+        last = Some(i);
+    }
+    let missing: Vec<usize> = (0..n).filter(|i| !seen[*i]).collect();
+    assert!(missing.is_empty(), "{} events missing, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    dups
+}

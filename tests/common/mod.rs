@@ -1,0 +1,72 @@
+//! Shared harness for the integration tests: real redis-server and
+//! valkey-server processes on free ports with the built module, a real
+//! RabbitMQ (started by `scripts/test`), per-test exchanges and queues, and a
+//! TCP proxy that cuts or stalls connections.
+#![allow(dead_code)]
+
+pub mod amqp;
+pub mod proxy;
+pub mod server;
+
+use std::time::{Duration, Instant};
+
+/// Waits until `f` is true, polling; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A name unique to this process and call, for queues and exchanges.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Port of the shared broker (`KEA_AMQP_PORT`).
+pub fn amqp_port() -> u16 {
+    std::env::var("KEA_AMQP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5672)
+}
+
+/// Serialises the tests that stop, pause or alarm a broker.
+pub fn fault_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The broker used by fault tests: its port and its node name for `scripts/rabbitmq ctl`.
+pub fn fault_broker() -> (u16, String) {
+    let port = std::env::var("KEA_FAULT_AMQP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or_else(amqp_port);
+    let name = std::env::var("KEA_FAULT_NODE").unwrap_or_else(|_| "fault".into());
+    (port, name)
+}
+
+/// Runs `scripts/rabbitmq ctl NODE args...` and returns its stdout.
+pub fn rabbitmqctl(node: &str, args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq");
+    let out = std::process::Command::new(script)
+        .arg("ctl")
+        .arg(node)
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The OS pid of the fault broker's Erlang VM.
+pub fn broker_pid(node: &str) -> i32 {
+    let out = rabbitmqctl(node, &["eval", "list_to_integer(os:getpid())."]);
+    out.trim().parse().expect("broker pid")
+}
