@@ -54,7 +54,12 @@ impl Batch {
             data.extend_from_slice(r.as_ref());
             ends.push(data.len());
         }
-        Self { id, generation, data, ends }
+        Self {
+            id,
+            generation,
+            data,
+            ends,
+        }
     }
 
     /// Number of records.
@@ -262,7 +267,11 @@ async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             }
             Err(e) => e.to_string(),
         };
-        let delay = backoff_ms(attempt, crate::config::RECONNECT_MAX_MS.get().unsigned_abs(), &mut seed);
+        let delay = backoff_ms(
+            attempt,
+            crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
+            &mut seed,
+        );
         attempt = attempt.saturating_add(1);
         let _ = tx
             .send(Outcome::Down {
@@ -423,7 +432,9 @@ fn publish(
                 Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
                 Ok(Confirmation::Nack(_)) => {
                     settled.nacked += 1;
-                    settled.error.get_or_insert_with(|| "nacked by the broker".into());
+                    settled
+                        .error
+                        .get_or_insert_with(|| "nacked by the broker".into());
                     break;
                 }
                 Err(e) => {

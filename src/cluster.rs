@@ -71,12 +71,22 @@ pub fn broadcast(ctx: &Context, name: &str, args: &[&[u8]]) {
     if !state::with(|st| st.cluster).unwrap_or(false) {
         return;
     }
-    let Some(payload) = encode(name, args) else { return };
-    let Ok(len) = u32::try_from(payload.len()) else { return };
+    let Some(payload) = encode(name, args) else {
+        return;
+    };
+    let Ok(len) = u32::try_from(payload.len()) else {
+        return;
+    };
     // SAFETY: main thread, valid context; a NULL target means every node.
     unsafe {
         if let Some(send) = raw::RedisModule_SendClusterMessage {
-            send(ctx.ctx, std::ptr::null_mut(), MSG_TYPE, payload.as_ptr().cast(), len);
+            send(
+                ctx.ctx,
+                std::ptr::null_mut(),
+                MSG_TYPE,
+                payload.as_ptr().cast(),
+                len,
+            );
         }
     }
 }
@@ -94,7 +104,9 @@ extern "C" fn on_message(
         }
         // SAFETY: Redis passes `len` readable bytes.
         let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
-        let Some((name, args)) = decode(bytes) else { return };
+        let Some((name, args)) = decode(bytes) else {
+            return;
+        };
         let ctx = Context::new(ctx);
         // The sender id is 40 bytes, not NUL-terminated.
         let from = if sender.is_null() {
@@ -122,7 +134,7 @@ extern "C" fn on_role_changed(
 ) {
     guard::run("role change", || {
         let ctx = Context::new(ctx);
-        let master = subevent == u64::from(raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER);
+        let master = subevent == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER;
         state::with(|st| set_role(&ctx, st, master));
     });
 }
@@ -155,7 +167,7 @@ pub fn register(ctx: &Context, cluster: bool) {
     unsafe {
         if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
             let ev = raw::RedisModuleEvent {
-                id: raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED as u64,
+                id: raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
                 dataver: 1,
             };
             sub(ctx.ctx, ev, Some(on_role_changed));

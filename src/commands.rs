@@ -23,7 +23,13 @@ fn err(e: impl std::fmt::Display) -> String {
 
 /// Applies a command to this node's state. `args` excludes the command name.
 pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
-    let arity = |ok: bool| if ok { Ok(()) } else { Err(err(ConfigError::Arity)) };
+    let arity = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(err(ConfigError::Arity))
+        }
+    };
     match name {
         "config_set" | "connect" => {
             if name == "config_set" {
@@ -42,7 +48,10 @@ pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
                     }
                 } else if amqp_changed
                     && st.master
-                    && matches!(st.link, Link::Up | Link::Connecting | Link::Down | Link::Blocked)
+                    && matches!(
+                        st.link,
+                        Link::Up | Link::Connecting | Link::Down | Link::Blocked
+                    )
                 {
                     flush::request_connect(st);
                 }

@@ -171,14 +171,13 @@ impl Settings {
                 }
                 1 => {
                     let port: u32 = number("port", v, "must be 1..65535")?;
-                    s.amqp.port = u16::try_from(port)
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| ConfigError::Invalid {
+                    s.amqp.port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+                        ConfigError::Invalid {
                             name: "port",
                             value: port.to_string(),
                             reason: "must be 1..65535",
-                        })?;
+                        }
+                    })?;
                 }
                 2 => s.amqp.user = text("user", v, 255)?,
                 3 => s.amqp.password = text("password", v, 255)?,
@@ -261,8 +260,7 @@ pub static FLUSH_INTERVAL_MS: Tunable = Tunable::new("flush-interval-ms", 2, 1, 
 /// `key_evt_amqp.queue-max-events`: in-memory queue bound in events; past it, spill to the list.
 pub static QUEUE_MAX_EVENTS: Tunable = Tunable::new("queue-max-events", 100_000, 1, 100_000_000);
 /// `key_evt_amqp.queue-max-bytes`: in-memory queue bound in bytes; past it, spill to the list.
-pub static QUEUE_MAX_BYTES: Tunable =
-    Tunable::new("queue-max-bytes", 64 << 20, 1024, 16 << 30);
+pub static QUEUE_MAX_BYTES: Tunable = Tunable::new("queue-max-bytes", 64 << 20, 1024, 16 << 30);
 /// `key_evt_amqp.batch-size`: events handed to the AMQP side in one batch.
 pub static BATCH_SIZE: Tunable = Tunable::new("batch-size", 1024, 1, 100_000);
 /// `key_evt_amqp.inflight-max`: events published and not yet confirmed, at most.
@@ -304,10 +302,11 @@ mod tests {
 
     #[test]
     fn spec_example() {
-        let args: Vec<&[u8]> = "xe 127.0.0.1 5672 user pass 20 exchange_name routing_key 2 10000000 ALL"
-            .split(' ')
-            .map(str::as_bytes)
-            .collect();
+        let args: Vec<&[u8]> =
+            "xe 127.0.0.1 5672 user pass 20 exchange_name routing_key 2 10000000 ALL"
+                .split(' ')
+                .map(str::as_bytes)
+                .collect();
         let (t, s) = Settings::from_load_args(&args).unwrap();
         assert_eq!(t.to_string(), "xe");
         assert_eq!(s.amqp.user, "user");
@@ -320,7 +319,9 @@ mod tests {
 
     #[test]
     fn partial_args_keep_the_rest() {
-        let base = Settings::default().with_args(&["h", "1", "u", "p", "5", "ex", "rk", "2", "-1", "^a"]).unwrap();
+        let base = Settings::default()
+            .with_args(&["h", "1", "u", "p", "5", "ex", "rk", "2", "-1", "^a"])
+            .unwrap();
         let s = base.with_args(&["other"]).unwrap();
         assert_eq!(s.amqp.host, "other");
         assert_eq!(s.amqp.exchange, "ex");
@@ -336,7 +337,9 @@ mod tests {
         assert!(bad(&["h", "x"]).contains("port"));
         assert!(bad(&["h", "1", "u", "p", "-3"]).contains("heartbeat"));
         assert!(bad(&["h", "1", "u", "p", "1", "e", "r", "3"]).contains("delivery_mode"));
-        assert!(bad(&["h", "1", "u", "p", "1", "e", "r", "1", "ten"]).contains("fallback_storage_size"));
+        assert!(
+            bad(&["h", "1", "u", "p", "1", "e", "r", "1", "ten"]).contains("fallback_storage_size")
+        );
         assert!(bad(&[""]).contains("host"));
         let e = Settings::from_load_args(&["xq"]).unwrap_err().to_string();
         assert!(e.contains("event_types") && e.contains('q'), "{e}");
@@ -349,7 +352,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("password") && !e.contains("secret"), "{e}");
-        let s = Settings::default().with_args(&["h", "1", "u", "topsecret"]).unwrap();
+        let s = Settings::default()
+            .with_args(&["h", "1", "u", "topsecret"])
+            .unwrap();
         assert!(!format!("{s:?}").contains("topsecret"));
     }
 }

@@ -142,11 +142,8 @@ impl Backlog {
 
     /// Reads the real length; returns how many records vanished behind our back.
     pub fn sync_len(&mut self, ctx: &Context) -> Result<u64, String> {
-        let reply = err_text(ctx.call_ext::<_, CallResult>(
-            "LLEN",
-            &read_opts(),
-            &[self.key.as_str()],
-        ))?;
+        let reply =
+            err_text(ctx.call_ext::<_, CallResult>("LLEN", &read_opts(), &[self.key.as_str()]))?;
         let real = match reply {
             CallReply::I64(n) => u64::try_from(n.to_i64()).unwrap_or(0),
             _ => return Err("unexpected reply to LLEN".into()),

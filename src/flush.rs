@@ -3,7 +3,9 @@
 //! new batches over, and spills to the list what cannot go now. It never waits.
 
 use crate::amqp::{Batch, Client, Outcome, Request, Settled};
-use crate::config::{BATCH_SIZE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS};
+use crate::config::{
+    BATCH_SIZE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
+};
 use crate::guard;
 use crate::state::{self, InFlight, Link, State};
 use redis_module::{raw, Context};
@@ -41,13 +43,16 @@ pub fn arm(ctx: &Context, st: &mut State) {
         || st.inflight_events > 0
         || !st.returns.is_empty()
         || (st.backlog.len > 0 && st.link == Link::Up && st.master);
-    let period = if busy { FLUSH_INTERVAL_MS.get() } else { IDLE_INTERVAL_MS };
+    let period = if busy {
+        FLUSH_INTERVAL_MS.get()
+    } else {
+        IDLE_INTERVAL_MS
+    };
     st.timer_fast = busy;
     // SAFETY: called on the main thread with a valid context.
     let id = unsafe {
-        raw::RedisModule_CreateTimer.map(|f| {
-            f(ctx.ctx, period, Some(on_timer), std::ptr::null_mut())
-        })
+        raw::RedisModule_CreateTimer
+            .map(|f| f(ctx.ctx, period, Some(on_timer), std::ptr::null_mut()))
     };
     st.timer = id;
 }
@@ -132,7 +137,15 @@ fn collect(ctx: &Context, st: &mut State) {
             Outcome::Blocked(blocked) => {
                 if matches!(st.link, Link::Up | Link::Blocked) {
                     st.link = if blocked { Link::Blocked } else { Link::Up };
-                    log_link(ctx, st, if blocked { "blocked by the broker" } else { "unblocked" });
+                    log_link(
+                        ctx,
+                        st,
+                        if blocked {
+                            "blocked by the broker"
+                        } else {
+                            "unblocked"
+                        },
+                    );
                 }
             }
             Outcome::Settled(s) => {
@@ -148,8 +161,18 @@ fn collect(ctx: &Context, st: &mut State) {
 fn settle(ctx: &Context, st: &mut State) {
     let mut trim = 0usize;
     while st.inflight.front().is_some_and(|b| b.settled.is_some()) {
-        let Some(mut b) = st.inflight.pop_front() else { break };
-        let Some(Settled { acked, nacked, error, .. }) = b.settled.take() else { break };
+        let Some(mut b) = st.inflight.pop_front() else {
+            break;
+        };
+        let Some(Settled {
+            acked,
+            nacked,
+            error,
+            ..
+        }) = b.settled.take()
+        else {
+            break;
+        };
         st.inflight_events -= b.count;
         st.stats.confirmed += acked as u64;
         st.stats.nacked += nacked as u64;
@@ -266,7 +289,12 @@ pub fn tick(ctx: &Context, st: &mut State) {
         let n = st.queue.take_all().len() as u64;
         st.stats.dropped += n;
         st.stats.dropped_unwritable += n;
-        if st.inflight.is_empty() && matches!(st.link, Link::Up | Link::Down | Link::Connecting | Link::Blocked) {
+        if st.inflight.is_empty()
+            && matches!(
+                st.link,
+                Link::Up | Link::Down | Link::Connecting | Link::Blocked
+            )
+        {
             request_disconnect(st);
             st.link = Link::Idle;
         }
@@ -275,7 +303,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.loading {
         return;
     }
-    if st.backlog.len > 0 || st.ticks % SYNC_EVERY_IDLE_TICKS == 0 {
+    if st.backlog.len > 0 || st.ticks.is_multiple_of(SYNC_EVERY_IDLE_TICKS) {
         match st.backlog.sync_len(ctx) {
             Ok(lost) if lost > 0 => {
                 st.stats.lost += lost;
@@ -302,8 +330,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
         if list_mode {
             // The backlog goes first; newer events queue behind it in the list.
             spill(ctx, st);
-            while st.inflight_events < window
-                && (st.backlog.head_inflight as u64) < st.backlog.len
+            while st.inflight_events < window && (st.backlog.head_inflight as u64) < st.backlog.len
             {
                 let n = batch.min(window - st.inflight_events);
                 match st.backlog.read(ctx, n) {
@@ -325,7 +352,10 @@ pub fn tick(ctx: &Context, st: &mut State) {
     }
     match st.link {
         Link::Up | Link::Connecting | Link::Idle => {
-            if st.queue.over(QUEUE_MAX_EVENTS.get_usize(), QUEUE_MAX_BYTES.get_usize()) {
+            if st
+                .queue
+                .over(QUEUE_MAX_EVENTS.get_usize(), QUEUE_MAX_BYTES.get_usize())
+            {
                 spill(ctx, st);
             }
         }

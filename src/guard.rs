@@ -25,7 +25,9 @@ pub fn run<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(_) => {
-            log_warning(&format!("key_evt_amqp: {what} failed; the event loop goes on"));
+            log_warning(&format!(
+                "key_evt_amqp: {what} failed; the event loop goes on"
+            ));
             None
         }
     }

@@ -74,7 +74,10 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
     let text = [
         ("connection", s.connection.to_string()),
         ("role", s.role.to_string()),
-        ("forwarding", if s.forwarding { "yes" } else { "no" }.to_string()),
+        (
+            "forwarding",
+            if s.forwarding { "yes" } else { "no" }.to_string(),
+        ),
         ("broker", s.broker.clone()),
         ("event_types", s.event_types.clone()),
         ("keymasks", s.keymasks.clone()),

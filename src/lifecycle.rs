@@ -63,7 +63,8 @@ fn register_configs(ctx: &Context) {
 
 fn is_valkey_9(ctx: &Context) -> bool {
     let info = match ctx.call("INFO", &["server"]) {
-        Ok(redis_module::RedisValue::SimpleString(s)) | Ok(redis_module::RedisValue::BulkString(s)) => s,
+        Ok(redis_module::RedisValue::SimpleString(s))
+        | Ok(redis_module::RedisValue::BulkString(s)) => s,
         _ => return false,
     };
     info.lines()
@@ -92,8 +93,16 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         .lock()
         .map(|k| k.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
-    let base = if base.is_empty() { FALLBACK_KEY_DEFAULT.to_string() } else { base };
-    let key = if is_cluster { cluster::backlog_key(&base, &[]) } else { base.clone() };
+    let base = if base.is_empty() {
+        FALLBACK_KEY_DEFAULT.to_string()
+    } else {
+        base
+    };
+    let key = if is_cluster {
+        cluster::backlog_key(&base, &[])
+    } else {
+        base.clone()
+    };
     let tag = node_tag();
     ctx.log_notice(&format!(
         "key_evt_amqp: loaded; events '{types}', broker {}:{}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
@@ -131,7 +140,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     unsafe {
         if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
             let ev = raw::RedisModuleEvent {
-                id: raw::REDISMODULE_EVENT_LOADING as u64,
+                id: raw::REDISMODULE_EVENT_LOADING,
                 dataver: 1,
             };
             sub(ctx.ctx, ev, Some(on_loading));
@@ -140,7 +149,11 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
             DETACHED.store(detach(ctx.ctx), Ordering::Release);
         }
         if let Some(reg) = raw::RedisModule_RegisterCommandFilter {
-            reg(ctx.ctx, Some(on_command), raw::REDISMODULE_CMDFILTER_NOSELF as i32);
+            reg(
+                ctx.ctx,
+                Some(on_command),
+                raw::REDISMODULE_CMDFILTER_NOSELF as i32,
+            );
         }
         if is_valkey_9(ctx) {
             if let Some(set) = raw::RedisModule_SetModuleOptions {
@@ -167,8 +180,8 @@ extern "C" fn on_loading(
     _data: *mut c_void,
 ) {
     guard::run("loading event", || {
-        let ended = subevent == u64::from(raw::REDISMODULE_SUBEVENT_LOADING_ENDED)
-            || subevent == u64::from(raw::REDISMODULE_SUBEVENT_LOADING_FAILED);
+        let ended = subevent == raw::REDISMODULE_SUBEVENT_LOADING_ENDED
+            || subevent == raw::REDISMODULE_SUBEVENT_LOADING_FAILED;
         state::with(|st| {
             st.loading = !ended;
             if ended {

@@ -35,7 +35,8 @@ extern "C" fn on_keyspace_event(
                 return;
             }
             st.stats.seen += 1;
-            if key.starts_with(st.backlog.key_prefix.as_bytes()) || !st.settings.masks.matches(key) {
+            if key.starts_with(st.backlog.key_prefix.as_bytes()) || !st.settings.masks.matches(key)
+            {
                 return;
             }
             // SAFETY: valid context from Redis.

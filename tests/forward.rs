@@ -10,7 +10,11 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(30);
 
 fn start(kind: Kind, sink: &Sink, types: &str, masks: &[&str]) -> Server {
-    Server::start(kind, &module_args(types, sink.port, &sink.exchange, &sink.routing_key, masks), &[])
+    Server::start(
+        kind,
+        &module_args(types, sink.port, &sink.exchange, &sink.routing_key, masks),
+        &[],
+    )
 }
 
 #[test]
@@ -21,7 +25,14 @@ fn message_format_and_properties() {
         srv.cmd(&["SET", "redis_key_name", "1"]).unwrap();
         srv.cmd(&["SELECT", "0"]).unwrap();
         let mut c = srv.conn();
-        redis::pipe().cmd("SELECT").arg(3).cmd("SET").arg("in3").arg("x").query::<()>(&mut c).unwrap();
+        redis::pipe()
+            .cmd("SELECT")
+            .arg(3)
+            .cmd("SET")
+            .arg("in3")
+            .arg("x")
+            .query::<()>(&mut c)
+            .unwrap();
         let msgs = sink.expect_at_least(2, T).to_vec();
         assert_eq!(msgs[0].body, b"0\nset\nredis_key_name", "{kind:?}");
         assert_eq!(msgs[1].body, b"3\nset\nin3");
@@ -43,7 +54,11 @@ fn binary_keys_are_forwarded_verbatim() {
     let mut sink = Sink::new(amqp_port());
     let srv = start(Kind::Redis, &sink, "$", &["^bin"]);
     let key: &[u8] = b"bin\n\x00\xff\r\nend";
-    redis::cmd("SET").arg(key).arg("v").query::<()>(&mut srv.conn()).unwrap();
+    redis::cmd("SET")
+        .arg(key)
+        .arg("v")
+        .query::<()>(&mut srv.conn())
+        .unwrap();
     let msgs = sink.expect_at_least(1, T);
     assert_eq!(msgs[0].body, [b"0\nset\n".as_slice(), key].concat());
 }
@@ -58,8 +73,14 @@ fn order_is_kept_over_many_batches() {
         srv.set_keys(chunk);
     }
     let msgs = sink.expect_at_least(n, T).to_vec();
-    assert_eq!(check_sequence(&msgs, "k", n), 0, "no duplicates without faults");
-    wait_for("all confirmed", T, || srv.stat("events_confirmed") == n as i64);
+    assert_eq!(
+        check_sequence(&msgs, "k", n),
+        0,
+        "no duplicates without faults"
+    );
+    wait_for("all confirmed", T, || {
+        srv.stat("events_confirmed") == n as i64
+    });
     assert_eq!(srv.stat("events_accepted"), n as i64);
     assert_eq!(srv.stat("fallback_len"), 0);
 }
@@ -79,7 +100,14 @@ fn connection_is_lazy() {
 fn key_masks_filter() {
     let mut sink = Sink::new(amqp_port());
     let srv = start(Kind::Redis, &sink, "$", &["^user:.*$", "session", "tail$"]);
-    srv.set_keys(&["user:1", "xuser:1", "my-session-2", "a-tail", "a-tail-not", "other"]);
+    srv.set_keys(&[
+        "user:1",
+        "xuser:1",
+        "my-session-2",
+        "a-tail",
+        "a-tail-not",
+        "other",
+    ]);
     srv.cmd(&["SET", "end", "1"]).unwrap();
     srv.cmd(&["key_evt_amqp.keymask_add", "^end$"]).unwrap();
     srv.cmd(&["SET", "end", "2"]).unwrap();

@@ -3,8 +3,8 @@
 //! survives broker restarts.
 
 use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -86,9 +86,17 @@ impl Sink {
     pub fn declare_exchange(&self) {
         block(async {
             let (conn, ch) = channel(self.port).await?;
-            let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
-            ch.exchange_declare(self.exchange.as_str().into(), ExchangeKind::Direct, opts, FieldTable::default())
-                .await?;
+            let opts = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            ch.exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Direct,
+                opts,
+                FieldTable::default(),
+            )
+            .await?;
             conn.close(200, "ok".into()).await
         })
         .expect("declare exchange");
@@ -98,7 +106,11 @@ impl Sink {
     pub fn delete_exchange(&self) {
         block(async {
             let (conn, ch) = channel(self.port).await?;
-            ch.exchange_delete(self.exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+            ch.exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await?;
             conn.close(200, "ok".into()).await
         })
         .expect("delete exchange");
@@ -108,8 +120,12 @@ impl Sink {
     pub fn declare_queue(&self) {
         block(async {
             let (conn, ch) = channel(self.port).await?;
-            let opts = QueueDeclareOptions { durable: true, ..Default::default() };
-            ch.queue_declare(self.queue.as_str().into(), opts, FieldTable::default()).await?;
+            let opts = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            ch.queue_declare(self.queue.as_str().into(), opts, FieldTable::default())
+                .await?;
             ch.queue_bind(
                 self.queue.as_str().into(),
                 self.exchange.as_str().into(),
@@ -127,15 +143,28 @@ impl Sink {
     pub fn drain(&mut self) -> usize {
         let got = block(async {
             let mut out = Vec::new();
-            let Ok((conn, ch)) = channel(self.port).await else { return out };
-            while let Ok(Some(m)) = ch.basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true }).await {
+            let Ok((conn, ch)) = channel(self.port).await else {
+                return out;
+            };
+            while let Ok(Some(m)) = ch
+                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+            {
                 let d = &m.delivery;
                 let p = &d.properties;
                 out.push(Msg {
                     body: d.data.clone(),
-                    message_id: p.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                    message_id: p
+                        .message_id()
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
                     timestamp: p.timestamp().unwrap_or(0),
-                    content_type: p.content_type().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                    content_type: p
+                        .content_type()
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
                     delivery_mode: p.delivery_mode().unwrap_or(0),
                     routing_key: d.routing_key.to_string(),
                 });
@@ -169,7 +198,12 @@ impl Sink {
         let before = self.received.len();
         std::thread::sleep(quiet);
         self.drain();
-        assert_eq!(self.received.len(), before, "unexpected messages: {:?}", &self.received[before..]);
+        assert_eq!(
+            self.received.len(),
+            before,
+            "unexpected messages: {:?}",
+            &self.received[before..]
+        );
     }
 
     /// Module arguments for this sink (host first: the config_set/connect form).
@@ -191,8 +225,13 @@ impl Drop for Sink {
     fn drop(&mut self) {
         let _ = block(async {
             let (conn, ch) = channel(self.port).await?;
-            ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()).await?;
-            ch.exchange_delete(self.exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+            ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+            ch.exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await?;
             conn.close(200, "ok".into()).await
         });
     }
@@ -206,7 +245,12 @@ pub fn check_sequence(msgs: &[Msg], prefix: &str, n: usize) -> usize {
     let mut dups = 0;
     for m in msgs {
         let key = m.key();
-        let Some(i) = key.strip_prefix(prefix).and_then(|s| s.parse::<usize>().ok()) else { continue };
+        let Some(i) = key
+            .strip_prefix(prefix)
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            continue;
+        };
         assert!(i < n, "unexpected key {key}");
         if seen[i] {
             dups += 1;
@@ -219,6 +263,11 @@ pub fn check_sequence(msgs: &[Msg], prefix: &str, n: usize) -> usize {
         last = Some(i);
     }
     let missing: Vec<usize> = (0..n).filter(|i| !seen[*i]).collect();
-    assert!(missing.is_empty(), "{} events missing, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} events missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     dups
 }

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -23,7 +26,11 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A free TCP port on loopback.
@@ -36,7 +43,10 @@ pub fn free_port() -> u16 {
 
 /// Port of the shared broker (`KEA_AMQP_PORT`).
 pub fn amqp_port() -> u16 {
-    std::env::var("KEA_AMQP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5672)
+    std::env::var("KEA_AMQP_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5672)
 }
 
 /// Serialises the tests that stop, pause or alarm a broker.
@@ -47,7 +57,10 @@ pub fn fault_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// The broker used by fault tests: its port and its node name for `scripts/rabbitmq ctl`.
 pub fn fault_broker() -> (u16, String) {
-    let port = std::env::var("KEA_FAULT_AMQP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or_else(amqp_port);
+    let port = std::env::var("KEA_FAULT_AMQP_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(amqp_port);
     let name = std::env::var("KEA_FAULT_NODE").unwrap_or_else(|_| "fault".into());
     (port, name)
 }
@@ -61,7 +74,11 @@ pub fn rabbitmqctl(node: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run rabbitmqctl");
-    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -61,7 +61,9 @@ impl Proxy {
                     list.push(c1);
                     list.push(s1);
                 }
-                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { continue };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
                 let (ca, cb) = (Arc::clone(&c), Arc::clone(&c));
                 std::thread::spawn(move || pump(client, s2, ca));
                 std::thread::spawn(move || pump(server, c2, cb));

@@ -23,9 +23,14 @@ impl Kind {
     fn binary(self) -> PathBuf {
         match self {
             Kind::Redis => PathBuf::from("redis-server"),
-            Kind::Valkey => std::env::var("KEA_VALKEY_SERVER").map(PathBuf::from).unwrap_or_else(|_| {
-                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.deps/valkey/valkey-server"))
-            }),
+            Kind::Valkey => std::env::var("KEA_VALKEY_SERVER")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/.deps/valkey/valkey-server"
+                    ))
+                }),
         }
     }
 }
@@ -33,7 +38,11 @@ impl Kind {
 /// Path of the built module.
 pub fn module_path() -> String {
     std::env::var("KEA_MODULE").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/libredis_keyspace_amqp.so").to_string()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/release/libredis_keyspace_amqp.so"
+        )
+        .to_string()
     })
 }
 
@@ -50,11 +59,28 @@ pub struct Server {
 }
 
 /// Module arguments that point at broker `port` with the given exchange and routing key.
-pub fn module_args(types: &str, port: u16, exchange: &str, rk: &str, masks: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [types, "127.0.0.1", &port.to_string(), "guest", "guest", "5", exchange, rk, "1", "10000000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+pub fn module_args(
+    types: &str,
+    port: u16,
+    exchange: &str,
+    rk: &str,
+    masks: &[&str],
+) -> Vec<String> {
+    let mut a: Vec<String> = [
+        types,
+        "127.0.0.1",
+        &port.to_string(),
+        "guest",
+        "guest",
+        "5",
+        exchange,
+        rk,
+        "1",
+        "10000000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     a.extend(masks.iter().map(|s| s.to_string()));
     a
 }
@@ -64,7 +90,9 @@ impl Server {
     pub fn start(kind: Kind, module_args: &[String], config: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(super::unique("kea-redis"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut args: Vec<String> = vec!["--save".into(), "".into(), "--appendonly".into(), "no".into()];
+        let mut args: Vec<String> = ["--save", "", "--appendonly", "no", "--enable-module-command", "yes"]
+            .map(String::from)
+            .to_vec();
         for (k, v) in config {
             args.push(format!("--{k}"));
             args.push(v.to_string());
@@ -72,7 +100,13 @@ impl Server {
         args.push("--loadmodule".into());
         args.push(module_path());
         args.extend(module_args.iter().cloned());
-        let mut s = Self { kind, port: 0, dir, child: None, args };
+        let mut s = Self {
+            kind,
+            port: 0,
+            dir,
+            child: None,
+            args,
+        };
         s.spawn(free_port());
         s
     }
@@ -81,7 +115,15 @@ impl Server {
     pub fn start_bare(kind: Kind) -> Self {
         let dir = std::env::temp_dir().join(super::unique("kea-redis"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut s = Self { kind, port: 0, dir, child: None, args: vec!["--save".into(), "".into()] };
+        let mut s = Self {
+            kind,
+            port: 0,
+            dir,
+            child: None,
+            args: ["--save", "", "--enable-module-command", "yes"]
+                .map(String::from)
+                .to_vec(),
+        };
         s.spawn(free_port());
         s
     }
@@ -142,7 +184,9 @@ impl Server {
 
     /// A new connection.
     pub fn conn(&self) -> Connection {
-        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connect to server")
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to server")
     }
 
     /// The server's log.
@@ -152,7 +196,10 @@ impl Server {
 
     /// `INFO key_evt_amqp` as a map, without the `key_evt_amqp_` prefix.
     pub fn info(&self) -> HashMap<String, String> {
-        let text: String = redis::cmd("INFO").arg("key_evt_amqp").query(&mut self.conn()).expect("INFO");
+        let text: String = redis::cmd("INFO")
+            .arg("key_evt_amqp")
+            .query(&mut self.conn())
+            .expect("INFO");
         text.lines()
             .filter_map(|l| l.strip_prefix("key_evt_amqp_"))
             .filter_map(|l| l.split_once(':'))
@@ -162,12 +209,18 @@ impl Server {
 
     /// One INFO field as a number.
     pub fn stat(&self, field: &str) -> i64 {
-        self.info().get(field).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no INFO field {field}"))
+        self.info()
+            .get(field)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no INFO field {field}"))
     }
 
     /// One INFO field as text.
     pub fn field(&self, field: &str) -> String {
-        self.info().get(field).cloned().unwrap_or_else(|| panic!("no INFO field {field}"))
+        self.info()
+            .get(field)
+            .cloned()
+            .unwrap_or_else(|| panic!("no INFO field {field}"))
     }
 
     /// Runs a module command (or any command) and returns its reply as text or error.
