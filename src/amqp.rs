@@ -15,7 +15,7 @@ use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserIn
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -326,6 +326,8 @@ async fn serve(
     settings: &AmqpSettings,
 ) -> Next {
     let mut events = conn.events_listener();
+    // The first failure a batch saw on this connection, to explain a channel close.
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
     let exchange: lapin::types::ShortString = settings.exchange.as_str().into();
     let routing_key: lapin::types::ShortString = settings.routing_key.as_str().into();
     let base = BasicProperties::default()
@@ -351,11 +353,22 @@ async fn serve(
                     continue;
                 }
                 if !conn.status().connected() || !channel.status().connected() {
-                    let why = "channel closed by the broker".to_string();
+                    let why = match last_error.lock().ok().and_then(|e| e.clone()) {
+                        Some(e) => format!("channel closed by the broker: {e}"),
+                        None => "channel closed by the broker".to_string(),
+                    };
                     let _ = tx.send(fail_batch(batch, &why)).await;
                     return Next::Lost(why);
                 }
-                publish(channel, batch, &exchange, &routing_key, &base, tx.clone());
+                publish(
+                    channel,
+                    batch,
+                    &exchange,
+                    &routing_key,
+                    &base,
+                    tx.clone(),
+                    Arc::clone(&last_error),
+                );
             }
             Wake::Conn(None) => return Next::Lost("connection closed".into()),
             Wake::Conn(Some(Event::Error(e))) => return Next::Lost(e.to_string()),
@@ -380,6 +393,7 @@ fn publish(
     routing_key: &lapin::types::ShortString,
     base: &BasicProperties,
     tx: Sender<Outcome>,
+    last_error: Arc<Mutex<Option<String>>>,
 ) {
     let mut cx = Context::from_waker(Waker::noop());
     let id = batch.id;
@@ -417,30 +431,38 @@ fn publish(
             error: None,
         };
         let mut confirms = Vec::with_capacity(writes.len());
+        let mut write_error = None;
         for w in writes {
             match w.await {
                 Ok(c) => confirms.push(c),
                 Err(e) => {
-                    settled.error.get_or_insert_with(|| e.to_string());
+                    write_error = Some(e.to_string());
                     break;
                 }
             }
         }
         // Only an unbroken run of acks from the start counts: the rest is sent again.
+        // The confirms of what was written carry the broker's reason (a channel close).
         for c in confirms {
             match c.await {
                 Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
                 Ok(Confirmation::Nack(_)) => {
                     settled.nacked += 1;
-                    settled
-                        .error
-                        .get_or_insert_with(|| "nacked by the broker".into());
+                    settled.error = Some("nacked by the broker".into());
                     break;
                 }
                 Err(e) => {
-                    settled.error.get_or_insert_with(|| e.to_string());
+                    settled.error = Some(e.to_string());
                     break;
                 }
+            }
+        }
+        if settled.error.is_none() {
+            settled.error = write_error;
+        }
+        if let Some(e) = &settled.error {
+            if let Ok(mut slot) = last_error.lock() {
+                slot.get_or_insert_with(|| e.clone());
             }
         }
         let _ = tx.send(Outcome::Settled(settled)).await;

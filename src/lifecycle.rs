@@ -148,6 +148,9 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         if let Some(detach) = raw::RedisModule_GetDetachedThreadSafeContext {
             DETACHED.store(detach(ctx.ctx), Ordering::Release);
         }
+        if let Some(sub) = raw::RedisModule_SubscribeToKeyspaceEvents {
+            sub(ctx.ctx, NOTIFY_MODULE, Some(on_persisted));
+        }
         if let Some(reg) = raw::RedisModule_RegisterCommandFilter {
             reg(
                 ctx.ctx,
@@ -214,8 +217,45 @@ extern "C" fn on_command(filter: *mut raw::RedisModuleCommandFilterCtx) {
             return;
         }
         let ctx = Context::new(ptr);
-        state::with(|st| flush::persist_memory(&ctx, st));
+        let key = state::with(|st| {
+            flush::persist_memory(&ctx, st);
+            st.backlog.key.clone()
+        });
+        if let Some(key) = key {
+            flush_propagation(&ctx, &key);
+        }
     });
+}
+
+/// Notification class used only to make Redis flush pending propagation.
+const NOTIFY_MODULE: i32 = 1 << 13;
+
+/// Writes made through a thread-safe context wait in the server's
+/// propagation buffer until a regular module context closes. A module-class
+/// notification opens and closes one, so the writes reach the AOF and the
+/// replicas before SHUTDOWN fsyncs.
+fn flush_propagation(ctx: &Context, key: &str) {
+    let name = ctx.create_string(key);
+    // SAFETY: main thread, the detached context is valid for the module's lifetime.
+    unsafe {
+        if let Some(notify) = raw::RedisModule_NotifyKeyspaceEvent {
+            notify(
+                ctx.ctx,
+                NOTIFY_MODULE,
+                c"key_evt_amqp.persisted".as_ptr(),
+                name.inner,
+            );
+        }
+    }
+}
+
+extern "C" fn on_persisted(
+    _ctx: *mut raw::RedisModuleCtx,
+    _class: std::os::raw::c_int,
+    _event: *const std::os::raw::c_char,
+    _key: *mut raw::RedisModuleString,
+) -> std::os::raw::c_int {
+    0
 }
 
 /// Fills `INFO key_evt_amqp`.

@@ -10,7 +10,11 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(30);
 
 fn start(kind: Kind, sink: &Sink, masks: &[&str]) -> Server {
-    Server::start(kind, &module_args("$g", sink.port, &sink.exchange, &sink.routing_key, masks), &[])
+    Server::start(
+        kind,
+        &module_args("$g", sink.port, &sink.exchange, &sink.routing_key, masks),
+        &[],
+    )
 }
 
 fn load(srv: &Server, args: &[&str]) -> Result<String, String> {
@@ -25,7 +29,9 @@ fn spec_example_loads_exactly_as_written() {
     for kind in Kind::ALL {
         let srv = Server::start_bare(kind);
         let args: Vec<&str> =
-            "xe 127.0.0.1 5672 user pass 20 exchange_name routing_key 2 10000000 ALL".split(' ').collect();
+            "xe 127.0.0.1 5672 user pass 20 exchange_name routing_key 2 10000000 ALL"
+                .split(' ')
+                .collect();
         load(&srv, &args).unwrap();
         let info = srv.info();
         assert_eq!(info["event_types"], "xe");
@@ -59,13 +65,21 @@ fn bad_load_arguments_fail_with_a_log_line() {
             (&["xe", "h", "65536"], "port"),
             (&["xe", "h", "56x"], "port"),
             (&["xe", "h", "1", "u", "p", "abc"], "heartbeat"),
-            (&["xe", "h", "1", "u", "p", "1", "ex", "rk", "3"], "delivery_mode"),
-            (&["xe", "h", "1", "u", "p", "1", "ex", "rk", "1", "1e3"], "fallback_storage_size"),
+            (
+                &["xe", "h", "1", "u", "p", "1", "ex", "rk", "3"],
+                "delivery_mode",
+            ),
+            (
+                &["xe", "h", "1", "u", "p", "1", "ex", "rk", "1", "1e3"],
+                "fallback_storage_size",
+            ),
         ];
         for (args, name) in cases {
             assert!(load(&srv, args).is_err(), "{args:?} must fail");
             assert!(
-                srv.log().lines().any(|l| l.contains("MODULE LOAD refused") && l.contains(name)),
+                srv.log()
+                    .lines()
+                    .any(|l| l.contains("MODULE LOAD refused") && l.contains(name)),
                 "no log line naming {name}:\n{}",
                 srv.log()
             );
@@ -93,10 +107,26 @@ fn command_arity_and_bad_arguments_change_nothing() {
     let cases: [(&[&str], &str); 8] = [
         (&["key_evt_amqp.config_set"], "wrong number"),
         (&["key_evt_amqp.config_set", "h", "0"], "port"),
-        (&["key_evt_amqp.connect", "h", "1", "u", "p", "1", "e", "r", "9"], "delivery_mode"),
+        (
+            &[
+                "key_evt_amqp.connect",
+                "h",
+                "1",
+                "u",
+                "p",
+                "1",
+                "e",
+                "r",
+                "9",
+            ],
+            "delivery_mode",
+        ),
         (&["key_evt_amqp.disconnect", "x"], "wrong number"),
         (&["key_evt_amqp.fallback_storage_size_set"], "wrong number"),
-        (&["key_evt_amqp.fallback_storage_size_set", "ten"], "fallback_storage_size"),
+        (
+            &["key_evt_amqp.fallback_storage_size_set", "ten"],
+            "fallback_storage_size",
+        ),
         (&["key_evt_amqp.keymask_add"], "wrong number"),
         (&["key_evt_amqp.keymask_clean", "x"], "wrong number"),
     ];
@@ -155,11 +185,17 @@ fn disconnect_stores_then_connect_delivers_everything_in_order() {
         srv.set_keys(&["k0"]);
         sink.expect_at_least(1, T);
         srv.cmd(&["key_evt_amqp.disconnect"]).unwrap();
-        wait_for("disconnected", T, || srv.field("connection") == "disconnected");
+        wait_for("disconnected", T, || {
+            srv.field("connection") == "disconnected"
+        });
         let keys: Vec<String> = (1..500).map(|i| format!("k{i}")).collect();
         srv.set_keys(&keys);
         wait_for("events stored", T, || srv.stat("fallback_len") == 499);
-        assert_eq!(srv.field("connection"), "disconnected", "stays closed until connect");
+        assert_eq!(
+            srv.field("connection"),
+            "disconnected",
+            "stays closed until connect"
+        );
         srv.cmd(&["key_evt_amqp.connect"]).unwrap();
         srv.set_keys(&["k500"]);
         let msgs = sink.expect_at_least(501, T).to_vec();
@@ -180,7 +216,11 @@ fn connect_with_arguments_switches_the_target() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     srv.cmd(&refs).unwrap();
     srv.set_keys(&["two"]);
-    let keys: Vec<String> = second.expect_at_least(1, T).iter().map(|m| m.key()).collect();
+    let keys: Vec<String> = second
+        .expect_at_least(1, T)
+        .iter()
+        .map(|m| m.key())
+        .collect();
     assert_eq!(keys, ["two"]);
     first.expect_quiet(Duration::from_millis(200));
 }
@@ -190,7 +230,8 @@ fn fallback_storage_size_set_reports_in_info() {
     let sink = Sink::new(amqp_port());
     let srv = start(Kind::Redis, &sink, &["ALL"]);
     for v in ["0", "-1", "100"] {
-        srv.cmd(&["key_evt_amqp.fallback_storage_size_set", v]).unwrap();
+        srv.cmd(&["key_evt_amqp.fallback_storage_size_set", v])
+            .unwrap();
         assert_eq!(srv.field("fallback_size"), v);
     }
 }

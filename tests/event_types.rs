@@ -33,20 +33,53 @@ fn provoke(srv: &Server) {
     }
     std::thread::sleep(Duration::from_millis(20));
     // Touching the key expires it now.
-    redis::cmd("EXISTS").arg("px").query::<i64>(&mut c).expect("EXISTS");
-    redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("allkeys-random").query::<()>(&mut c).expect("policy");
-    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query::<()>(&mut c).expect("maxmemory");
-    let _ = redis::cmd("SET").arg("evict-trigger").arg("1").query::<redis::Value>(&mut c);
-    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0").query::<()>(&mut c).expect("maxmemory 0");
+    redis::cmd("EXISTS")
+        .arg("px")
+        .query::<i64>(&mut c)
+        .expect("EXISTS");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-random")
+        .query::<()>(&mut c)
+        .expect("policy");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query::<()>(&mut c)
+        .expect("maxmemory");
+    let _ = redis::cmd("SET")
+        .arg("evict-trigger")
+        .arg("1")
+        .query::<redis::Value>(&mut c);
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query::<()>(&mut c)
+        .expect("maxmemory 0");
 }
 
 fn events_for(kind: Kind, types: &str) -> BTreeSet<String> {
     let mut sink = Sink::new(amqp_port());
-    let srv = Server::start(kind, &module_args(types, sink.port, &sink.exchange, &sink.routing_key, &["ALL"]), &[]);
+    let srv = Server::start(
+        kind,
+        &module_args(
+            types,
+            sink.port,
+            &sink.exchange,
+            &sink.routing_key,
+            &["ALL"],
+        ),
+        &[],
+    );
     provoke(&srv);
     wait_for("all confirmed", T, || {
         let i = srv.info();
-        i["queue_len"] == "0" && i["inflight"] == "0" && i["events_confirmed"] == i["events_accepted"]
+        i["queue_len"] == "0"
+            && i["inflight"] == "0"
+            && i["events_confirmed"] == i["events_accepted"]
     });
     let n = srv.stat("events_accepted") as usize;
     sink.expect_at_least(n, T);
@@ -76,7 +109,9 @@ fn each_letter_selects_its_class() {
 
 #[test]
 fn a_is_every_class_but_t_n_m() {
-    let all = set(&["set", "expire", "del", "lpush", "sadd", "hset", "zadd", "expired", "evicted"]);
+    let all = set(&[
+        "set", "expire", "del", "lpush", "sadd", "hset", "zadd", "expired", "evicted",
+    ]);
     for kind in Kind::ALL {
         assert_eq!(events_for(kind, "A"), all, "{kind:?}");
         assert_eq!(events_for(kind, "xe"), set(&["expired", "evicted"]));

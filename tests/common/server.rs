@@ -89,10 +89,27 @@ impl Server {
     /// Starts a server with the module and `module_args`, plus extra `--name value` config.
     pub fn start(kind: Kind, module_args: &[String], config: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(super::unique("kea-redis"));
+        Self::start_in(kind, module_args, config, dir)
+    }
+
+    /// Like [`Server::start`], in an existing directory (to restart on its AOF).
+    pub fn start_in(
+        kind: Kind,
+        module_args: &[String],
+        config: &[(&str, &str)],
+        dir: PathBuf,
+    ) -> Self {
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut args: Vec<String> = ["--save", "", "--appendonly", "no", "--enable-module-command", "yes"]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = [
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-module-command",
+            "yes",
+        ]
+        .map(String::from)
+        .to_vec();
         for (k, v) in config {
             args.push(format!("--{k}"));
             args.push(v.to_string());

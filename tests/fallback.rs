@@ -1,0 +1,188 @@
+//! The fallback list: caps, persistence through restarts and SHUTDOWN,
+//! loss accounting when the key disappears.
+
+mod common;
+
+use common::amqp::{check_sequence, Sink};
+use common::proxy::Proxy;
+use common::server::{Kind, Server};
+use common::{amqp_port, free_port, wait_for};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+const KEY: &str = "key_evt_amqp:fallback";
+
+fn args(port: u16, sink: &Sink, cap: &str) -> Vec<String> {
+    let mut a = vec!["$".to_string()];
+    a.extend(sink.args(2));
+    a[2] = port.to_string();
+    a[5] = "1".into();
+    a.extend([cap.to_string(), "^k".to_string()]);
+    a
+}
+
+fn keys(from: usize, to: usize) -> Vec<String> {
+    (from..to).map(|i| format!("k{i}")).collect()
+}
+
+/// Points the module at the sink's broker (it was aimed at a closed port).
+fn repair(srv: &Server, sink: &Sink) {
+    srv.cmd(&[
+        "key_evt_amqp.config_set",
+        "127.0.0.1",
+        &sink.port.to_string(),
+    ])
+    .unwrap();
+}
+
+#[test]
+fn cap_keeps_the_newest_and_counts_drops() {
+    for kind in Kind::ALL {
+        let mut sink = Sink::new(amqp_port());
+        let srv = Server::start(kind, &args(free_port(), &sink, "100"), &[]);
+        srv.set_keys(&keys(0, 250));
+        wait_for("stored", T, || srv.stat("events_stored") == 250);
+        assert_eq!(srv.llen(KEY), 100);
+        assert_eq!(srv.stat("events_dropped"), 150);
+        assert_eq!(srv.stat("events_dropped_cap"), 150);
+        repair(&srv, &sink);
+        let got: Vec<String> = sink
+            .expect_at_least(100, T)
+            .iter()
+            .map(|m| m.key())
+            .collect();
+        assert_eq!(got, keys(150, 250), "{kind:?}: the oldest are dropped");
+        wait_for("drained", T, || srv.stat("fallback_len") == 0);
+    }
+}
+
+#[test]
+fn cap_zero_is_unlimited() {
+    let mut sink = Sink::new(amqp_port());
+    let srv = Server::start(Kind::Redis, &args(free_port(), &sink, "0"), &[]);
+    srv.set_keys(&keys(0, 5000));
+    wait_for("stored", T, || srv.stat("fallback_len") == 5000);
+    assert_eq!(srv.stat("events_dropped"), 0);
+    repair(&srv, &sink);
+    let msgs = sink.expect_at_least(5000, T).to_vec();
+    assert_eq!(check_sequence(&msgs, "k", 5000), 0);
+}
+
+#[test]
+fn negative_cap_stores_nothing_new_but_delivers_what_is_stored() {
+    let mut sink = Sink::new(amqp_port());
+    let srv = Server::start(Kind::Redis, &args(free_port(), &sink, "0"), &[]);
+    srv.set_keys(&keys(0, 30));
+    wait_for("stored", T, || srv.stat("fallback_len") == 30);
+    srv.cmd(&["key_evt_amqp.fallback_storage_size_set", "-1"])
+        .unwrap();
+    srv.set_keys(&keys(30, 100));
+    wait_for("dropped", T, || srv.stat("events_dropped_disabled") == 70);
+    assert_eq!(srv.stat("events_dropped"), 70);
+    assert_eq!(
+        srv.llen(KEY),
+        30,
+        "a config change never deletes stored events"
+    );
+    repair(&srv, &sink);
+    let got: Vec<String> = sink
+        .expect_at_least(30, T)
+        .iter()
+        .map(|m| m.key())
+        .collect();
+    assert_eq!(got, keys(0, 30));
+    sink.expect_quiet(Duration::from_millis(300));
+}
+
+#[test]
+fn fallback_key_vanishing_is_counted_as_lost() {
+    let sink = Sink::new(amqp_port());
+    let srv = Server::start(Kind::Redis, &args(free_port(), &sink, "0"), &[]);
+    srv.set_keys(&keys(0, 40));
+    wait_for("stored", T, || srv.stat("fallback_len") == 40);
+    srv.cmd(&["DEL", KEY]).unwrap();
+    wait_for("loss counted", T, || srv.stat("events_lost") == 40);
+    srv.set_keys(&keys(40, 50));
+    wait_for("stored again", T, || srv.stat("fallback_len") == 10);
+    assert!(srv.log().contains("vanished from the fallback list"));
+}
+
+#[test]
+fn events_about_the_fallback_key_are_never_forwarded() {
+    let mut sink = Sink::new(amqp_port());
+    let mut a = args(amqp_port(), &sink, "0");
+    a[0] = "A".into();
+    *a.last_mut().unwrap() = "ALL".into();
+    let srv = Server::start(Kind::Redis, &a, &[]);
+    srv.cmd(&["key_evt_amqp.disconnect"]).unwrap();
+    srv.set_keys(&keys(0, 10));
+    wait_for("stored", T, || srv.stat("fallback_len") == 10);
+    srv.cmd(&["key_evt_amqp.connect"]).unwrap();
+    sink.expect_at_least(10, T);
+    wait_for("drained", T, || srv.stat("fallback_len") == 0);
+    sink.expect_quiet(Duration::from_millis(300));
+    assert!(sink.received.iter().all(|m| !m.key().starts_with(KEY)));
+}
+
+#[test]
+fn backlog_survives_a_restart_with_aof() {
+    for kind in Kind::ALL {
+        let mut sink = Sink::new(amqp_port());
+        let aof = [("appendonly", "yes"), ("appendfsync", "always")];
+        let mut srv = Server::start(kind, &args(free_port(), &sink, "0"), &aof);
+        srv.set_keys(&keys(0, 300));
+        wait_for("stored", T, || srv.stat("fallback_len") == 300);
+        srv.kill();
+        // Same arguments: the broker port was wrong, so restart pointing at the real one.
+        srv = {
+            let dir = srv.dir.clone();
+            std::mem::forget(srv);
+            let mut a = args(sink.port, &sink, "0");
+            a[2] = sink.port.to_string();
+            Server::start_in(kind, &a, &aof, dir)
+        };
+        let msgs = sink.expect_at_least(300, T).to_vec();
+        assert_eq!(check_sequence(&msgs, "k", 300), 0, "{kind:?}");
+        wait_for("drained", T, || srv.stat("fallback_len") == 0);
+    }
+}
+
+#[test]
+fn shutdown_writes_memory_to_the_backlog() {
+    for kind in Kind::ALL {
+        let mut sink = Sink::new(amqp_port());
+        let proxy = Proxy::new(amqp_port());
+        let aof = [("appendonly", "yes"), ("appendfsync", "always")];
+        let mut a = args(proxy.port, &sink, "0");
+        a[5] = "30".into();
+        let srv = Server::start(kind, &a, &aof);
+        srv.set_keys(&["k0"]);
+        sink.expect_at_least(1, T);
+        // The broker stops answering: events sit in flight and in memory, not in the list.
+        proxy.stall(true);
+        srv.set_keys(&keys(1, 3000));
+        wait_for("events in memory", T, || {
+            srv.stat("inflight") + srv.stat("queue_len") > 0
+        });
+        let in_list = srv.stat("fallback_len");
+        let _ = srv.cmd(&["SHUTDOWN"]);
+        let dir = srv.dir.clone();
+        let mut srv = srv;
+        srv.reap();
+        std::mem::forget(srv);
+        // Drop what the stalled proxy holds, so only the backlog can deliver these events.
+        proxy.cut();
+        proxy.stall(false);
+        let mut a = args(sink.port, &sink, "0");
+        a[2] = sink.port.to_string();
+        let srv = Server::start_in(kind, &a, &aof, dir);
+        eprintln!(
+            "{kind:?}: {in_list} in the list before SHUTDOWN, {} after restart",
+            srv.llen(KEY)
+        );
+        let msgs = sink.expect_at_least(3000, T).to_vec();
+        let dups = check_sequence(&msgs, "k", 3000);
+        eprintln!("{kind:?}: {dups} duplicates");
+        wait_for("drained", T, || srv.stat("fallback_len") == 0);
+    }
+}

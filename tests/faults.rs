@@ -1,0 +1,239 @@
+//! Lose nothing: broker stops, pauses, alarms, cut and stalled connections,
+//! bad credentials, a missing exchange. Every test counts what was written
+//! and what arrived, checks the order, and reports duplicates.
+
+mod common;
+
+use common::amqp::{check_sequence, Sink};
+use common::proxy::Proxy;
+use common::server::{Kind, Server};
+use common::{amqp_port, broker_pid, fault_broker, fault_lock, rabbitmqctl, wait_for};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+/// Module arguments: all string events, ALL keys, persistent messages, 1 s heartbeat.
+fn args(_port: u16, sink: &Sink) -> Vec<String> {
+    let mut a = vec!["$".to_string()];
+    a.extend(sink.args(2));
+    a[5] = "1".into();
+    a.extend(["10000000".to_string(), "ALL".to_string()]);
+    a
+}
+
+fn start(port: u16, sink: &Sink, config: &[(&str, &str)]) -> Server {
+    let mut a = args(port, sink);
+    a[2] = port.to_string();
+    Server::start(Kind::Redis, &a, config)
+}
+
+/// Writes `k{from}..k{to}` in small pipelines spread over `over`.
+fn writer(srv: &Server, from: usize, to: usize, over: Duration) -> JoinHandle<()> {
+    let url = srv.url();
+    std::thread::spawn(move || {
+        let mut c = redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .expect("writer connection");
+        let chunks = ((to - from) / 50).max(1);
+        let pause = over / chunks as u32;
+        let mut i = from;
+        while i < to {
+            let end = (i + 50).min(to);
+            let mut p = redis::pipe();
+            for k in i..end {
+                p.cmd("SET").arg(format!("k{k}")).arg("v").ignore();
+            }
+            p.query::<()>(&mut c).expect("SET");
+            i = end;
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+fn finish(srv: &Server, sink: &mut Sink, n: usize) -> usize {
+    let msgs = sink.expect_at_least(n, T).to_vec();
+    let dups = check_sequence(&msgs, "k", n);
+    wait_for("backlog drained and all settled", T, || {
+        let i = srv.info();
+        i["fallback_len"] == "0" && i["inflight"] == "0" && i["queue_len"] == "0"
+    });
+    // Drain the stragglers (duplicates) that may still be on their way.
+    sink.drain();
+    let dups = dups.max(check_sequence(&sink.received, "k", n));
+    let info = srv.info();
+    eprintln!(
+        "received {} for {n} events: {dups} duplicates; confirmed {} stored {} reconnects {}",
+        sink.received.len(),
+        info["events_confirmed"],
+        info["events_stored"],
+        info["reconnects"]
+    );
+    assert!(
+        dups <= 8192 * 2,
+        "duplicates beyond the in-flight window: {dups}"
+    );
+    assert_eq!(info["events_dropped"], "0");
+    assert_eq!(info["events_lost"], "0");
+    dups
+}
+
+#[test]
+fn broker_stop_app_and_start_app_mid_stream() {
+    let _g = fault_lock();
+    let (port, node) = fault_broker();
+    let mut sink = Sink::new(port);
+    let srv = start(port, &sink, &[]);
+    let n = 6000;
+    let w = writer(&srv, 0, n, Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(1));
+    rabbitmqctl(&node, &["stop_app"]);
+    wait_for("module notices", T, || {
+        srv.field("connection") == "reconnecting"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    rabbitmqctl(&node, &["start_app"]);
+    w.join().expect("writer");
+    finish(&srv, &mut sink, n);
+    assert!(srv.stat("reconnects") >= 1);
+}
+
+#[test]
+fn broker_paused_with_sigstop_redis_keeps_answering() {
+    let _g = fault_lock();
+    let (port, node) = fault_broker();
+    let mut sink = Sink::new(port);
+    let srv = start(port, &sink, &[("key_evt_amqp.queue-max-events", "1000")]);
+    srv.set_keys(&["k0"]);
+    sink.expect_at_least(1, T);
+    let pid = broker_pid(&node);
+    let n = 20_000;
+    // SAFETY: plain signal to the broker's VM.
+    unsafe { libc_kill(pid, 19) };
+    let w = writer(&srv, 1, n, Duration::from_secs(2));
+    let mut slowest = Duration::ZERO;
+    let mut c = srv.conn();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        let _: String = redis::cmd("PING").query(&mut c).expect("PING");
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    w.join().expect("writer");
+    let stored = srv.stat("fallback_len");
+    unsafe { libc_kill(pid, 18) };
+    eprintln!("slowest PING while the broker was paused: {slowest:?}; {stored} events in the fallback list");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "Redis stalled: {slowest:?}"
+    );
+    assert!(stored > 0, "the bounded queue must spill to the list");
+    finish(&srv, &mut sink, n);
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn memory_alarm_blocks_then_clears() {
+    let _g = fault_lock();
+    let (port, node) = fault_broker();
+    let mut sink = Sink::new(port);
+    let srv = start(port, &sink, &[]);
+    srv.set_keys(&["k0"]);
+    sink.expect_at_least(1, T);
+    rabbitmqctl(&node, &["set_vm_memory_high_watermark", "0.000001"]);
+    let w = writer(&srv, 1, 3000, Duration::from_secs(1));
+    w.join().expect("writer");
+    wait_for("blocked", T, || {
+        srv.field("connection") == "blocked" || srv.stat("fallback_len") > 0
+    });
+    rabbitmqctl(&node, &["set_vm_memory_high_watermark", "0.4"]);
+    finish(&srv, &mut sink, 3000);
+}
+
+#[test]
+fn proxy_cuts_connections_mid_stream() {
+    let mut sink = Sink::new(amqp_port());
+    let proxy = Proxy::new(amqp_port());
+    let srv = start(proxy.port, &sink, &[]);
+    let n = 10_000;
+    let w = writer(&srv, 0, n, Duration::from_secs(3));
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        proxy.cut();
+    }
+    w.join().expect("writer");
+    finish(&srv, &mut sink, n);
+    assert!(srv.stat("reconnects") >= 1);
+}
+
+#[test]
+fn proxy_stall_is_detected_by_heartbeats() {
+    let mut sink = Sink::new(amqp_port());
+    let proxy = Proxy::new(amqp_port());
+    let srv = start(proxy.port, &sink, &[]);
+    srv.set_keys(&["k0"]);
+    sink.expect_at_least(1, T);
+    proxy.stall(true);
+    let w = writer(&srv, 1, 2000, Duration::from_millis(500));
+    w.join().expect("writer");
+    // Heartbeat 1 s: the dead peer is noticed within about two intervals.
+    let t = Instant::now();
+    wait_for("stall detected", Duration::from_secs(10), || {
+        srv.field("connection") == "reconnecting"
+    });
+    eprintln!("stall detected after {:?}", t.elapsed());
+    proxy.stall(false);
+    finish(&srv, &mut sink, 2000);
+}
+
+#[test]
+fn proxy_half_close() {
+    let mut sink = Sink::new(amqp_port());
+    let proxy = Proxy::new(amqp_port());
+    let srv = start(proxy.port, &sink, &[]);
+    let w = writer(&srv, 0, 4000, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(400));
+    proxy.half_close();
+    w.join().expect("writer");
+    finish(&srv, &mut sink, 4000);
+}
+
+#[test]
+fn wrong_credentials_then_right_ones() {
+    let mut sink = Sink::new(amqp_port());
+    let mut a = args(amqp_port(), &sink);
+    a[4] = "wrong-password".into();
+    let srv = Server::start(Kind::Redis, &a, &[]);
+    srv.set_keys(&(0..100).map(|i| format!("k{i}")).collect::<Vec<_>>());
+    wait_for("stored", T, || srv.stat("fallback_len") == 100);
+    assert!(!srv.log().contains("wrong-password"), "password logged");
+    let mut cmd = vec!["key_evt_amqp.config_set".to_string()];
+    cmd.extend(sink.args(2));
+    let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    srv.cmd(&refs).unwrap();
+    srv.set_keys(&["k100"]);
+    finish(&srv, &mut sink, 101);
+}
+
+#[test]
+fn missing_exchange_then_created() {
+    let mut sink = Sink::new(amqp_port());
+    sink.delete_exchange();
+    let srv = start(amqp_port(), &sink, &[]);
+    srv.set_keys(&(0..200).map(|i| format!("k{i}")).collect::<Vec<_>>());
+    wait_for("stored after 404", T, || srv.stat("fallback_len") == 200);
+    assert!(
+        srv.field("last_error").contains("404") || srv.field("last_error").contains("NOT_FOUND"),
+        "{}",
+        srv.field("last_error")
+    );
+    sink.declare_exchange();
+    sink.declare_queue();
+    srv.set_keys(&["k200"]);
+    finish(&srv, &mut sink, 201);
+}
