@@ -5,8 +5,10 @@
 //! with a magic header and a version, and uses an unusual type byte.
 
 use crate::commands::{self, NAMES};
+use crate::fallback::Backlog;
+use crate::slots;
 use crate::{flush, guard, state};
-use redis_module::{raw, Context};
+use redis_module::{raw, CallOptionsBuilder, CallReply, CallResult, Context};
 use std::os::raw::{c_char, c_uchar, c_void};
 
 /// Cluster message type byte.
@@ -59,7 +61,7 @@ pub fn loggable(name: &str, args: &[&[u8]]) -> String {
             if matches!(name, "config_set" | "connect") && i == 3 {
                 "***".to_string()
             } else {
-                String::from_utf8_lossy(a).into_owned()
+                crate::keymask::printable(a)
             }
         })
         .collect::<Vec<_>>()
@@ -154,6 +156,9 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
         // The replicated backlog is ours now: read its real length next tick.
         st.backlog.head_inflight = 0;
         st.backlog.epoch += 1;
+        // Look at the slots (and the backlogs in them) again on the next tick.
+        st.slots.owned.clear();
+        st.slots.next_check = None;
         if st.link != state::Link::Closed {
             st.link = state::Link::Idle;
         }
@@ -180,9 +185,114 @@ pub fn register(ctx: &Context, cluster: bool) {
     }
 }
 
-/// The backlog key for a node owning `slots` (hash tag added in cluster mode).
-pub fn backlog_key(base: &str, _slots: &[u16]) -> String {
-    base.to_string()
+/// What this node knows of its slots (cluster mode only).
+#[derive(Debug, Default)]
+pub struct SlotView {
+    /// Canonical hash tag of every slot (empty outside cluster mode).
+    pub tags: Vec<u32>,
+    /// Slots this node owns, sorted.
+    pub owned: Vec<u16>,
+    /// Backlog keys of this module found in owned slots, other than our own.
+    pub found: Vec<String>,
+    /// When to look at `CLUSTER NODES` again.
+    pub next_check: Option<std::time::Instant>,
+}
+
+/// How often slot ownership is re-read.
+const SLOT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Records moved from a found backlog into ours per tick.
+const ADOPT_CHUNK: usize = 1000;
+
+fn call_text(ctx: &Context, cmd: &str, args: &[&str]) -> Option<String> {
+    let opts = CallOptionsBuilder::new().errors_as_replies().build();
+    match ctx.call_ext::<_, CallResult>(cmd, &opts, args) {
+        Ok(CallReply::String(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Ok(CallReply::VerbatimString(v)) => v
+            .as_parts()
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+fn exists(ctx: &Context, key: &str) -> bool {
+    let opts = CallOptionsBuilder::new().errors_as_replies().build();
+    matches!(ctx.call_ext::<_, CallResult>("EXISTS", &opts, &[key]), Ok(CallReply::I64(n)) if n.to_i64() > 0)
+}
+
+/// Cluster masters: re-reads slot ownership, picks the backlog key in an owned
+/// slot, and lists the backlogs (of any node) that sit in owned slots.
+pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
+    if !st.cluster || !st.master {
+        return;
+    }
+    let now = std::time::Instant::now();
+    if !force && st.slots.next_check.is_some_and(|t| now < t) {
+        return;
+    }
+    st.slots.next_check = Some(now + SLOT_CHECK_EVERY);
+    if st.slots.tags.is_empty() {
+        st.slots.tags = slots::canonical_tags();
+    }
+    let Some(nodes) = call_text(ctx, "CLUSTER", &["NODES"]) else {
+        return;
+    };
+    let owned = slots::owned_slots(&nodes);
+    let base = st.backlog.key_prefix.clone();
+    if owned != st.slots.owned {
+        st.slots.owned = owned;
+        let mut found = Vec::new();
+        for &slot in &st.slots.owned {
+            let key = slots::backlog_key(&base, &st.slots.tags, slot);
+            if exists(ctx, &key) {
+                found.push(key);
+            }
+        }
+        st.slots.found = found;
+    }
+    let wanted = match st.slots.owned.first() {
+        Some(&slot) => slots::backlog_key(&base, &st.slots.tags, slot),
+        None => String::new(),
+    };
+    // Switch keys only while no record read from the list is in flight.
+    if wanted != st.backlog.key && st.inflight.iter().all(|b| !b.from_list) {
+        ctx.log_notice(&format!("key_evt_amqp: fallback list is now '{wanted}'"));
+        st.backlog = Backlog::new(wanted, base);
+        st.backlog.epoch += 1;
+    }
+    let own = st.backlog.key.clone();
+    st.slots.found.retain(|k| *k != own);
+}
+
+/// Moves a chunk of the first found backlog to the tail of ours; the records
+/// are then drained like our own. Pop and push run in one timer tick, so they
+/// reach the AOF and the replicas together.
+pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Vec<Vec<u8>>> {
+    let key = st.slots.found.first()?.clone();
+    if st.backlog.key.is_empty() {
+        return None;
+    }
+    let opts = CallOptionsBuilder::new()
+        .replicate()
+        .errors_as_replies()
+        .build();
+    let count = ADOPT_CHUNK.to_string();
+    let records: Vec<Vec<u8>> =
+        match ctx.call_ext::<_, CallResult>("LPOP", &opts, &[key.as_str(), count.as_str()]) {
+            Ok(CallReply::Array(items)) => items
+                .iter()
+                .filter_map(|i| match i {
+                    Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+    if records.len() < ADOPT_CHUNK {
+        st.slots.found.remove(0);
+        ctx.log_notice(&format!("key_evt_amqp: adopted the backlog '{key}'"));
+    }
+    Some(records)
 }
 
 #[cfg(test)]
@@ -207,5 +317,6 @@ mod tests {
         let l = loggable("connect", &args);
         assert!(!l.contains("secret") && l.contains("***"));
         assert_eq!(loggable("keymask_add", &[b"secret"]), "secret");
+        assert_eq!(loggable("keymask_add", &[b"a\x00b"]), "a\\x00b");
     }
 }

@@ -120,11 +120,14 @@ fn text(name: &'static str, v: &[u8], max: usize) -> Result<String, ConfigError>
         value: if name == "password" {
             "***".into()
         } else {
-            String::from_utf8_lossy(v).into_owned()
+            crate::keymask::printable(v)
         },
         reason,
     };
     let s = std::str::from_utf8(v).map_err(|_| invalid("must be UTF-8"))?;
+    if s.contains('\0') {
+        return Err(invalid("must not contain NUL bytes"));
+    }
     if s.len() > max {
         return Err(invalid("too long (255 bytes at most)"));
     }
@@ -141,7 +144,7 @@ fn number<T: std::str::FromStr>(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ConfigError::Invalid {
             name,
-            value: String::from_utf8_lossy(v).into_owned(),
+            value: crate::keymask::printable(v),
             reason,
         })
 }
@@ -191,7 +194,7 @@ impl Settings {
                         _ => {
                             return Err(ConfigError::Invalid {
                                 name: "delivery_mode",
-                                value: String::from_utf8_lossy(v).into_owned(),
+                                value: crate::keymask::printable(v),
                                 reason: "must be 1 (non-persistent) or 2 (persistent)",
                             })
                         }

@@ -219,7 +219,7 @@ fn store(ctx: &Context, st: &mut State, records: Vec<Vec<u8>>, at: Store) {
         st.stats.dropped_disabled += n;
         return;
     }
-    if !st.master {
+    if !st.master || st.backlog.key.is_empty() {
         st.stats.dropped += n;
         st.stats.dropped_unwritable += n;
         return;
@@ -234,6 +234,8 @@ fn store(ctx: &Context, st: &mut State, records: Vec<Vec<u8>>, at: Store) {
             st.stats.dropped += n;
             st.stats.dropped_unwritable += n;
             st.set_error(format!("fallback write: {e}"));
+            // A slot may have moved: look again now.
+            crate::cluster::refresh(ctx, st, true);
             return;
         }
     }
@@ -303,7 +305,12 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.loading {
         return;
     }
-    if st.backlog.len > 0 || st.ticks.is_multiple_of(SYNC_EVERY_IDLE_TICKS) {
+    crate::cluster::refresh(ctx, st, false);
+    if let Some(records) = crate::cluster::adopt(ctx, st) {
+        store(ctx, st, records, Store::Tail);
+    }
+    let sync_due = st.backlog.len > 0 || st.ticks.is_multiple_of(SYNC_EVERY_IDLE_TICKS);
+    if !st.backlog.key.is_empty() && sync_due {
         match st.backlog.sync_len(ctx) {
             Ok(lost) if lost > 0 => {
                 st.stats.lost += lost;

@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub fallback_len: u64,
     /// The fallback key.
     pub fallback_key: String,
+    /// Other nodes' backlogs found in this node's slots, still to drain.
+    pub backlogs_found: usize,
     /// The fallback cap.
     pub fallback_size: i64,
     /// The subscribed event types.
@@ -104,6 +106,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("queue_bytes", s.queue_bytes as u64),
         ("inflight", s.inflight as u64),
         ("fallback_len", s.fallback_len),
+        ("backlogs_found", s.backlogs_found as u64),
         ("reconnects", st.reconnects),
     ];
     for (name, value) in numbers {

@@ -171,7 +171,7 @@ impl KeyMasks {
             Self::All => "ALL".to_string(),
             Self::Some(masks) => masks
                 .iter()
-                .map(|m| String::from_utf8_lossy(m.source()).into_owned())
+                .map(|m| printable(m.source()))
                 .collect::<Vec<_>>()
                 .join(" "),
         }
@@ -185,6 +185,19 @@ impl KeyMasks {
             Self::Some(m) => m.len(),
         }
     }
+}
+
+/// Shows bytes on one INFO or log line: anything outside printable ASCII as `\\xNN`.
+pub fn printable(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_graphic() && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -289,6 +302,10 @@ mod tests {
         s.add(&[&b"^b"[..]]);
         assert!(s.matches(b"a1") && s.matches(b"b1") && !s.matches(b"c1"));
         assert_eq!(s.count(), 2);
+        assert_eq!(
+            KeyMasks::from_args(&[&b"a b\n\x00"[..]]).describe(),
+            "a\\x20b\\x0a\\x00"
+        );
         s.add(&[&b"ALL"[..]]);
         assert_eq!(s, KeyMasks::All);
     }

@@ -18,6 +18,7 @@ pub mod keymask;
 pub mod lifecycle;
 pub mod notify;
 pub mod queue;
+pub mod slots;
 pub mod state;
 
 use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};

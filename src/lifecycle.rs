@@ -98,8 +98,9 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     } else {
         base
     };
+    // In cluster mode the key gets the hash tag of an owned slot on the first tick.
     let key = if is_cluster {
-        cluster::backlog_key(&base, &[])
+        String::new()
     } else {
         base.clone()
     };
@@ -130,6 +131,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         ticks: 0,
         last_error: String::new(),
         cluster: is_cluster,
+        slots: Default::default(),
     });
     if !notify::subscribe(ctx, types.0) {
         ctx.log_warning("key_evt_amqp: MODULE LOAD refused: cannot subscribe to keyspace events");
@@ -270,6 +272,7 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         inflight: st.inflight_events,
         fallback_len: st.backlog.len,
         fallback_key: st.backlog.key.clone(),
+        backlogs_found: st.slots.found.len(),
         fallback_size: st.settings.fallback_size,
         event_types: st.types.to_string(),
         keymasks: st.settings.masks.describe(),

@@ -106,6 +106,8 @@ pub struct State {
     pub last_error: String,
     /// This node runs in cluster mode.
     pub cluster: bool,
+    /// Cluster only: slot ownership and backlogs found in owned slots.
+    pub slots: crate::cluster::SlotView,
 }
 
 thread_local! {

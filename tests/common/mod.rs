@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod cluster;
 pub mod proxy;
 pub mod server;
 

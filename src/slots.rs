@@ -1,0 +1,117 @@
+//! Cluster hash slots: CRC16 of keys, a canonical hash tag for every slot,
+//! and the slots a node owns according to `CLUSTER NODES`.
+
+/// Number of hash slots in Redis Cluster.
+pub const SLOTS: usize = 16384;
+
+/// CRC16-CCITT (XModem), as Redis Cluster uses it.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The slot of a key, honouring `{hash tags}`.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match memchr::memchr(b'{', key) {
+        Some(open) => match memchr::memchr(b'}', &key[open + 1..]) {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16(hashed) % SLOTS as u16
+}
+
+/// For every slot, the smallest number whose decimal form hashes to it.
+/// Every node computes the same table, so the backlog key of any slot is known.
+pub fn canonical_tags() -> Vec<u32> {
+    let mut tags = vec![u32::MAX; SLOTS];
+    let mut left = SLOTS;
+    let mut i: u32 = 0;
+    while left > 0 {
+        let slot = usize::from(crc16(i.to_string().as_bytes()) % SLOTS as u16);
+        if tags[slot] == u32::MAX {
+            tags[slot] = i;
+            left -= 1;
+        }
+        i += 1;
+    }
+    tags
+}
+
+/// The backlog key for `slot`: `<base>{<tag>}`.
+pub fn backlog_key(base: &str, tags: &[u32], slot: u16) -> String {
+    format!("{base}{{{}}}", tags[usize::from(slot)])
+}
+
+/// The slots owned by the `myself` line of `CLUSTER NODES`, sorted.
+pub fn owned_slots(cluster_nodes: &str) -> Vec<u16> {
+    let Some(line) = cluster_nodes.lines().find(|l| {
+        l.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+    }) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for field in line.split(' ').skip(8) {
+        if field.starts_with('[') {
+            continue; // a slot being migrated or imported: not ours yet
+        }
+        let (a, b) = field.split_once('-').unwrap_or((field, field));
+        if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
+            out.extend(a..=b.min(SLOTS as u16 - 1));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_matches_redis() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
+    }
+
+    #[test]
+    fn every_slot_has_a_tag() {
+        let tags = canonical_tags();
+        for (slot, tag) in tags.iter().enumerate().step_by(97) {
+            let key = backlog_key("key_evt_amqp:fallback", &tags, slot as u16);
+            assert_eq!(
+                usize::from(key_slot(key.as_bytes())),
+                slot,
+                "{key} tag {tag}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_myself_line() {
+        let nodes = "\
+a1 127.0.0.1:7001@17001 master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7002@17002 myself,master - 0 0 2 connected 5461-5463 7000 [5464->-a1] 8000-8001
+c3 127.0.0.1:7003@17003 slave b2 0 0 2 connected
+";
+        assert_eq!(owned_slots(nodes), vec![5461, 5462, 5463, 7000, 8000, 8001]);
+        assert!(owned_slots("x 1:1@1 slave,myself y 0 0 1 connected\n").is_empty());
+    }
+}

@@ -1,0 +1,317 @@
+//! Redis Cluster and replication: each event forwarded once, by masters only,
+//! through failover and resharding; commands broadcast to every node.
+
+mod common;
+
+use common::amqp::Sink;
+use common::cluster::{text, Cluster};
+use common::server::{module_args, Kind, Server};
+use common::{amqp_port, free_port, wait_for};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// How often each key arrived.
+fn counts(sink: &Sink) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for msg in &sink.received {
+        *m.entry(msg.key()).or_insert(0) += 1;
+    }
+    m
+}
+
+fn cluster_args(sink: &Sink, port: u16) -> Vec<String> {
+    let mut a = module_args("$", port, &sink.exchange, &sink.routing_key, &["ALL"]);
+    a[5] = "2".into();
+    a
+}
+
+fn basic(kind: Kind) {
+    let mut sink = Sink::new(amqp_port());
+    let c = Cluster::start(kind, 3, &cluster_args(&sink, sink.port));
+    let written = c.set_keys(&keys("k", 3000));
+    assert_eq!(written.len(), 3000);
+    sink.expect_at_least(3000, T);
+    sink.expect_quiet(Duration::from_millis(500));
+    let counts = counts(&sink);
+    assert_eq!(counts.len(), 3000);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "{kind:?}: an event was forwarded twice"
+    );
+    let masters = c.masters();
+    assert_eq!(masters.len(), 3);
+    for (i, n) in c.nodes.iter().enumerate() {
+        let info = n.info();
+        if masters.contains(&i) {
+            assert_eq!(info["role"], "master");
+            assert_eq!(info["forwarding"], "yes");
+            assert!(info["events_accepted"].parse::<i64>().unwrap() > 0);
+            assert!(
+                info["fallback_key"].starts_with("key_evt_amqp:fallback{"),
+                "{}",
+                info["fallback_key"]
+            );
+        } else {
+            assert_eq!(info["role"], "replica");
+            assert_eq!(info["forwarding"], "no");
+            assert_eq!(info["events_accepted"], "0");
+            assert_eq!(info["connection"], "idle", "a replica never connects");
+        }
+    }
+}
+
+#[test]
+fn each_set_is_forwarded_once_on_redis() {
+    basic(Kind::Redis);
+}
+
+#[test]
+fn each_set_is_forwarded_once_on_valkey() {
+    basic(Kind::Valkey);
+}
+
+#[test]
+fn commands_are_broadcast_to_every_node() {
+    let sink = Sink::new(amqp_port());
+    let c = Cluster::start(Kind::Redis, 3, &cluster_args(&sink, sink.port));
+    c.nodes[0]
+        .cmd(&["key_evt_amqp.keymask_set", "^user:", "bin\x00ary"])
+        .unwrap();
+    for n in &c.nodes {
+        wait_for("keymask on every node", T, || {
+            n.field("keymasks") == "^user: bin\\x00ary"
+        });
+    }
+    c.nodes[1]
+        .cmd(&[
+            "key_evt_amqp.config_set",
+            "127.0.0.1",
+            &sink.port.to_string(),
+            "guest",
+            "s3cret-pw",
+        ])
+        .unwrap();
+    c.nodes[2]
+        .cmd(&["key_evt_amqp.fallback_storage_size_set", "77"])
+        .unwrap();
+    for n in &c.nodes {
+        wait_for("fallback size on every node", T, || {
+            n.field("fallback_size") == "77"
+        });
+        assert!(!n.log().contains("s3cret-pw"), "password logged");
+    }
+    assert!(c.nodes[0].log().contains("applying broadcast config_set"));
+    // A broadcast connect makes only masters connect.
+    c.nodes[3]
+        .cmd(&[
+            "key_evt_amqp.connect",
+            "127.0.0.1",
+            &sink.port.to_string(),
+            "guest",
+            "guest",
+        ])
+        .unwrap();
+    let masters = c.masters();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if masters.contains(&i) {
+            wait_for("masters connect", T, || {
+                n.field("connection") == "connected"
+            });
+        }
+    }
+    for (i, n) in c.nodes.iter().enumerate() {
+        if !masters.contains(&i) {
+            assert_eq!(n.field("connection"), "idle");
+        }
+    }
+}
+
+#[test]
+fn manual_failover_under_write_load_delivers_everything() {
+    let mut sink = Sink::new(amqp_port());
+    let c = Cluster::start(Kind::Redis, 3, &cluster_args(&sink, sink.port));
+    let m = c.masters()[0];
+    let r = c.replica_of(m);
+    let first = c.set_keys(&keys("a", 2000));
+    text(&c.nodes[r], &["CLUSTER", "FAILOVER"]);
+    let second = c.set_keys(&keys("b", 2000));
+    wait_for("failover done", T, || {
+        text(&c.nodes[r], &["INFO", "replication"]).contains("role:master")
+    });
+    let third = c.set_keys(&keys("c", 2000));
+    let all: Vec<String> = first.into_iter().chain(second).chain(third).collect();
+    sink.expect_at_least(all.len(), T);
+    sink.expect_quiet(Duration::from_millis(500));
+    let counts = counts(&sink);
+    let missing: Vec<&String> = all.iter().filter(|k| !counts.contains_key(*k)).collect();
+    let dups: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!(
+        "manual failover: {} written, {} missing, {dups} duplicates",
+        all.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "missing {:?}",
+        &missing[..missing.len().min(10)]
+    );
+    wait_for("new master forwards", T, || {
+        c.nodes[r].field("role") == "master"
+    });
+    assert_eq!(c.nodes[m].field("role"), "replica");
+}
+
+#[test]
+fn master_killed_then_automatic_failover_loses_at_most_the_window() {
+    let mut sink = Sink::new(amqp_port());
+    let mut c = Cluster::start(Kind::Redis, 3, &cluster_args(&sink, sink.port));
+    let m = c.masters()[0];
+    let r = c.replica_of(m);
+    let first = c.set_keys(&keys("a", 3000));
+    c.nodes[m].kill();
+    wait_for("replica promoted", T, || {
+        text(&c.nodes[r], &["INFO", "replication"]).contains("role:master")
+    });
+    c.wait_ok();
+    let second = c.set_keys(&keys("b", 3000));
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    wait_for("events settle", T, || {
+        sink.drain();
+        c.nodes
+            .iter()
+            .filter(|n| n.pid() != 0)
+            .all(|n| n.field("inflight") == "0" && n.field("queue_len") == "0")
+    });
+    sink.expect_quiet(Duration::from_millis(500));
+    let counts = counts(&sink);
+    let missing = all.iter().filter(|k| !counts.contains_key(*k)).count();
+    let dups: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!(
+        "SIGKILL failover: {} acknowledged writes, {missing} events lost, {dups} duplicates",
+        all.len()
+    );
+    assert!(
+        missing <= 8192,
+        "lost more than the in-flight window: {missing}"
+    );
+    assert!(
+        all.iter()
+            .filter(|k| k.starts_with('b'))
+            .all(|k| counts.contains_key(k)),
+        "writes after the failover are all delivered"
+    );
+}
+
+#[test]
+fn resharding_moves_the_backlog_and_it_is_delivered() {
+    let mut sink = Sink::new(amqp_port());
+    // The broker is "down" for the cluster: the module points at a closed port.
+    let c = Cluster::start(Kind::Redis, 3, &cluster_args(&sink, free_port()));
+    let written = c.set_keys(&keys("k", 1500));
+    let masters = c.masters();
+    let (a, b) = (masters[0], masters[1]);
+    wait_for("backlogs stored", T, || {
+        masters
+            .iter()
+            .map(|&m| c.nodes[m].stat("fallback_len"))
+            .sum::<i64>()
+            == 1500
+    });
+    let key = c.nodes[a].field("fallback_key");
+    let stored_a = c.nodes[a].stat("fallback_len");
+    let slot: u16 = text(&c.nodes[a], &["CLUSTER", "KEYSLOT", &key])
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(&key)
+                .query::<i64>(&mut c.nodes[a].conn())
+                .unwrap() as u16
+        });
+    // Move that slot, with the backlog in it, from a to b.
+    let (ida, idb) = (c.node_id(a), c.node_id(b));
+    let s = slot.to_string();
+    text(&c.nodes[b], &["CLUSTER", "SETSLOT", &s, "IMPORTING", &ida]);
+    text(&c.nodes[a], &["CLUSTER", "SETSLOT", &s, "MIGRATING", &idb]);
+    let port_b = c.nodes[b].port.to_string();
+    let moved = text(
+        &c.nodes[a],
+        &["MIGRATE", "127.0.0.1", &port_b, &key, "0", "5000"],
+    );
+    assert!(moved.to_lowercase().contains("ok"), "MIGRATE: {moved}");
+    for n in [b, a] {
+        text(&c.nodes[n], &["CLUSTER", "SETSLOT", &s, "NODE", &idb]);
+    }
+    eprintln!("moved slot {slot} holding {stored_a} events of '{key}' from node {a} to node {b}");
+    wait_for("b adopts the backlog", T, || {
+        c.nodes[b].stat("backlogs_found") == 0 && c.nodes[b].stat("fallback_len") > 0
+    });
+    wait_for("a moves its backlog key to a slot it still owns", T, || {
+        c.nodes[a].field("fallback_key") != key
+    });
+    // The broker comes back: one command, broadcast to all nodes.
+    c.nodes[0]
+        .cmd(&[
+            "key_evt_amqp.config_set",
+            "127.0.0.1",
+            &sink.port.to_string(),
+        ])
+        .unwrap();
+    sink.expect_at_least(written.len(), T);
+    let counts = counts(&sink);
+    assert!(
+        written.iter().all(|k| counts.contains_key(k)),
+        "every stored event is delivered"
+    );
+}
+
+#[test]
+fn master_replica_without_cluster_follows_the_role() {
+    let mut sink = Sink::new(amqp_port());
+    let args = cluster_args(&sink, sink.port);
+    let a = Server::start(Kind::Redis, &args, &[]);
+    let b = Server::start(
+        Kind::Redis,
+        &args,
+        &[("replicaof", &format!("127.0.0.1 {}", a.port))],
+    );
+    wait_for("replica linked", T, || {
+        text(&b, &["INFO", "replication"]).contains("master_link_status:up")
+    });
+    a.set_keys(&keys("a", 100));
+    sink.expect_at_least(100, T);
+    assert_eq!(b.field("role"), "replica");
+    assert_eq!(b.stat("events_accepted"), 0);
+    // A backlog built on the master reaches the replica by replication.
+    a.cmd(&["key_evt_amqp.disconnect"]).unwrap();
+    a.set_keys(&keys("b", 100));
+    wait_for("backlog replicated", T, || {
+        b.llen("key_evt_amqp:fallback") == 100
+    });
+    // Swap roles.
+    b.cmd(&["REPLICAOF", "NO", "ONE"]).unwrap();
+    a.cmd(&["REPLICAOF", "127.0.0.1", &b.port.to_string()])
+        .unwrap();
+    wait_for("b is master", T, || b.field("role") == "master");
+    wait_for("a is replica", T, || a.field("role") == "replica");
+    b.set_keys(&keys("c", 100));
+    sink.expect_at_least(300, T);
+    sink.expect_quiet(Duration::from_millis(300));
+    let got: Vec<String> = sink.received.iter().map(|m| m.key()).collect();
+    let expected: Vec<String> = keys("a", 100)
+        .into_iter()
+        .chain(keys("b", 100))
+        .chain(keys("c", 100))
+        .collect();
+    assert_eq!(
+        got, expected,
+        "backlog first, then the new master's own events, each once"
+    );
+}
