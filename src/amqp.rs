@@ -8,6 +8,7 @@
 
 use crate::config::AmqpSettings;
 use crate::event::split;
+use crate::queue::Records;
 use async_channel::{Receiver, Sender};
 use futures_lite::{future, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -30,47 +31,16 @@ pub enum Request {
     Publish(Batch),
 }
 
-/// Records handed over in one go: one buffer, so the hand-off costs one
-/// allocation and one copy per batch, not per record.
-#[derive(Debug, Default)]
+/// Records handed over in one go, shared with the main thread (which keeps
+/// them until they are confirmed): the hand-off copies nothing.
+#[derive(Debug)]
 pub struct Batch {
     /// Sequence number chosen by the main thread.
     pub id: u64,
     /// Connection generation the batch is meant for.
     pub generation: u64,
-    /// The encoded records (see [`crate::event`]), back to back.
-    pub data: Vec<u8>,
-    /// End offset of each record in `data`.
-    pub ends: Vec<usize>,
-}
-
-impl Batch {
-    /// Builds a batch from records, oldest first.
-    pub fn new<R: AsRef<[u8]>>(id: u64, generation: u64, records: &[R]) -> Self {
-        let total = records.iter().map(|r| r.as_ref().len()).sum();
-        let mut data = Vec::with_capacity(total);
-        let mut ends = Vec::with_capacity(records.len());
-        for r in records {
-            data.extend_from_slice(r.as_ref());
-            ends.push(data.len());
-        }
-        Self {
-            id,
-            generation,
-            data,
-            ends,
-        }
-    }
-
-    /// Number of records.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// True when there is no record.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
+    /// The encoded records (see [`crate::event`]).
+    pub records: Arc<Records>,
 }
 
 /// What the AMQP side reports.
@@ -212,7 +182,28 @@ fn fail_batch(batch: Batch, error: &str) -> Outcome {
     })
 }
 
+/// Nice value of the AMQP threads, so that under load they yield the CPU to
+/// Redis: events wait in the bounded queue instead of slowing commands.
+const THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority; threads it starts (lapin's I/O
+/// loop) inherit it.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+        }
+        const PRIO_PROCESS: i32 = 0;
+        // SAFETY: plain syscall wrapper; on Linux `who = 0` is the calling thread.
+        unsafe {
+            setpriority(PRIO_PROCESS, 0, THREAD_NICE);
+        }
+    }
+}
+
 async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
+    lower_priority();
     let mut target: Option<AmqpSettings> = None;
     let mut attempt = 0u32;
     let mut generation = 0u64;
@@ -397,24 +388,21 @@ fn publish(
 ) {
     let mut cx = Context::from_waker(Waker::noop());
     let id = batch.id;
-    let data = Arc::new(batch.data);
-    let mut writes: Vec<PublishFuture> = Vec::with_capacity(batch.ends.len());
-    let mut start = 0;
-    for end in batch.ends {
-        let record = &data[start..end];
+    let mut writes: Vec<PublishFuture> = Vec::with_capacity(batch.records.len());
+    for (i, record) in batch.records.iter().enumerate() {
         let mut props = base.clone();
-        let mut body = start..end;
+        let mut skip = 0;
         if let Some(p) = split(record) {
             props = props
                 .with_message_id(p.message_id.into())
                 .with_timestamp(p.timestamp);
-            body.start = end - p.body.len();
+            skip = record.len() - p.body.len();
         }
-        start = end;
-        let (ch, buf) = (channel.clone(), Arc::clone(&data));
+        let (ch, buf) = (channel.clone(), Arc::clone(&batch.records));
         let (ex, rk) = (exchange.clone(), routing_key.clone());
         let mut fut: PublishFuture = Box::pin(async move {
-            ch.basic_publish(ex, rk, BasicPublishOptions::default(), &buf[body], props)
+            let body = buf.get(i).map_or(&[][..], |r| &r[skip..]);
+            ch.basic_publish(ex, rk, BasicPublishOptions::default(), body, props)
                 .await
         });
         // The first poll pushes the frames onto the channel: this fixes the order.

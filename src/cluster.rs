@@ -6,6 +6,7 @@
 
 use crate::commands::{self, NAMES};
 use crate::fallback::Backlog;
+use crate::queue::Records;
 use crate::slots;
 use crate::{flush, guard, state};
 use redis_module::{raw, CallOptionsBuilder, CallReply, CallResult, Context};
@@ -156,6 +157,7 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
         // The replicated backlog is ours now: read its real length next tick.
         st.backlog.head_inflight = 0;
         st.backlog.epoch += 1;
+        st.backlog.synced_at = None;
         // Look at the slots (and the backlogs in them) again on the next tick.
         st.slots.owned.clear();
         st.slots.next_check = None;
@@ -267,7 +269,7 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
 /// Moves a chunk of the first found backlog to the tail of ours; the records
 /// are then drained like our own. Pop and push run in one timer tick, so they
 /// reach the AOF and the replicas together.
-pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Vec<Vec<u8>>> {
+pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
     let key = st.slots.found.first()?.clone();
     if st.backlog.key.is_empty() {
         return None;
@@ -277,17 +279,16 @@ pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Vec<Vec<u8>>> {
         .errors_as_replies()
         .build();
     let count = ADOPT_CHUNK.to_string();
-    let records: Vec<Vec<u8>> =
-        match ctx.call_ext::<_, CallResult>("LPOP", &opts, &[key.as_str(), count.as_str()]) {
-            Ok(CallReply::Array(items)) => items
-                .iter()
-                .filter_map(|i| match i {
-                    Ok(CallReply::String(s)) => Some(s.as_bytes().to_vec()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+    let mut records = Records::default();
+    if let Ok(CallReply::Array(items)) =
+        ctx.call_ext::<_, CallResult>("LPOP", &opts, &[key.as_str(), count.as_str()])
+    {
+        for item in items.iter() {
+            if let Ok(CallReply::String(s)) = item {
+                records.push_with(|d| d.extend_from_slice(s.as_bytes()));
+            }
+        }
+    }
     if records.len() < ADOPT_CHUNK {
         st.slots.found.remove(0);
         ctx.log_notice(&format!("key_evt_amqp: adopted the backlog '{key}'"));

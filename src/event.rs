@@ -116,11 +116,48 @@ fn push_u64(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
+/// A decimal counter kept as ASCII digits, so that counting up is a few
+/// instructions instead of a division per digit.
+#[derive(Debug, Clone)]
+struct Odometer {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Odometer {
+    fn new() -> Self {
+        let mut digits = [b'0'; 20];
+        digits[19] = b'0';
+        Self { digits, start: 19 }
+    }
+
+    fn increment(&mut self) {
+        let mut i = self.digits.len();
+        while i > 0 {
+            i -= 1;
+            if self.digits[i] == b'9' {
+                self.digits[i] = b'0';
+            } else {
+                self.digits[i] += 1;
+                self.start = self.start.min(i);
+                return;
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+}
+
 /// Builds records for one node: a fixed id prefix and a sequence number.
 #[derive(Debug, Clone)]
 pub struct Encoder {
     prefix: Vec<u8>,
     seq: u64,
+    seq_text: Odometer,
+    /// The last timestamp seen and its decimal form.
+    ts: (u64, Vec<u8>),
 }
 
 impl Encoder {
@@ -128,7 +165,12 @@ impl Encoder {
     pub fn new(node: &str) -> Self {
         let mut prefix = node.as_bytes().to_vec();
         prefix.push(b'-');
-        Self { prefix, seq: 0 }
+        Self {
+            prefix,
+            seq: 0,
+            seq_text: Odometer::new(),
+            ts: (u64::MAX, Vec::new()),
+        }
     }
 
     /// How many records this encoder made.
@@ -136,26 +178,76 @@ impl Encoder {
         self.seq
     }
 
-    /// Encodes one event into a record.
+    /// Encodes one event into a new record.
     pub fn record(&mut self, now_secs: u64, db: i32, event: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.record_into(&mut out, now_secs, db, event, key);
+        out
+    }
+
+    /// Encodes one event, appending the record to `out`.
+    #[inline]
+    pub fn record_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        now_secs: u64,
+        db: i32,
+        event: &[u8],
+        key: &[u8],
+    ) {
         self.seq += 1;
-        let mut out =
-            Vec::with_capacity(self.prefix.len() + 20 + 12 + 12 + event.len() + key.len());
-        out.extend_from_slice(&self.prefix);
-        push_u64(&mut out, self.seq);
-        out.push(b'\n');
-        push_u64(&mut out, now_secs);
-        out.push(b'\n');
-        if db < 0 {
-            out.push(b'-');
+        self.seq_text.increment();
+        if self.ts.0 != now_secs {
+            self.ts.1.clear();
+            push_u64(&mut self.ts.1, now_secs);
+            self.ts.0 = now_secs;
         }
-        push_u64(&mut out, u64::from(db.unsigned_abs()));
+        let seq = self.seq_text.as_bytes();
+        out.reserve(self.prefix.len() + seq.len() + self.ts.1.len() + 16 + event.len() + key.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(seq);
+        out.push(b'\n');
+        out.extend_from_slice(&self.ts.1);
+        out.push(b'\n');
+        match u8::try_from(db) {
+            Ok(d) if d < 10 => out.push(b'0' + d),
+            _ => {
+                if db < 0 {
+                    out.push(b'-');
+                }
+                push_u64(out, u64::from(db.unsigned_abs()));
+            }
+        }
         out.push(b'\n');
         out.extend_from_slice(event);
         out.push(b'\n');
         out.extend_from_slice(key);
-        out
     }
+}
+
+/// Seconds since the epoch from the coarse real-time clock (cheap: no syscall, tick resolution).
+#[inline]
+pub fn now_secs() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+        }
+        const CLOCK_REALTIME_COARSE: i32 = 5;
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: valid pointer to a timespec-shaped struct.
+        if unsafe { clock_gettime(CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
+            return u64::try_from(ts.sec).unwrap_or(0);
+        }
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A record split into its parts.
@@ -211,6 +303,19 @@ mod tests {
         let r2 = e.record(5, 15, b"set", b"a\nb\x00\xff");
         assert_eq!(split(&r2).unwrap().body, b"15\nset\na\nb\x00\xff");
         assert_eq!(split(&r2).unwrap().message_id, "abc-2");
+        assert_eq!(split(&r2).unwrap().timestamp, 5);
+        assert_eq!(
+            split(&e.record(5, -1, b"x", b"k")).unwrap().body,
+            b"-1\nx\nk"
+        );
+        for _ in 4..1001 {
+            e.record(5, 0, b"x", b"k");
+        }
+        assert_eq!(
+            split(&e.record(6, 0, b"x", b"k")).unwrap().message_id,
+            "abc-1001"
+        );
+        assert!(now_secs() > 1_600_000_000);
     }
 
     #[test]

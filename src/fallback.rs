@@ -3,6 +3,7 @@
 //! so they reach the AOF and replicas; records leave the list only after the
 //! broker confirmed them (`LTRIM` after the ack).
 
+use crate::queue::Records;
 use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context};
 
 /// Most arguments sent in one `RPUSH`/`LPUSH`.
@@ -41,6 +42,8 @@ pub struct Backlog {
     /// Bumped whenever the head changes behind in-flight records (cap, loss),
     /// so their later confirms trim nothing.
     pub epoch: u64,
+    /// When the real length was last read; `None` forces a read on the next tick.
+    pub synced_at: Option<std::time::Instant>,
 }
 
 impl Backlog {
@@ -67,14 +70,14 @@ impl Backlog {
     }
 
     /// Appends records at the tail, oldest first.
-    pub fn append(&mut self, ctx: &Context, records: &[Vec<u8>]) -> Result<(), String> {
-        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    pub fn append(&mut self, ctx: &Context, records: &Records) -> Result<(), String> {
+        let refs: Vec<&[u8]> = records.iter().collect();
         self.push(ctx, "RPUSH", &refs)
     }
 
     /// Puts records back at the head, keeping their order.
-    pub fn prepend(&mut self, ctx: &Context, records: &[Vec<u8>]) -> Result<(), String> {
-        let refs: Vec<&[u8]> = records.iter().rev().map(Vec::as_slice).collect();
+    pub fn prepend(&mut self, ctx: &Context, records: &Records) -> Result<(), String> {
+        let refs: Vec<&[u8]> = records.iter().rev().collect();
         self.push(ctx, "LPUSH", &refs)?;
         if self.head_inflight > 0 {
             self.head_inflight = 0;
@@ -104,7 +107,7 @@ impl Backlog {
     }
 
     /// Reads up to `n` records after the in-flight head, without removing them.
-    pub fn read(&mut self, ctx: &Context, n: usize) -> Result<Vec<Vec<u8>>, String> {
+    pub fn read(&mut self, ctx: &Context, n: usize) -> Result<Records, String> {
         let from = self.head_inflight.to_string();
         let to = (self.head_inflight + n - 1).to_string();
         let reply = err_text(ctx.call_ext::<_, CallResult>(
@@ -115,10 +118,10 @@ impl Backlog {
         let CallReply::Array(items) = reply else {
             return Err("unexpected reply to LRANGE".into());
         };
-        let mut out = Vec::with_capacity(items.len());
+        let mut out = Records::with_capacity(items.len(), items.len() * 64);
         for item in items.iter() {
             if let Ok(CallReply::String(s)) = item {
-                out.push(s.as_bytes().to_vec());
+                out.push_with(|d| d.extend_from_slice(s.as_bytes()));
             }
         }
         self.head_inflight += out.len();

@@ -7,14 +7,18 @@ use crate::config::{
     BATCH_SIZE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
 };
 use crate::guard;
+use crate::queue::Records;
 use crate::state::{self, InFlight, Link, State};
 use redis_module::{raw, Context};
 use std::os::raw::c_void;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Timer period while there is nothing to do.
 const IDLE_INTERVAL_MS: i64 = 100;
-/// Ticks between checks of the list length when it is thought empty.
-const SYNC_EVERY_IDLE_TICKS: u64 = 5;
+/// How often the real list length is read: while records are stored, and while none are.
+const SYNC_BUSY: Duration = Duration::from_millis(100);
+const SYNC_IDLE: Duration = Duration::from_millis(500);
 
 /// Why records could not stay in memory.
 #[derive(Debug, Clone, Copy)]
@@ -188,8 +192,9 @@ fn settle(ctx: &Context, st: &mut State) {
                 }
             }
         } else if failed && !b.stored {
-            let rest = b.records.split_off(acked);
-            st.returns.extend(rest);
+            if let Some(records) = &b.records {
+                st.returns.extend(records.iter().skip(acked));
+            }
         }
         if failed {
             st.halted = true;
@@ -209,7 +214,7 @@ fn settle(ctx: &Context, st: &mut State) {
 }
 
 /// Writes records to the fallback list, or drops and counts them by the rules.
-fn store(ctx: &Context, st: &mut State, records: Vec<Vec<u8>>, at: Store) {
+fn store(ctx: &Context, st: &mut State, records: Records, at: Store) {
     if records.is_empty() {
         return;
     }
@@ -258,15 +263,21 @@ pub fn spill(ctx: &Context, st: &mut State) {
         // CLIENT PAUSE or failover: hold in memory, within the bounds.
         return;
     }
-    let records = st.queue.take_all();
-    store(ctx, st, records, Store::Tail);
+    for records in st.queue.take_all() {
+        store(ctx, st, records, Store::Tail);
+    }
 }
 
-fn send(st: &mut State, records: Vec<Vec<u8>>, from_list: bool) {
+fn send(st: &mut State, records: Records, from_list: bool) {
     let id = st.next_batch;
     st.next_batch += 1;
-    let batch = Batch::new(id, st.generation, &records);
-    let count = batch.len();
+    let count = records.len();
+    let records = Arc::new(records);
+    let batch = Batch {
+        id,
+        generation: st.generation,
+        records: Arc::clone(&records),
+    };
     st.inflight_events += count;
     st.stats.published += count as u64;
     st.inflight.push_back(InFlight {
@@ -274,7 +285,7 @@ fn send(st: &mut State, records: Vec<Vec<u8>>, from_list: bool) {
         from_list,
         epoch: st.backlog.epoch,
         count,
-        records: if from_list { Vec::new() } else { records },
+        records: (!from_list).then_some(records),
         stored: false,
         settled: None,
     });
@@ -286,9 +297,10 @@ pub fn tick(ctx: &Context, st: &mut State) {
     st.ticks += 1;
     collect(ctx, st);
     settle(ctx, st);
+    st.chunk = BATCH_SIZE.get_usize().max(1);
     if !st.master {
         // Demoted: nothing new is queued; what is left cannot be stored here.
-        let n = st.queue.take_all().len() as u64;
+        let n = st.queue.take_all().iter().map(Records::len).sum::<usize>() as u64;
         st.stats.dropped += n;
         st.stats.dropped_unwritable += n;
         if st.inflight.is_empty()
@@ -309,8 +321,18 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if let Some(records) = crate::cluster::adopt(ctx, st) {
         store(ctx, st, records, Store::Tail);
     }
-    let sync_due = st.backlog.len > 0 || st.ticks.is_multiple_of(SYNC_EVERY_IDLE_TICKS);
+    let now = Instant::now();
+    let every = if st.backlog.len > 0 {
+        SYNC_BUSY
+    } else {
+        SYNC_IDLE
+    };
+    let sync_due = st
+        .backlog
+        .synced_at
+        .is_none_or(|t| now.duration_since(t) >= every);
     if !st.backlog.key.is_empty() && sync_due {
+        st.backlog.synced_at = Some(now);
         match st.backlog.sync_len(ctx) {
             Ok(lost) if lost > 0 => {
                 st.stats.lost += lost;
@@ -350,9 +372,10 @@ pub fn tick(ctx: &Context, st: &mut State) {
                 }
             }
         } else {
-            while st.inflight_events < window && !st.queue.is_empty() {
-                let n = batch.min(window - st.inflight_events);
-                let records = st.queue.take(n);
+            while st.inflight_events < window {
+                let Some(records) = st.queue.take_chunk() else {
+                    break;
+                };
                 send(st, records, false);
             }
         }
@@ -377,12 +400,15 @@ pub fn persist_memory(ctx: &Context, st: &mut State) {
     }
     collect(ctx, st);
     settle(ctx, st);
-    let mut older: Vec<Vec<u8>> = std::mem::take(&mut st.returns);
+    let mut older = std::mem::take(&mut st.returns);
     for b in st.inflight.iter_mut().filter(|b| !b.from_list && !b.stored) {
         b.stored = true;
-        older.extend(b.records.iter().cloned());
+        if let Some(records) = &b.records {
+            older.extend(records.iter());
+        }
     }
     store(ctx, st, older, Store::Head);
-    let records = st.queue.take_all();
-    store(ctx, st, records, Store::Tail);
+    for records in st.queue.take_all() {
+        store(ctx, st, records, Store::Tail);
+    }
 }

@@ -114,6 +114,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         settings,
         encoder: Encoder::new(&tag),
         queue: Default::default(),
+        chunk: crate::config::BATCH_SIZE.get_usize().max(1),
         backlog: Backlog::new(key, base),
         inflight: VecDeque::new(),
         inflight_events: 0,
@@ -122,7 +123,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         generation: 0,
         next_batch: 1,
         halted: false,
-        returns: Vec::new(),
+        returns: Default::default(),
         stats: Default::default(),
         master,
         loading: flags.contains(ContextFlags::LOADING),
@@ -192,6 +193,7 @@ extern "C" fn on_loading(
             if ended {
                 // What was loaded may hold a backlog: read its length next tick.
                 st.backlog.epoch += 1;
+                st.backlog.synced_at = None;
             }
         });
     });

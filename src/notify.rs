@@ -1,10 +1,9 @@
 //! The keyspace-notification callback: filter, encode, enqueue. No I/O.
 
-use crate::{flush, guard, state};
+use crate::{event, flush, guard, state};
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Subscribes to the chosen event classes.
 pub fn subscribe(ctx: &Context, types: i32) -> bool {
@@ -41,13 +40,13 @@ extern "C" fn on_keyspace_event(
             }
             // SAFETY: valid context from Redis.
             let db = unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx)) };
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let record = st.encoder.record(now, db, event, key);
-            st.stats.accepted += 1;
+            let now = event::now_secs();
             let was_empty = st.queue.is_empty();
-            st.queue.push(record);
+            let encoder = &mut st.encoder;
+            st.queue.push_with(st.chunk, |out| {
+                encoder.record_into(out, now, db, event, key)
+            });
+            st.stats.accepted += 1;
             if was_empty {
                 flush::hurry(&Context::new(ctx), st);
             }

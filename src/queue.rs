@@ -1,31 +1,110 @@
 //! The in-memory queue: records waiting for the next flush, bounded in
-//! events and in bytes.
+//! events and in bytes. Records are encoded straight into chunk buffers
+//! ([`Records`]), one chunk per batch, so queuing an event allocates nothing
+//! on average and handing a batch to the AMQP side copies nothing.
 
 use std::collections::VecDeque;
 
-/// FIFO of encoded records with a byte count.
-#[derive(Debug, Default)]
-pub struct EventQueue {
-    items: VecDeque<Vec<u8>>,
-    bytes: usize,
+/// Records back to back in one buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Records {
+    data: Vec<u8>,
+    ends: Vec<usize>,
 }
 
-impl EventQueue {
-    /// Appends a record.
+impl Records {
+    /// An empty buffer sized for `records` records of `bytes` bytes in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records),
+        }
+    }
+
+    /// Builds from slices, oldest first.
+    pub fn from_slices<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut r = Self::default();
+        r.extend(items);
+        r
+    }
+
+    /// Appends one record written by `write` into the buffer.
     #[inline]
-    pub fn push(&mut self, record: Vec<u8>) {
-        self.bytes += record.len();
-        self.items.push_back(record);
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.data);
+        self.ends.push(self.data.len());
+    }
+
+    /// Appends records.
+    pub fn extend<'a>(&mut self, items: impl IntoIterator<Item = &'a [u8]>) {
+        for item in items {
+            self.push_with(|d| d.extend_from_slice(item));
+        }
     }
 
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.ends.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.ends.is_empty()
+    }
+
+    /// Payload bytes.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Record `i`.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.data[start..end])
+    }
+
+    /// The records, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &[u8]> + ExactSizeIterator + '_ {
+        self.ends
+            .iter()
+            .enumerate()
+            .map(|(i, &end)| &self.data[if i == 0 { 0 } else { self.ends[i - 1] }..end])
+    }
+}
+
+/// FIFO of record chunks with event and byte counts.
+#[derive(Debug, Default)]
+pub struct EventQueue {
+    chunks: VecDeque<Records>,
+    len: usize,
+    bytes: usize,
+}
+
+impl EventQueue {
+    /// Appends a record written by `write`, starting a new chunk every `chunk` records.
+    #[inline]
+    pub fn push_with(&mut self, chunk: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.chunks.back().is_none_or(|c| c.len() >= chunk) {
+            self.chunks
+                .push_back(Records::with_capacity(chunk, chunk.saturating_mul(64)));
+        }
+        if let Some(back) = self.chunks.back_mut() {
+            let before = back.bytes();
+            back.push_with(write);
+            self.bytes += back.bytes() - before;
+            self.len += 1;
+        }
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Bytes held by the records (payload only).
@@ -35,21 +114,22 @@ impl EventQueue {
 
     /// True when either bound is exceeded.
     pub fn over(&self, max_events: usize, max_bytes: usize) -> bool {
-        self.items.len() > max_events || self.bytes > max_bytes
+        self.len > max_events || self.bytes > max_bytes
     }
 
-    /// Removes up to `n` records from the front, oldest first.
-    pub fn take(&mut self, n: usize) -> Vec<Vec<u8>> {
-        let n = n.min(self.items.len());
-        let out: Vec<Vec<u8>> = self.items.drain(..n).collect();
-        self.bytes -= out.iter().map(Vec::len).sum::<usize>();
-        out
+    /// Removes the oldest chunk.
+    pub fn take_chunk(&mut self) -> Option<Records> {
+        let c = self.chunks.pop_front()?;
+        self.len -= c.len();
+        self.bytes -= c.bytes();
+        Some(c)
     }
 
     /// Removes everything, oldest first.
-    pub fn take_all(&mut self) -> Vec<Vec<u8>> {
+    pub fn take_all(&mut self) -> Vec<Records> {
+        self.len = 0;
         self.bytes = 0;
-        self.items.drain(..).collect()
+        self.chunks.drain(..).collect()
     }
 }
 
@@ -57,19 +137,38 @@ impl EventQueue {
 mod tests {
     use super::*;
 
+    fn push(q: &mut EventQueue, chunk: usize, rec: &[u8]) {
+        q.push_with(chunk, |d| d.extend_from_slice(rec));
+    }
+
     #[test]
-    fn bounds_and_order() {
+    fn records_slice_back() {
+        let r = Records::from_slices([&b"a"[..], b"", b"ccc"]);
+        assert_eq!(r.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"", b"ccc"]);
+        assert_eq!(r.iter().next_back(), Some(&b"ccc"[..]));
+        assert_eq!(
+            (r.get(0), r.get(1), r.get(3)),
+            (Some(&b"a"[..]), Some(&b""[..]), None)
+        );
+        assert_eq!((r.len(), r.bytes()), (3, 4));
+    }
+
+    #[test]
+    fn bounds_chunks_and_order() {
         let mut q = EventQueue::default();
         for i in 0..5u8 {
-            q.push(vec![i; 10]);
+            push(&mut q, 2, &[i; 10]);
         }
         assert_eq!((q.len(), q.bytes()), (5, 50));
         assert!(q.over(4, 1000) && q.over(10, 49) && !q.over(5, 50));
-        let a = q.take(2);
-        assert_eq!(a, vec![vec![0; 10], vec![1; 10]]);
-        assert_eq!(q.bytes(), 30);
-        let b = q.take_all();
-        assert_eq!(b.len(), 3);
+        let a = q.take_chunk().unwrap();
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            vec![&[0u8; 10][..], &[1u8; 10][..]]
+        );
+        assert_eq!((q.len(), q.bytes()), (3, 30));
+        let rest = q.take_all();
+        assert_eq!(rest.iter().map(Records::len).sum::<usize>(), 3);
         assert!(q.is_empty() && q.bytes() == 0);
     }
 }

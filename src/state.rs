@@ -7,9 +7,10 @@ use crate::config::Settings;
 use crate::event::{Encoder, EventTypes};
 use crate::fallback::Backlog;
 use crate::info::Stats;
-use crate::queue::EventQueue;
+use crate::queue::{EventQueue, Records};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// The connection as the main thread sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +54,8 @@ pub struct InFlight {
     pub epoch: u64,
     /// Number of records.
     pub count: usize,
-    /// Queue batches keep their records until confirmed.
-    pub records: Vec<Vec<u8>>,
+    /// The records, shared with the AMQP side (queue batches keep them until confirmed).
+    pub records: Option<Arc<Records>>,
     /// Written to the list already (on shutdown): never store again.
     pub stored: bool,
     /// The settlement, once it arrived.
@@ -72,6 +73,8 @@ pub struct State {
     pub encoder: Encoder,
     /// Records waiting for the timer.
     pub queue: EventQueue,
+    /// Records per queue chunk (the batch size, read at each tick).
+    pub chunk: usize,
     /// The fallback list.
     pub backlog: Backlog,
     /// Batches published and not settled, oldest first.
@@ -89,7 +92,7 @@ pub struct State {
     /// A batch failed: send nothing until every batch in flight settled.
     pub halted: bool,
     /// Records to put back at the head of the list once the window drained.
-    pub returns: Vec<Vec<u8>>,
+    pub returns: Records,
     /// Counters.
     pub stats: Stats,
     /// This node is a master (forwards).
