@@ -259,9 +259,9 @@ impl Tunable {
 }
 
 /// `key_evt_amqp.flush-interval-ms`: how often the timer runs while there is work.
-pub static FLUSH_INTERVAL_MS: Tunable = Tunable::new("flush-interval-ms", 2, 1, 1000);
+pub static FLUSH_INTERVAL_MS: Tunable = Tunable::new("flush-interval-ms", 5, 1, 1000);
 /// `key_evt_amqp.queue-max-events`: in-memory queue bound in events; past it, spill to the list.
-pub static QUEUE_MAX_EVENTS: Tunable = Tunable::new("queue-max-events", 100_000, 1, 100_000_000);
+pub static QUEUE_MAX_EVENTS: Tunable = Tunable::new("queue-max-events", 1_000_000, 1, 100_000_000);
 /// `key_evt_amqp.queue-max-bytes`: in-memory queue bound in bytes; past it, spill to the list.
 pub static QUEUE_MAX_BYTES: Tunable = Tunable::new("queue-max-bytes", 64 << 20, 1024, 16 << 30);
 /// `key_evt_amqp.batch-size`: events handed to the AMQP side in one batch.
@@ -272,8 +272,13 @@ pub static INFLIGHT_MAX: Tunable = Tunable::new("inflight-max", 8192, 1, 1_000_0
 /// `key_evt_amqp.reconnect-max-ms`: the cap of the reconnect backoff.
 pub static RECONNECT_MAX_MS: Tunable = Tunable::new("reconnect-max-ms", 5000, 100, 600_000);
 
+/// `key_evt_amqp.burst-rate`: events per second above which forwarding waits while the
+/// queue is less than half full (0: never wait).
+pub static BURST_RATE: Tunable = Tunable::new("burst-rate", 100_000, 0, 1_000_000_000);
+
 /// All integer tunables, for registration.
-pub static TUNABLES: [&Tunable; 6] = [
+pub static TUNABLES: [&Tunable; 7] = [
+    &BURST_RATE,
     &FLUSH_INTERVAL_MS,
     &QUEUE_MAX_EVENTS,
     &QUEUE_MAX_BYTES,

@@ -116,66 +116,61 @@ fn push_u64(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-/// A decimal counter kept as ASCII digits, so that counting up is a few
-/// instructions instead of a division per digit.
-#[derive(Debug, Clone)]
-struct Odometer {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl Odometer {
-    fn new() -> Self {
-        let mut digits = [b'0'; 20];
-        digits[19] = b'0';
-        Self { digits, start: 19 }
-    }
-
-    fn increment(&mut self) {
-        let mut i = self.digits.len();
-        while i > 0 {
-            i -= 1;
-            if self.digits[i] == b'9' {
-                self.digits[i] = b'0';
-            } else {
-                self.digits[i] += 1;
-                self.start = self.start.min(i);
-                return;
-            }
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
-    }
-}
-
 /// Builds records for one node: a fixed id prefix and a sequence number.
+///
+/// The record header `<prefix><seq>\n<timestamp>\n` is kept ready in a buffer:
+/// the sequence is counted up in place as ASCII digits and the timestamp is
+/// rewritten once a second, so encoding an event is a handful of copies.
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    prefix: Vec<u8>,
     seq: u64,
-    seq_text: Odometer,
-    /// The last timestamp seen and its decimal form.
-    ts: (u64, Vec<u8>),
+    header: Vec<u8>,
+    seq_start: usize,
+    seq_end: usize,
+    ts: u64,
 }
 
 impl Encoder {
     /// `node` is a short id unique to this node and load (hex).
     pub fn new(node: &str) -> Self {
-        let mut prefix = node.as_bytes().to_vec();
-        prefix.push(b'-');
+        let mut header = node.as_bytes().to_vec();
+        header.push(b'-');
+        let seq_start = header.len();
+        header.extend_from_slice(b"0\n\n");
         Self {
-            prefix,
             seq: 0,
-            seq_text: Odometer::new(),
-            ts: (u64::MAX, Vec::new()),
+            header,
+            seq_start,
+            seq_end: seq_start + 1,
+            ts: u64::MAX,
         }
     }
 
     /// How many records this encoder made.
     pub fn sequence(&self) -> u64 {
         self.seq
+    }
+
+    fn count_up(&mut self) {
+        self.seq += 1;
+        for i in (self.seq_start..self.seq_end).rev() {
+            if self.header[i] == b'9' {
+                self.header[i] = b'0';
+            } else {
+                self.header[i] += 1;
+                return;
+            }
+        }
+        // Every digit rolled over: one digit more.
+        self.header.insert(self.seq_start, b'1');
+        self.seq_end += 1;
+    }
+
+    fn set_time(&mut self, now_secs: u64) {
+        self.ts = now_secs;
+        self.header.truncate(self.seq_end + 1);
+        push_u64(&mut self.header, now_secs);
+        self.header.push(b'\n');
     }
 
     /// Encodes one event into a new record.
@@ -195,30 +190,22 @@ impl Encoder {
         event: &[u8],
         key: &[u8],
     ) {
-        self.seq += 1;
-        self.seq_text.increment();
-        if self.ts.0 != now_secs {
-            self.ts.1.clear();
-            push_u64(&mut self.ts.1, now_secs);
-            self.ts.0 = now_secs;
+        self.count_up();
+        if self.ts != now_secs {
+            self.set_time(now_secs);
         }
-        let seq = self.seq_text.as_bytes();
-        out.reserve(self.prefix.len() + seq.len() + self.ts.1.len() + 16 + event.len() + key.len());
-        out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(seq);
-        out.push(b'\n');
-        out.extend_from_slice(&self.ts.1);
-        out.push(b'\n');
+        out.reserve(self.header.len() + 14 + event.len() + key.len());
+        out.extend_from_slice(&self.header);
         match u8::try_from(db) {
-            Ok(d) if d < 10 => out.push(b'0' + d),
+            Ok(d) if d < 10 => out.extend_from_slice(&[b'0' + d, b'\n']),
             _ => {
                 if db < 0 {
                     out.push(b'-');
                 }
                 push_u64(out, u64::from(db.unsigned_abs()));
+                out.push(b'\n');
             }
         }
-        out.push(b'\n');
         out.extend_from_slice(event);
         out.push(b'\n');
         out.extend_from_slice(key);

@@ -4,7 +4,7 @@
 
 use crate::amqp::{Batch, Client, Outcome, Request, Settled};
 use crate::config::{
-    BATCH_SIZE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
+    BATCH_SIZE, BURST_RATE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
 };
 use crate::guard;
 use crate::queue::Records;
@@ -67,6 +67,8 @@ pub fn hurry(ctx: &Context, st: &mut State) {
     if st.timer_fast {
         return;
     }
+    // Measure the event rate from this first event on, not from an idle tick.
+    st.rate_mark = (Instant::now(), st.stats.accepted);
     if let Some(id) = st.timer.take() {
         // SAFETY: main thread; the id came from CreateTimer.
         unsafe {
@@ -292,9 +294,27 @@ fn send(st: &mut State, records: Records, from_list: bool) {
     client(st).send(Request::Publish(batch));
 }
 
+/// True while events arrive faster than `burst-rate` and the queue still has
+/// room: forwarding then waits, so that the AMQP threads and the broker do not
+/// take CPU from Redis in the middle of a burst.
+fn in_burst(st: &mut State, now: Instant) -> bool {
+    let (at, accepted) = st.rate_mark;
+    let elapsed = now.duration_since(at);
+    if elapsed < Duration::from_millis(1) {
+        return false;
+    }
+    let rate = (st.stats.accepted - accepted) as f64 / elapsed.as_secs_f64();
+    st.rate_mark = (now, st.stats.accepted);
+    let limit = BURST_RATE.get();
+    let room = st.queue.len() < QUEUE_MAX_EVENTS.get_usize() / 2
+        && st.queue.bytes() < QUEUE_MAX_BYTES.get_usize() / 2;
+    limit > 0 && rate > limit as f64 && room
+}
+
 /// One flush.
 pub fn tick(ctx: &Context, st: &mut State) {
     st.ticks += 1;
+    let now = Instant::now();
     collect(ctx, st);
     settle(ctx, st);
     st.chunk = BATCH_SIZE.get_usize().max(1);
@@ -321,7 +341,6 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if let Some(records) = crate::cluster::adopt(ctx, st) {
         store(ctx, st, records, Store::Tail);
     }
-    let now = Instant::now();
     let every = if st.backlog.len > 0 {
         SYNC_BUSY
     } else {
@@ -349,7 +368,8 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.link == Link::Idle && has_work {
         request_connect(st);
     }
-    if st.link == Link::Up && !st.halted {
+    let burst = in_burst(st, now);
+    if st.link == Link::Up && !st.halted && !burst {
         let window = INFLIGHT_MAX.get_usize();
         let batch = BATCH_SIZE.get_usize().max(1);
         let list_mode = match st.inflight.front() {

@@ -130,6 +130,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         timer_fast: false,
         timer: None,
         ticks: 0,
+        rate_mark: (std::time::Instant::now(), 0),
         last_error: String::new(),
         cluster: is_cluster,
         slots: Default::default(),

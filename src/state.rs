@@ -105,6 +105,8 @@ pub struct State {
     pub timer: Option<u64>,
     /// Ticks since load, for periodic work.
     pub ticks: u64,
+    /// When the event rate was last measured, and `stats.accepted` then.
+    pub rate_mark: (std::time::Instant, u64),
     /// Last error text (never contains a password).
     pub last_error: String,
     /// This node runs in cluster mode.
