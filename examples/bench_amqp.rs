@@ -134,7 +134,7 @@ async fn bridge(uri: &str, exchange: &str, rk: &str, redis_port: u16) -> Res<()>
         let (db, event) = rest.split_once("__:").unwrap_or(("0", rest));
         let mut b = format!("{db}\n{event}\n").into_bytes();
         b.extend_from_slice(&key);
-        let props = BasicProperties::default().with_content_type("text/plain".into());
+        let props = BasicProperties::default().with_content_type("text/plain".into()).with_delivery_mode(2);
         let confirm = ch
             .basic_publish(
                 exchange.into(),
