@@ -36,7 +36,10 @@ async fn declare(
     ch.exchange_declare(
         exchange.into(),
         ExchangeKind::Direct,
-        ExchangeDeclareOptions::default(),
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
         FieldTable::default(),
     )
     .await?;
@@ -44,8 +47,15 @@ async fn declare(
     if let Some(n) = max_len {
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(n));
     }
-    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), args)
-        .await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await?;
     ch.queue_bind(
         queue.into(),
         exchange.into(),
@@ -134,7 +144,9 @@ async fn bridge(uri: &str, exchange: &str, rk: &str, redis_port: u16) -> Res<()>
         let (db, event) = rest.split_once("__:").unwrap_or(("0", rest));
         let mut b = format!("{db}\n{event}\n").into_bytes();
         b.extend_from_slice(&key);
-        let props = BasicProperties::default().with_content_type("text/plain".into()).with_delivery_mode(2);
+        let props = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_delivery_mode(2);
         let confirm = ch
             .basic_publish(
                 exchange.into(),
