@@ -5,6 +5,7 @@
 //!   (lapin, windows of WINDOW publishes joined, then their confirms awaited)
 //! - `bridge URI EXCHANGE ROUTING_KEY REDIS_PORT`: what users would otherwise run:
 //!   a Pub/Sub keyspace-notification subscriber that republishes with confirms
+//! - `write REDIS_PORT COUNT RATE`: SETs `w0..w{COUNT}` at RATE per second
 //! - `e2e URI EXCHANGE ROUTING_KEY REDIS_PORT COUNT RATE`: writes keys that carry
 //!   their write time and reports the time until a consumer got each event
 
@@ -236,6 +237,24 @@ async fn e2e(
     Ok(())
 }
 
+fn write(redis_port: u16, count: u64, rate: u64) -> Res<()> {
+    let mut c =
+        redis::Client::open(format!("redis://127.0.0.1:{redis_port}/"))?.get_connection()?;
+    let start = Instant::now();
+    for i in 0..count {
+        // Paced against the clock, so the stream spans count / rate seconds.
+        let due = Duration::from_micros(i * 1_000_000 / rate.max(1));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        redis::cmd("SET")
+            .arg(format!("w{i}"))
+            .arg("v")
+            .query::<()>(&mut c)?;
+    }
+    Ok(())
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let get = |i: usize| a.get(i).cloned().unwrap_or_default();
@@ -254,6 +273,7 @@ fn main() {
             }
             "publish" => publish(&get(1), &get(2), &get(3), num(4), num(5) as usize).await,
             "bridge" => bridge(&get(1), &get(2), &get(3), num(4) as u16).await,
+            "write" => write(num(1) as u16, num(2), num(3)),
             "e2e" => {
                 e2e(
                     &get(1),
@@ -265,7 +285,7 @@ fn main() {
                 )
                 .await
             }
-            _ => Err("usage: bench_amqp declare|publish|bridge|e2e ...".into()),
+            _ => Err("usage: bench_amqp declare|publish|bridge|write|e2e ...".into()),
         }
     });
     if let Err(e) = r {
