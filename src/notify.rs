@@ -15,6 +15,13 @@ pub fn subscribe(ctx: &Context, types: i32) -> bool {
     }
 }
 
+/// True for the fallback list of any node (`<prefix>` or `<prefix>{tag}`).
+#[inline]
+fn is_backlog_key(key: &[u8], prefix: &[u8]) -> bool {
+    // Comparing the first byte first keeps a library call off the common path.
+    key.first() == prefix.first() && key.starts_with(prefix)
+}
+
 extern "C" fn on_keyspace_event(
     ctx: *mut raw::RedisModuleCtx,
     _class: c_int,
@@ -34,7 +41,8 @@ extern "C" fn on_keyspace_event(
                 return;
             }
             st.stats.seen += 1;
-            if key.starts_with(st.backlog.key_prefix.as_bytes()) || !st.settings.masks.matches(key)
+            if is_backlog_key(key, st.backlog.key_prefix.as_bytes())
+                || !st.settings.masks.matches(key)
             {
                 return;
             }

@@ -87,7 +87,7 @@ impl EventQueue {
     pub fn push_with(&mut self, chunk: usize, write: impl FnOnce(&mut Vec<u8>)) {
         if self.chunks.back().is_none_or(|c| c.len() >= chunk) {
             self.chunks
-                .push_back(Records::with_capacity(chunk, chunk.saturating_mul(64)));
+                .push_back(Records::with_capacity(chunk, chunk.saturating_mul(128)));
         }
         if let Some(back) = self.chunks.back_mut() {
             let before = back.bytes();
