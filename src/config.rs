@@ -100,20 +100,6 @@ impl Default for Settings {
     }
 }
 
-/// The names of the positional arguments after the event types, in order.
-pub const ARG_NAMES: [&str; 10] = [
-    "host",
-    "port",
-    "user",
-    "password",
-    "heartbeat",
-    "exchange",
-    "routing_key",
-    "delivery_mode",
-    "fallback_storage_size",
-    "key_mask",
-];
-
 fn text(name: &'static str, v: &[u8], max: usize) -> Result<String, ConfigError> {
     let invalid = |reason| ConfigError::Invalid {
         name,

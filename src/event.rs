@@ -70,11 +70,6 @@ impl EventTypes {
         }
         Ok(Self(mask))
     }
-
-    /// True when the list class is subscribed (the fallback key then notifies us).
-    pub fn includes(self, flag: i32) -> bool {
-        self.0 & flag != 0
-    }
 }
 
 impl fmt::Display for EventTypes {
@@ -144,11 +139,6 @@ impl Encoder {
             seq_end: seq_start + 1,
             ts: u64::MAX,
         }
-    }
-
-    /// How many records this encoder made.
-    pub fn sequence(&self) -> u64 {
-        self.seq
     }
 
     fn count_up(&mut self) {

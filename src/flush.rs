@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 /// Timer period while there is nothing to do.
 const IDLE_INTERVAL_MS: i64 = 100;
+/// Ticks between checks that the SHUTDOWN hook matches the persistence settings.
+const HOOK_CHECK_TICKS: u64 = 100;
+
 /// How often the real list length is read: while records are stored, and while none are.
 const SYNC_BUSY: Duration = Duration::from_millis(100);
 const SYNC_IDLE: Duration = Duration::from_millis(500);
@@ -336,6 +339,9 @@ pub fn tick(ctx: &Context, st: &mut State) {
     }
     if st.loading {
         return;
+    }
+    if st.ticks.is_multiple_of(HOOK_CHECK_TICKS) {
+        crate::lifecycle::sync_shutdown_hook(ctx);
     }
     crate::cluster::refresh(ctx, st, false);
     if let Some(records) = crate::cluster::adopt(ctx, st) {

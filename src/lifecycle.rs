@@ -155,21 +155,47 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         if let Some(sub) = raw::RedisModule_SubscribeToKeyspaceEvents {
             sub(ctx.ctx, NOTIFY_MODULE, Some(on_persisted));
         }
-        if let Some(reg) = raw::RedisModule_RegisterCommandFilter {
-            reg(
-                ctx.ctx,
-                Some(on_command),
-                raw::REDISMODULE_CMDFILTER_NOSELF as i32,
-            );
-        }
         if is_valkey_9(ctx) {
             if let Some(set) = raw::RedisModule_SetModuleOptions {
                 set(ctx.ctx, HANDLE_ATOMIC_SLOT_MIGRATION);
             }
         }
     }
+    sync_shutdown_hook(ctx);
     state::with(|st| flush::arm(ctx, st));
     Status::Ok
+}
+
+/// The SHUTDOWN command filter, while one is registered.
+static FILTER: AtomicPtr<raw::RedisModuleCommandFilter> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Keeps the SHUTDOWN hook registered exactly while the server persists its
+/// data (AOF on, or RDB save points): without persistence the list dies with
+/// the process anyway, and the hook would only cost every command a call.
+/// Called at load and about once a second.
+pub fn sync_shutdown_hook(ctx: &Context) {
+    let persists = ctx
+        .get_flags()
+        .intersects(ContextFlags::AOF | ContextFlags::RDB);
+    let current = FILTER.load(Ordering::Acquire);
+    // SAFETY: main thread, valid context; the filter pointer came from RegisterCommandFilter.
+    unsafe {
+        if persists && current.is_null() {
+            if let Some(reg) = raw::RedisModule_RegisterCommandFilter {
+                let f = reg(
+                    ctx.ctx,
+                    Some(on_command),
+                    raw::REDISMODULE_CMDFILTER_NOSELF as i32,
+                );
+                FILTER.store(f, Ordering::Release);
+            }
+        } else if !persists && !current.is_null() {
+            if let Some(unreg) = raw::RedisModule_UnregisterCommandFilter {
+                unreg(ctx.ctx, current);
+                FILTER.store(std::ptr::null_mut(), Ordering::Release);
+            }
+        }
+    }
 }
 
 /// `MODULE UNLOAD` is refused: lapin's threads would run code from an unloaded library.
