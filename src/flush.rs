@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 /// Timer period while there is nothing to do.
 const IDLE_INTERVAL_MS: i64 = 100;
-/// Ticks between checks that the SHUTDOWN hook matches the persistence settings.
-const HOOK_CHECK_TICKS: u64 = 100;
+/// How often the SHUTDOWN hook is matched to the persistence settings.
+const HOOK_CHECK: Duration = Duration::from_secs(1);
 
 /// How often the real list length is read: while records are stored, and while none are.
 const SYNC_BUSY: Duration = Duration::from_millis(100);
@@ -340,7 +340,8 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.loading {
         return;
     }
-    if st.ticks.is_multiple_of(HOOK_CHECK_TICKS) {
+    if now.duration_since(st.hook_checked_at) >= HOOK_CHECK {
+        st.hook_checked_at = now;
         crate::lifecycle::sync_shutdown_hook(ctx);
     }
     crate::cluster::refresh(ctx, st, false);

@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub fallback_len: u64,
     /// The fallback key.
     pub fallback_key: String,
+    /// The SHUTDOWN hook is registered (the server persists data).
+    pub shutdown_hook: bool,
     /// Other nodes' backlogs found in this node's slots, still to drain.
     pub backlogs_found: usize,
     /// The fallback cap.
@@ -84,6 +86,10 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("event_types", s.event_types.clone()),
         ("keymasks", s.keymasks.clone()),
         ("fallback_key", s.fallback_key.clone()),
+        (
+            "shutdown_hook",
+            if s.shutdown_hook { "yes" } else { "no" }.to_string(),
+        ),
         ("last_error", s.last_error.replace(['\r', '\n'], " ")),
     ];
     for (name, value) in text {

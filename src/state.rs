@@ -105,6 +105,8 @@ pub struct State {
     pub timer: Option<u64>,
     /// Ticks since load, for periodic work.
     pub ticks: u64,
+    /// When the SHUTDOWN hook was last matched to the persistence settings.
+    pub hook_checked_at: std::time::Instant,
     /// When the event rate was last measured, and `stats.accepted` then.
     pub rate_mark: (std::time::Instant, u64),
     /// Last error text (never contains a password).

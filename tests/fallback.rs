@@ -186,3 +186,18 @@ fn shutdown_writes_memory_to_the_backlog() {
         wait_for("drained", T, || srv.stat("fallback_len") == 0);
     }
 }
+
+#[test]
+fn shutdown_hook_follows_persistence() {
+    let sink = Sink::new(amqp_port());
+    let srv = Server::start(Kind::Redis, &args(sink.port, &sink, "0"), &[]);
+    assert_eq!(srv.field("shutdown_hook"), "no", "no persistence: no hook");
+    srv.cmd(&["CONFIG", "SET", "appendonly", "yes"]).unwrap();
+    wait_for("hook on", T, || srv.field("shutdown_hook") == "yes");
+    srv.cmd(&["CONFIG", "SET", "appendonly", "no"]).unwrap();
+    srv.cmd(&["CONFIG", "SET", "save", "3600 1"]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(srv.field("shutdown_hook"), "yes", "RDB save points keep it");
+    srv.cmd(&["CONFIG", "SET", "save", ""]).unwrap();
+    wait_for("hook off", T, || srv.field("shutdown_hook") == "no");
+}
