@@ -5,11 +5,11 @@
 //! with a magic header and a version, and uses an unusual type byte.
 
 use crate::commands::{self, NAMES};
-use crate::fallback::Backlog;
+use crate::fallback::{read_opts, write_opts, Backlog};
 use crate::queue::Records;
 use crate::slots;
 use crate::{flush, guard, state};
-use redis_module::{raw, CallOptionsBuilder, CallReply, CallResult, Context};
+use redis_module::{raw, CallReply, CallResult, Context};
 use std::os::raw::{c_char, c_uchar, c_void};
 
 /// Cluster message type byte.
@@ -207,8 +207,7 @@ const SLOT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const ADOPT_CHUNK: usize = 1000;
 
 fn call_text(ctx: &Context, cmd: &str, args: &[&str]) -> Option<String> {
-    let opts = CallOptionsBuilder::new().errors_as_replies().build();
-    match ctx.call_ext::<_, CallResult>(cmd, &opts, args) {
+    match ctx.call_ext::<_, CallResult>(cmd, &read_opts(), args) {
         Ok(CallReply::String(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         Ok(CallReply::VerbatimString(v)) => v
             .as_parts()
@@ -218,8 +217,7 @@ fn call_text(ctx: &Context, cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 fn exists(ctx: &Context, key: &str) -> bool {
-    let opts = CallOptionsBuilder::new().errors_as_replies().build();
-    matches!(ctx.call_ext::<_, CallResult>("EXISTS", &opts, &[key]), Ok(CallReply::I64(n)) if n.to_i64() > 0)
+    matches!(ctx.call_ext::<_, CallResult>("EXISTS", &read_opts(), &[key]), Ok(CallReply::I64(n)) if n.to_i64() > 0)
 }
 
 /// Cluster masters: re-reads slot ownership, picks the backlog key in an owned
@@ -274,14 +272,10 @@ pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
     if st.backlog.key.is_empty() {
         return None;
     }
-    let opts = CallOptionsBuilder::new()
-        .replicate()
-        .errors_as_replies()
-        .build();
     let count = ADOPT_CHUNK.to_string();
     let mut records = Records::default();
     if let Ok(CallReply::Array(items)) =
-        ctx.call_ext::<_, CallResult>("LPOP", &opts, &[key.as_str(), count.as_str()])
+        ctx.call_ext::<_, CallResult>("LPOP", &write_opts(), &[key.as_str(), count.as_str()])
     {
         for item in items.iter() {
             if let Ok(CallReply::String(s)) = item {

@@ -9,7 +9,8 @@ use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Conte
 /// Most arguments sent in one `RPUSH`/`LPUSH`.
 const CHUNK: usize = 1024;
 
-fn write_opts() -> CallOptions {
+/// `RedisModule_Call` options for writes: replicated (`!`), errors as replies, OOM-checked.
+pub(crate) fn write_opts() -> CallOptions {
     CallOptionsBuilder::new()
         .replicate()
         .errors_as_replies()
@@ -17,7 +18,8 @@ fn write_opts() -> CallOptions {
         .build()
 }
 
-fn read_opts() -> CallOptions {
+/// `RedisModule_Call` options for reads: errors as replies.
+pub(crate) fn read_opts() -> CallOptions {
     CallOptionsBuilder::new().errors_as_replies().build()
 }
 
