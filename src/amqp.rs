@@ -16,6 +16,7 @@ use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserIn
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub enum Outcome {
         error: String,
         /// Milliseconds until the next attempt.
         retry_in_ms: u64,
+        /// The connection was recycled because confirms did not come in time.
+        confirm_timeout: bool,
     },
     /// Closed on request.
     Closed,
@@ -75,6 +78,9 @@ pub struct Settled {
     pub acked: usize,
     /// Records nacked by the broker.
     pub nacked: usize,
+    /// Of `acked`: records never sent because they can never be delivered
+    /// (not a record, message id over 255 bytes, body over the size limit).
+    pub rejected: usize,
     /// The first error, if any.
     pub error: Option<String>,
 }
@@ -111,6 +117,11 @@ impl Client {
         let _ = self.requests.try_send(req);
     }
 
+    /// False once the supervisor task is gone (it can only die by a panic).
+    pub fn alive(&self) -> bool {
+        !self.requests.is_closed()
+    }
+
     /// Takes the next outcome if there is one; never blocks.
     pub fn poll(&self) -> Option<Outcome> {
         self.outcomes.try_recv().ok()
@@ -120,6 +131,8 @@ impl Client {
 /// Why [`serve`] returned.
 enum Next {
     Lost(String),
+    /// The broker left publishes unconfirmed past `confirm-timeout-ms`.
+    ConfirmTimeout(String),
     Disconnect,
     Reconnect(AmqpSettings),
     Stop,
@@ -178,6 +191,7 @@ fn fail_batch(batch: Batch, error: &str) -> Outcome {
         id: batch.id,
         acked: 0,
         nacked: 0,
+        rejected: 0,
         error: Some(error.to_string()),
     })
 }
@@ -205,6 +219,8 @@ fn lower_priority() {
 async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
     lower_priority();
     let mut target: Option<AmqpSettings> = None;
+    // The broker's max_message_size, once a publish ran into it.
+    let broker_max = Arc::new(AtomicUsize::new(usize::MAX));
     let mut attempt = 0u32;
     let mut generation = 0u64;
     let mut seed = std::time::SystemTime::now()
@@ -231,7 +247,16 @@ async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
                 attempt = 0;
                 generation += 1;
                 let _ = tx.send(Outcome::Connected { generation }).await;
-                let next = serve(&conn, &channel, generation, &rx, &tx, &settings).await;
+                let next = serve(
+                    &conn,
+                    &channel,
+                    generation,
+                    &rx,
+                    &tx,
+                    &settings,
+                    &broker_max,
+                )
+                .await;
                 if !matches!(next, Next::Lost(_)) {
                     // Bounded: a stalled broker must not keep us from the next request.
                     let _ = future::or(
@@ -253,11 +278,13 @@ async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
                         target = Some(s);
                         continue;
                     }
-                    Next::Lost(e) => e,
+                    Next::Lost(e) => (e, false),
+                    Next::ConfirmTimeout(e) => (e, true),
                 }
             }
-            Err(e) => e.to_string(),
+            Err(e) => (e.to_string(), false),
         };
+        let (error, confirm_timeout) = error;
         let delay = backoff_ms(
             attempt,
             crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
@@ -268,6 +295,7 @@ async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             .send(Outcome::Down {
                 error,
                 retry_in_ms: delay,
+                confirm_timeout,
             })
             .await;
         // Wait out the delay, answering requests meanwhile.
@@ -306,6 +334,20 @@ async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
 enum Wake {
     Req(Result<Request, async_channel::RecvError>),
     Conn(Option<Event>),
+    Check,
+}
+
+/// How often [`serve`] looks at the age of the oldest unconfirmed batch.
+const CONFIRM_CHECK: Duration = Duration::from_millis(250);
+
+/// Batches published on one connection and not settled, with when they went out.
+type Pending = Arc<Mutex<std::collections::BTreeMap<u64, std::time::Instant>>>;
+
+/// The text RabbitMQ closes a channel with when a message is over `max_message_size`.
+fn broker_size_limit(error: &str) -> Option<usize> {
+    let rest = error.split("larger than configured max size ").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 async fn serve(
@@ -315,8 +357,13 @@ async fn serve(
     rx: &Receiver<Request>,
     tx: &Sender<Outcome>,
     settings: &AmqpSettings,
+    broker_max: &Arc<AtomicUsize>,
 ) -> Next {
     let mut events = conn.events_listener();
+    let pending: Pending = Arc::default();
+    // Dropped when this function returns: batch tasks still waiting for
+    // confirms of this connection then give up and report what they have.
+    let (_alive, gone) = async_channel::bounded::<()>(1);
     // The first failure a batch saw on this connection, to explain a channel close.
     let last_error: Arc<Mutex<Option<String>>> = Arc::default();
     let exchange: lapin::types::ShortString = settings.exchange.as_str().into();
@@ -325,11 +372,28 @@ async fn serve(
         .with_content_type("text/plain".into())
         .with_delivery_mode(settings.delivery_mode);
     loop {
-        let wake = future::or(async { Wake::Req(rx.recv().await) }, async {
-            Wake::Conn(events.next().await)
-        })
+        let wake = future::or(
+            future::or(async { Wake::Req(rx.recv().await) }, async {
+                Wake::Conn(events.next().await)
+            }),
+            async {
+                async_io::Timer::after(CONFIRM_CHECK).await;
+                Wake::Check
+            },
+        )
         .await;
         match wake {
+            Wake::Check => {
+                let limit =
+                    Duration::from_millis(crate::config::CONFIRM_TIMEOUT_MS.get().unsigned_abs());
+                let oldest = pending.lock().ok().and_then(|p| p.values().min().copied());
+                if oldest.is_some_and(|t| t.elapsed() > limit) {
+                    return Next::ConfirmTimeout(format!(
+                        "no confirm from the broker for {} ms; connection recycled",
+                        limit.as_millis()
+                    ));
+                }
+            }
             Wake::Req(Err(_)) => return Next::Stop,
             Wake::Req(Ok(Request::Disconnect)) => return Next::Disconnect,
             Wake::Req(Ok(Request::Connect(s))) => {
@@ -348,17 +412,33 @@ async fn serve(
                         Some(e) => format!("channel closed by the broker: {e}"),
                         None => "channel closed by the broker".to_string(),
                     };
+                    if let Some(max) = broker_size_limit(&why) {
+                        broker_max.store(max, Ordering::Relaxed);
+                    }
                     let _ = tx.send(fail_batch(batch, &why)).await;
                     return Next::Lost(why);
                 }
+                if let Ok(mut p) = pending.lock() {
+                    p.insert(batch.id, std::time::Instant::now());
+                }
+                let limit = crate::config::MAX_RECORD_BYTES
+                    .get_usize()
+                    .min(broker_max.load(Ordering::Relaxed));
                 publish(
                     channel,
                     batch,
-                    &exchange,
-                    &routing_key,
-                    &base,
-                    tx.clone(),
-                    Arc::clone(&last_error),
+                    Target {
+                        exchange: &exchange,
+                        routing_key: &routing_key,
+                        base: &base,
+                        limit,
+                    },
+                    Watch {
+                        tx: tx.clone(),
+                        last_error: Arc::clone(&last_error),
+                        pending: Arc::clone(&pending),
+                        gone: gone.clone(),
+                    },
                 );
             }
             Wake::Conn(None) => return Next::Lost("connection closed".into()),
@@ -376,30 +456,58 @@ async fn serve(
 
 type PublishFuture = Pin<Box<dyn Future<Output = lapin::Result<lapin::PublisherConfirm>> + Send>>;
 
-/// Pushes the frames of every record now, in order, then settles the batch in its own task.
-fn publish(
-    channel: &Channel,
-    batch: Batch,
-    exchange: &lapin::types::ShortString,
-    routing_key: &lapin::types::ShortString,
-    base: &BasicProperties,
+/// Where and how the records of a batch are published.
+struct Target<'a> {
+    exchange: &'a lapin::types::ShortString,
+    routing_key: &'a lapin::types::ShortString,
+    base: &'a BasicProperties,
+    /// Largest body sent; larger records are rejected.
+    limit: usize,
+}
+
+/// What the task that settles a batch reports to and watches.
+struct Watch {
     tx: Sender<Outcome>,
     last_error: Arc<Mutex<Option<String>>>,
-) {
+    pending: Pending,
+    /// Closed when the connection's `serve` returned.
+    gone: Receiver<()>,
+}
+
+/// What became of one record of a batch.
+enum Sent {
+    /// Its frames are (being) written; the confirm comes later.
+    Write(PublishFuture),
+    /// Never sent: it can never be delivered.
+    Rejected,
+}
+
+/// Splits a record into what the broker accepts, or `None` for a record that
+/// can never be delivered: not a record (a foreign list element), a message
+/// id over 255 bytes (an AMQP short string), or a body over `limit`.
+pub fn deliverable(record: &[u8], limit: usize) -> Option<crate::event::Parts<'_>> {
+    let p = split(record)?;
+    (p.message_id.len() <= 255 && p.body.len() <= limit).then_some(p)
+}
+
+/// Pushes the frames of every record now, in order, then settles the batch in its own task.
+fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch: Watch) {
     let mut cx = Context::from_waker(Waker::noop());
     let id = batch.id;
-    let mut writes: Vec<PublishFuture> = Vec::with_capacity(batch.records.len());
+    let mut sent: Vec<Sent> = Vec::with_capacity(batch.records.len());
     for (i, record) in batch.records.iter().enumerate() {
-        let mut props = base.clone();
-        let mut skip = 0;
-        if let Some(p) = split(record) {
-            props = props
-                .with_message_id(p.message_id.into())
-                .with_timestamp(p.timestamp);
-            skip = record.len() - p.body.len();
-        }
+        let Some(p) = deliverable(record, target.limit) else {
+            sent.push(Sent::Rejected);
+            continue;
+        };
+        let props = target
+            .base
+            .clone()
+            .with_message_id(p.message_id.into())
+            .with_timestamp(p.timestamp);
+        let skip = record.len() - p.body.len();
         let (ch, buf) = (channel.clone(), Arc::clone(&batch.records));
-        let (ex, rk) = (exchange.clone(), routing_key.clone());
+        let (ex, rk) = (target.exchange.clone(), target.routing_key.clone());
         let mut fut: PublishFuture = Box::pin(async move {
             let body = buf.get(i).map_or(&[][..], |r| &r[skip..]);
             ch.basic_publish(ex, rk, BasicPublishOptions::default(), body, props)
@@ -409,53 +517,82 @@ fn publish(
         if let Poll::Ready(done) = fut.as_mut().poll(&mut cx) {
             fut = Box::pin(future::ready(done));
         }
-        writes.push(fut);
+        sent.push(Sent::Write(fut));
     }
     async_global_executor::spawn(async move {
-        let mut settled = Settled {
-            id,
-            acked: 0,
-            nacked: 0,
-            error: None,
-        };
-        let mut confirms = Vec::with_capacity(writes.len());
-        let mut write_error = None;
-        for w in writes {
-            match w.await {
-                Ok(c) => confirms.push(c),
+        let settled = future::or(confirm_all(id, sent), async {
+            let _ = watch.gone.recv().await;
+            Settled {
+                id,
+                acked: 0,
+                nacked: 0,
+                rejected: 0,
+                error: Some("connection lost before the broker confirmed".into()),
+            }
+        })
+        .await;
+        if let Some(e) = &settled.error {
+            if let Ok(mut slot) = watch.last_error.lock() {
+                slot.get_or_insert_with(|| e.clone());
+            }
+        }
+        if let Ok(mut p) = watch.pending.lock() {
+            p.remove(&id);
+        }
+        let _ = watch.tx.send(Outcome::Settled(settled)).await;
+    })
+    .detach();
+}
+
+/// Waits for the writes, then the confirms, of a batch in order. Only an
+/// unbroken run of acks (and rejected records) from the start counts: the
+/// rest is sent again.
+async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
+    let mut settled = Settled {
+        id,
+        acked: 0,
+        nacked: 0,
+        rejected: 0,
+        error: None,
+    };
+    let mut confirms = Vec::with_capacity(sent.len());
+    let mut write_error = None;
+    for s in sent {
+        match s {
+            Sent::Rejected => confirms.push(None),
+            Sent::Write(w) => match w.await {
+                Ok(c) => confirms.push(Some(c)),
                 Err(e) => {
                     write_error = Some(e.to_string());
                     break;
                 }
+            },
+        }
+    }
+    // The confirms of what was written carry the broker's reason (a channel close).
+    for c in confirms {
+        let Some(c) = c else {
+            settled.acked += 1;
+            settled.rejected += 1;
+            continue;
+        };
+        match c.await {
+            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
+            Ok(Confirmation::Nack(_)) => {
+                settled.nacked += 1;
+                settled.error = Some("nacked by the broker".into());
+                break;
+            }
+            Err(e) => {
+                settled.error = Some(e.to_string());
+                break;
             }
         }
-        // Only an unbroken run of acks from the start counts: the rest is sent again.
-        // The confirms of what was written carry the broker's reason (a channel close).
-        for c in confirms {
-            match c.await {
-                Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
-                Ok(Confirmation::Nack(_)) => {
-                    settled.nacked += 1;
-                    settled.error = Some("nacked by the broker".into());
-                    break;
-                }
-                Err(e) => {
-                    settled.error = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        if settled.error.is_none() {
-            settled.error = write_error;
-        }
-        if let Some(e) = &settled.error {
-            if let Ok(mut slot) = last_error.lock() {
-                slot.get_or_insert_with(|| e.clone());
-            }
-        }
-        let _ = tx.send(Outcome::Settled(settled)).await;
-    })
-    .detach();
+    }
+    if settled.error.is_none() {
+        settled.error = write_error;
+    }
+    settled
 }
 
 #[cfg(test)]
@@ -486,5 +623,22 @@ mod tests {
         assert_eq!(u.query.heartbeat, Some(7));
         assert_eq!(u.authority.userinfo.password, "p@ss:/word");
         assert_eq!(u.vhost, "/");
+    }
+
+    #[test]
+    fn broker_size_limit_is_read_from_the_close_reason() {
+        let e = "channel closed by the broker: PRECONDITION_FAILED - message size 2000 is larger than configured max size 1024";
+        assert_eq!(broker_size_limit(e), Some(1024));
+        assert_eq!(broker_size_limit("connection closed"), None);
+    }
+
+    #[test]
+    fn undeliverable_records_are_recognised() {
+        assert!(deliverable(b"id-1\n5\n0\nset\nk", 100).is_some());
+        assert!(deliverable(b"not a record", 100).is_none());
+        let long_id = [&[b'x'; 256][..], b"\n5\n0\nset\nk"].concat();
+        assert!(deliverable(&long_id, 100).is_none());
+        assert!(deliverable(b"id-1\n5\n0\nset\nkkkk", 9).is_none());
+        assert!(deliverable(b"id-1\n5\n0\nset\nkkkk", 10).is_some());
     }
 }

@@ -119,12 +119,12 @@ extern "C" fn on_message(
             let id = unsafe { std::slice::from_raw_parts(sender.cast::<u8>(), 40) };
             String::from_utf8_lossy(id).into_owned()
         };
-        ctx.log_notice(&format!(
+        crate::log::notice(&format!(
             "key_evt_amqp: applying broadcast {name} {} from node {from}",
             loggable(name, &args)
         ));
         if let Err(e) = commands::apply(&ctx, name, &args) {
-            ctx.log_warning(&format!("key_evt_amqp: broadcast {name} refused: {e}"));
+            crate::log::warning(&format!("key_evt_amqp: broadcast {name} refused: {e}"));
         }
     });
 }
@@ -148,7 +148,7 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
         return;
     }
     st.master = master;
-    ctx.log_notice(if master {
+    crate::log::notice(if master {
         "key_evt_amqp: this node is now a master: forwarding (backlog first)"
     } else {
         "key_evt_amqp: this node is now a replica: forwarding stopped"
@@ -156,6 +156,7 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
     if master {
         // The replicated backlog is ours now: read its real length next tick.
         st.backlog.head_inflight = 0;
+        st.backlog.acked = 0;
         st.backlog.epoch += 1;
         st.backlog.synced_at = None;
         // Look at the slots (and the backlogs in them) again on the next tick.
@@ -255,9 +256,12 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
         None => String::new(),
     };
     // Switch keys only while no record read from the list is in flight.
-    if wanted != st.backlog.key && st.inflight.iter().all(|b| !b.from_list) {
-        ctx.log_notice(&format!("key_evt_amqp: fallback list is now '{wanted}'"));
+    if wanted != st.backlog.key && st.inflight.iter().all(|b| !b.from_list) && st.backlog.acked == 0
+    {
+        crate::log::notice(&format!("key_evt_amqp: fallback list is now '{wanted}'"));
+        let moved_aside = st.backlog.moved_aside;
         st.backlog = Backlog::new(wanted, base);
+        st.backlog.moved_aside = moved_aside;
         st.backlog.epoch += 1;
     }
     let own = st.backlog.key.clone();
@@ -285,7 +289,7 @@ pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
     }
     if records.len() < ADOPT_CHUNK {
         st.slots.found.remove(0);
-        ctx.log_notice(&format!("key_evt_amqp: adopted the backlog '{key}'"));
+        crate::log::notice(&format!("key_evt_amqp: adopted the backlog '{key}'"));
     }
     Some(records)
 }

@@ -2,6 +2,7 @@
 //! nothing on error; in cluster mode it is then broadcast to every node.
 
 use crate::config::{parse_fallback_size, ConfigError};
+use crate::keymask::KeyMasks;
 use crate::state::{Link, State};
 use crate::{cluster, flush, guard, state};
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
@@ -83,10 +84,14 @@ pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
         "keymask_add" | "keymask_set" => {
             arity(!args.is_empty())?;
             with_state(|st| {
-                if name == "keymask_set" {
-                    st.settings.masks = Default::default();
-                }
-                st.settings.masks.add(args);
+                let base = if name == "keymask_set" {
+                    KeyMasks::None
+                } else {
+                    st.settings.masks.clone()
+                };
+                st.settings.masks = base
+                    .with_added(args)
+                    .map_err(|e| err(ConfigError::from(e)))?;
                 Ok(())
             })
         }

@@ -2,7 +2,7 @@
 //! the module configs (`CONFIG SET key_evt_amqp.*`) that tune the pipeline.
 
 use crate::event::{BadEventType, EventTypes};
-use crate::keymask::KeyMasks;
+use crate::keymask::{KeyMasks, MaskError};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use thiserror::Error;
@@ -23,6 +23,9 @@ pub enum ConfigError {
     /// A bad event-type string.
     #[error("invalid event_types: {0}")]
     EventTypes(#[from] BadEventType),
+    /// Key masks beyond the limits.
+    #[error("invalid keymask: {0}")]
+    Mask(#[from] MaskError),
     /// A command that needs arguments got none.
     #[error("wrong number of arguments")]
     Arity,
@@ -100,6 +103,10 @@ impl Default for Settings {
     }
 }
 
+/// The limit of every text argument: AMQP short strings hold 255 bytes.
+const TEXT_MAX: usize = 255;
+const TOO_LONG: &str = "too long (255 bytes at most)";
+
 fn text(name: &'static str, v: &[u8], max: usize) -> Result<String, ConfigError> {
     let invalid = |reason| ConfigError::Invalid {
         name,
@@ -115,7 +122,7 @@ fn text(name: &'static str, v: &[u8], max: usize) -> Result<String, ConfigError>
         return Err(invalid("must not contain NUL bytes"));
     }
     if s.len() > max {
-        return Err(invalid("too long (255 bytes at most)"));
+        return Err(invalid(TOO_LONG));
     }
     Ok(s.to_owned())
 }
@@ -149,7 +156,7 @@ impl Settings {
             let v = arg.as_ref();
             match i {
                 0 => {
-                    s.amqp.host = text("host", v, 255)?;
+                    s.amqp.host = text("host", v, TEXT_MAX)?;
                     if s.amqp.host.is_empty() {
                         return Err(ConfigError::Invalid {
                             name: "host",
@@ -168,11 +175,11 @@ impl Settings {
                         }
                     })?;
                 }
-                2 => s.amqp.user = text("user", v, 255)?,
-                3 => s.amqp.password = text("password", v, 255)?,
+                2 => s.amqp.user = text("user", v, TEXT_MAX)?,
+                3 => s.amqp.password = text("password", v, TEXT_MAX)?,
                 4 => s.amqp.heartbeat = number("heartbeat", v, "must be 0..65535 seconds")?,
-                5 => s.amqp.exchange = text("exchange", v, 255)?,
-                6 => s.amqp.routing_key = text("routing_key", v, 255)?,
+                5 => s.amqp.exchange = text("exchange", v, TEXT_MAX)?,
+                6 => s.amqp.routing_key = text("routing_key", v, TEXT_MAX)?,
                 7 => {
                     s.amqp.delivery_mode = match v {
                         b"1" => 1,
@@ -190,7 +197,7 @@ impl Settings {
             }
         }
         if args.len() > 9 {
-            s.masks = KeyMasks::from_args(&args[9..]);
+            s.masks = KeyMasks::from_args(&args[9..])?;
         }
         Ok(s)
     }
@@ -262,9 +269,22 @@ pub static RECONNECT_MAX_MS: Tunable = Tunable::new("reconnect-max-ms", 5000, 10
 /// queue is less than half full (0: never wait).
 pub static BURST_RATE: Tunable = Tunable::new("burst-rate", 100_000, 0, 1_000_000_000);
 
-/// All integer tunables, for registration.
-pub static TUNABLES: [&Tunable; 7] = [
+/// `key_evt_amqp.confirm-timeout-ms`: a publish the broker has not confirmed after this
+/// long recycles the connection; the unconfirmed records go back to the list.
+pub static CONFIRM_TIMEOUT_MS: Tunable = Tunable::new("confirm-timeout-ms", 30_000, 100, 3_600_000);
+
+/// `key_evt_amqp.max-record-bytes`: a record (message) larger than this is never
+/// sent; it is counted in `events_rejected` and dropped.
+pub static MAX_RECORD_BYTES: Tunable = Tunable::new("max-record-bytes", 16 << 20, 1024, 512 << 20);
+
+/// `key_evt_amqp.fallback-db` (immutable): the database that holds the fallback list.
+pub static FALLBACK_DB: Tunable = Tunable::new("fallback-db", 0, 0, 1_000_000);
+
+/// All mutable integer tunables, for registration.
+pub static TUNABLES: [&Tunable; 9] = [
     &BURST_RATE,
+    &CONFIRM_TIMEOUT_MS,
+    &MAX_RECORD_BYTES,
     &FLUSH_INTERVAL_MS,
     &QUEUE_MAX_EVENTS,
     &QUEUE_MAX_BYTES,

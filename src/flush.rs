@@ -6,7 +6,9 @@ use crate::amqp::{Batch, Client, Outcome, Request, Settled};
 use crate::config::{
     BATCH_SIZE, BURST_RATE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
 };
+use crate::fallback::writes_paused;
 use crate::guard;
+use crate::info::Drop;
 use crate::queue::Records;
 use crate::state::{self, InFlight, Link, State};
 use redis_module::{raw, Context};
@@ -87,6 +89,31 @@ fn client(st: &mut State) -> &Client {
     st.client.get_or_insert_with(Client::start)
 }
 
+/// The AMQP supervisor task is gone (it panicked): fail what it held, so
+/// that those records go back to the list, and let the next tick start a
+/// new one.
+fn restart_dead_client(st: &mut State) {
+    if st.client.as_ref().is_none_or(Client::alive) {
+        return;
+    }
+    st.client = None;
+    st.stats.supervisor_restarts += 1;
+    crate::log::warning("key_evt_amqp: the AMQP task stopped unexpectedly; starting a new one");
+    st.set_error("the AMQP task stopped unexpectedly");
+    for b in st.inflight.iter_mut().filter(|b| b.settled.is_none()) {
+        b.settled = Some(Settled {
+            id: b.id,
+            acked: 0,
+            nacked: 0,
+            rejected: 0,
+            error: Some("the AMQP task stopped".into()),
+        });
+    }
+    if st.link != Link::Closed {
+        st.link = Link::Idle;
+    }
+}
+
 /// Asks the AMQP side to connect with the current settings.
 pub fn request_connect(st: &mut State) {
     let settings = st.settings.amqp.clone();
@@ -104,14 +131,14 @@ pub fn request_disconnect(st: &mut State) {
     st.link = Link::Closed;
 }
 
-fn log_link(ctx: &Context, st: &State, what: &str) {
-    ctx.log_notice(&format!(
+fn log_link(st: &State, what: &str) {
+    crate::log::notice(&format!(
         "key_evt_amqp: {what} (broker {}:{})",
         st.settings.amqp.host, st.settings.amqp.port
     ));
 }
 
-fn collect(ctx: &Context, st: &mut State) {
+fn collect(st: &mut State) {
     while let Some(outcome) = st.client.as_ref().and_then(Client::poll) {
         match outcome {
             Outcome::Connected { generation } => {
@@ -120,16 +147,22 @@ fn collect(ctx: &Context, st: &mut State) {
                     continue;
                 }
                 if st.link != Link::Up {
-                    log_link(ctx, st, "connected");
+                    log_link(st, "connected");
                 }
                 st.link = Link::Up;
             }
-            Outcome::Down { error, retry_in_ms } => {
+            Outcome::Down {
+                error,
+                retry_in_ms,
+                confirm_timeout,
+            } => {
                 st.stats.reconnects += 1;
+                if confirm_timeout {
+                    st.stats.confirm_timeouts += 1;
+                }
                 if st.link != Link::Closed {
                     if st.link != Link::Down || st.last_error != error {
                         log_link(
-                            ctx,
                             st,
                             &format!("connection down: {error}; retrying in {retry_in_ms} ms"),
                         );
@@ -140,14 +173,13 @@ fn collect(ctx: &Context, st: &mut State) {
             }
             Outcome::Closed => {
                 if st.link == Link::Closed {
-                    log_link(ctx, st, "disconnected on request");
+                    log_link(st, "disconnected on request");
                 }
             }
             Outcome::Blocked(blocked) => {
                 if matches!(st.link, Link::Up | Link::Blocked) {
                     st.link = if blocked { Link::Blocked } else { Link::Up };
                     log_link(
-                        ctx,
                         st,
                         if blocked {
                             "blocked by the broker"
@@ -168,7 +200,6 @@ fn collect(ctx: &Context, st: &mut State) {
 
 /// Applies settled batches, oldest first, and stops at the first unsettled one.
 fn settle(ctx: &Context, st: &mut State) {
-    let mut trim = 0usize;
     while st.inflight.front().is_some_and(|b| b.settled.is_some()) {
         let Some(mut b) = st.inflight.pop_front() else {
             break;
@@ -176,6 +207,7 @@ fn settle(ctx: &Context, st: &mut State) {
         let Some(Settled {
             acked,
             nacked,
+            rejected,
             error,
             ..
         }) = b.settled.take()
@@ -183,8 +215,9 @@ fn settle(ctx: &Context, st: &mut State) {
             break;
         };
         st.inflight_events -= b.count;
-        st.stats.confirmed += acked as u64;
+        st.stats.confirmed += (acked - rejected) as u64;
         st.stats.nacked += nacked as u64;
+        st.stats.drop(Drop::Rejected, rejected as u64);
         let failed = acked < b.count;
         if let Some(e) = error {
             st.set_error(e);
@@ -193,7 +226,7 @@ fn settle(ctx: &Context, st: &mut State) {
             if b.epoch == st.backlog.epoch {
                 st.backlog.head_inflight = st.backlog.head_inflight.saturating_sub(b.count);
                 if !st.halted {
-                    trim += acked;
+                    st.backlog.acked += acked;
                 }
             }
         } else if failed && !b.stored {
@@ -205,12 +238,16 @@ fn settle(ctx: &Context, st: &mut State) {
             st.halted = true;
         }
     }
-    if trim > 0 {
-        if let Err(e) = st.backlog.trim_front(ctx, trim) {
-            st.set_error(format!("fallback trim: {e}"));
+    let paused = writes_paused();
+    if st.backlog.acked > 0 && !paused {
+        match st.backlog.trim_acked(ctx) {
+            Ok(lost) => count_lost(st, lost),
+            Err(e) => st.set_error(format!("fallback trim: {e}")),
         }
     }
-    if st.halted && st.inflight.is_empty() {
+    // Returns go back to the head before anything newer is sent; while writes
+    // are paused they wait in memory and forwarding stays halted.
+    if st.halted && st.inflight.is_empty() && (st.returns.is_empty() || !paused) {
         st.halted = false;
         st.backlog.head_inflight = 0;
         let returns = std::mem::take(&mut st.returns);
@@ -218,20 +255,29 @@ fn settle(ctx: &Context, st: &mut State) {
     }
 }
 
+fn count_lost(st: &mut State, lost: u64) {
+    if lost > 0 {
+        st.stats.lost += lost;
+        crate::log::warning(&format!(
+            "key_evt_amqp: {lost} events vanished from the fallback list {}",
+            st.backlog.key
+        ));
+    }
+}
+
 /// Writes records to the fallback list, or drops and counts them by the rules.
+/// Callers check [`writes_paused`] first: no write is made while it holds.
 fn store(ctx: &Context, st: &mut State, records: Records, at: Store) {
     if records.is_empty() {
         return;
     }
     let n = records.len() as u64;
     if st.settings.fallback_size < 0 {
-        st.stats.dropped += n;
-        st.stats.dropped_disabled += n;
+        st.stats.drop(Drop::Disabled, n);
         return;
     }
-    if !st.master || st.backlog.key.is_empty() {
-        st.stats.dropped += n;
-        st.stats.dropped_unwritable += n;
+    if !st.master || st.backlog.key.is_empty() || writes_paused() {
+        st.stats.drop(Drop::Unwritable, n);
         return;
     }
     let written = match at {
@@ -241,8 +287,7 @@ fn store(ctx: &Context, st: &mut State, records: Records, at: Store) {
     match written {
         Ok(()) => st.stats.stored += n,
         Err(e) => {
-            st.stats.dropped += n;
-            st.stats.dropped_unwritable += n;
+            st.stats.drop(Drop::Unwritable, n);
             st.set_error(format!("fallback write: {e}"));
             // A slot may have moved: look again now.
             crate::cluster::refresh(ctx, st, true);
@@ -251,10 +296,7 @@ fn store(ctx: &Context, st: &mut State, records: Records, at: Store) {
     }
     let cap = u64::try_from(st.settings.fallback_size).unwrap_or(0);
     match st.backlog.enforce_cap(ctx, cap) {
-        Ok(d) => {
-            st.stats.dropped += d;
-            st.stats.dropped_cap += d;
-        }
+        Ok(d) => st.stats.drop(Drop::Cap, d),
         Err(e) => st.set_error(format!("fallback cap: {e}")),
     }
 }
@@ -264,8 +306,9 @@ pub fn spill(ctx: &Context, st: &mut State) {
     if st.queue.is_empty() {
         return;
     }
-    if ctx.avoid_replication_traffic() && st.settings.fallback_size >= 0 {
-        // CLIENT PAUSE or failover: hold in memory, within the bounds.
+    if writes_paused() && st.settings.fallback_size >= 0 {
+        // CLIENT PAUSE or failover: hold in memory, within the bounds
+        // (the callback drops beyond twice the bound, see `notify`).
         return;
     }
     for records in st.queue.take_all() {
@@ -318,14 +361,18 @@ fn in_burst(st: &mut State, now: Instant) -> bool {
 pub fn tick(ctx: &Context, st: &mut State) {
     st.ticks += 1;
     let now = Instant::now();
-    collect(ctx, st);
+    if let Err(e) = crate::fallback::select(ctx) {
+        st.set_error(e);
+        return;
+    }
+    restart_dead_client(st);
+    collect(st);
     settle(ctx, st);
     st.chunk = BATCH_SIZE.get_usize().max(1);
     if !st.master {
         // Demoted: nothing new is queued; what is left cannot be stored here.
         let n = st.queue.take_all().iter().map(Records::len).sum::<usize>() as u64;
-        st.stats.dropped += n;
-        st.stats.dropped_unwritable += n;
+        st.stats.drop(Drop::Unwritable, n);
         if st.inflight.is_empty()
             && matches!(
                 st.link,
@@ -345,8 +392,10 @@ pub fn tick(ctx: &Context, st: &mut State) {
         crate::lifecycle::sync_shutdown_hook(ctx);
     }
     crate::cluster::refresh(ctx, st, false);
-    if let Some(records) = crate::cluster::adopt(ctx, st) {
-        store(ctx, st, records, Store::Tail);
+    if !writes_paused() {
+        if let Some(records) = crate::cluster::adopt(ctx, st) {
+            store(ctx, st, records, Store::Tail);
+        }
     }
     let every = if st.backlog.len > 0 {
         SYNC_BUSY
@@ -360,14 +409,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if !st.backlog.key.is_empty() && sync_due {
         st.backlog.synced_at = Some(now);
         match st.backlog.sync_len(ctx) {
-            Ok(lost) if lost > 0 => {
-                st.stats.lost += lost;
-                ctx.log_warning(&format!(
-                    "key_evt_amqp: {lost} events vanished from the fallback list {}",
-                    st.backlog.key
-                ));
-            }
-            Ok(_) => {}
+            Ok(lost) => count_lost(st, lost),
             Err(e) => st.set_error(format!("fallback read: {e}")),
         }
     }
@@ -379,14 +421,15 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.link == Link::Up && !st.halted && !burst {
         let window = INFLIGHT_MAX.get_usize();
         let batch = BATCH_SIZE.get_usize().max(1);
-        let list_mode = match st.inflight.front() {
-            Some(b) => b.from_list,
-            None => st.backlog.len > 0,
-        };
+        // While the list holds anything, or list records are in flight, the
+        // list goes first and newer events queue behind it there: a queue
+        // chunk never overtakes records that spilled before it.
+        let list_mode = st.backlog.len > 0 || st.inflight.iter().any(|b| b.from_list);
         if list_mode {
             // The backlog goes first; newer events queue behind it in the list.
             spill(ctx, st);
-            while st.inflight_events < window && (st.backlog.head_inflight as u64) < st.backlog.len
+            while st.inflight_events < window
+                && ((st.backlog.acked + st.backlog.head_inflight) as u64) < st.backlog.len
             {
                 let n = batch.min(window - st.inflight_events);
                 match st.backlog.read(ctx, n) {
@@ -422,10 +465,14 @@ pub fn tick(ctx: &Context, st: &mut State) {
 
 /// Writes everything held only in memory to the list (before SHUTDOWN).
 pub fn persist_memory(ctx: &Context, st: &mut State) {
-    if !st.master || st.loading {
+    if !st.master || st.loading || writes_paused() {
         return;
     }
-    collect(ctx, st);
+    if let Err(e) = crate::fallback::select(ctx) {
+        st.set_error(e);
+        return;
+    }
+    collect(st);
     settle(ctx, st);
     let mut older = std::mem::take(&mut st.returns);
     for b in st.inflight.iter_mut().filter(|b| !b.from_list && !b.stored) {

@@ -6,16 +6,11 @@ use std::sync::Once;
 
 static HOOK: Once = Once::new();
 
-/// Logs through Redis without a context (thread-safe in the server).
-pub fn log_warning(msg: &str) {
-    redis_module::logging::log_warning(msg);
-}
-
 /// Installs a panic hook that logs the panic through Redis.
 pub fn install_panic_hook() {
     HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            log_warning(&format!("key_evt_amqp: internal error (panic): {info}"));
+            crate::log::warning(&format!("key_evt_amqp: internal error (panic): {info}"));
         }));
     });
 }
@@ -25,7 +20,7 @@ pub fn run<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(_) => {
-            log_warning(&format!(
+            crate::log::warning(&format!(
                 "key_evt_amqp: {what} failed; the event loop goes on"
             ));
             None

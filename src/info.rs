@@ -2,6 +2,25 @@
 
 use redis_module::{InfoContext, RedisResult};
 
+/// Why records were dropped; each reason has its own counter, and all of
+/// them add up to `events_dropped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// The fallback cap trimmed the oldest records.
+    Cap,
+    /// Undeliverable while the fallback is off (size < 0).
+    Disabled,
+    /// The list refused the write (OOM, not a master, writes paused).
+    Unwritable,
+    /// The queue passed twice its bound inside one execution unit (a script,
+    /// MULTI, or while writes were paused), where the module cannot spill.
+    Overflow,
+    /// A record that can never be delivered: a list element that is not a
+    /// record, a message id over 255 bytes, or a record over `max-record-bytes`
+    /// (or over the broker's `max_message_size`).
+    Rejected,
+}
+
 /// Event counters since load. Every accepted event ends up in exactly one
 /// of: confirmed, still queued/in flight/stored, dropped, lost.
 #[derive(Debug, Default, Clone)]
@@ -26,12 +45,37 @@ pub struct Stats {
     pub dropped_disabled: u64,
     /// Of `dropped`: records the list refused (OOM, WRONGTYPE) or that a demoted node could not store.
     pub dropped_unwritable: u64,
+    /// Of `dropped`: the queue passed twice its bound where it could not spill.
+    pub dropped_overflow: u64,
+    /// Of `dropped`: records that can never be delivered (see [`Drop::Rejected`]).
+    pub rejected: u64,
+    /// Times the AMQP task died and was started again.
+    pub supervisor_restarts: u64,
+    /// Connections recycled because the broker did not confirm in time.
+    pub confirm_timeouts: u64,
     /// Records that vanished from the fallback list behind the module's back (DEL, FLUSHALL, eviction).
     pub lost: u64,
     /// Connection attempts that failed or connections that were lost.
     pub reconnects: u64,
     /// Events ignored while loading, on a replica, or about the fallback key.
     pub skipped: u64,
+}
+
+impl Stats {
+    /// Counts `n` records dropped for `why`.
+    pub fn drop(&mut self, why: Drop, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.dropped += n;
+        *match why {
+            Drop::Cap => &mut self.dropped_cap,
+            Drop::Disabled => &mut self.dropped_disabled,
+            Drop::Unwritable => &mut self.dropped_unwritable,
+            Drop::Overflow => &mut self.dropped_overflow,
+            Drop::Rejected => &mut self.rejected,
+        } += n;
+    }
 }
 
 /// A snapshot of everything INFO shows.
@@ -63,8 +107,14 @@ pub struct Snapshot {
     pub fallback_size: i64,
     /// The subscribed event types.
     pub event_types: String,
-    /// Key masks.
+    /// Key masks (the first few).
     pub keymasks: String,
+    /// Number of key masks.
+    pub keymask_count: usize,
+    /// Wrong-type values renamed away from the fallback key.
+    pub fallback_moved_aside: u64,
+    /// The server asks modules not to write now (paused writes, failover).
+    pub writes_paused: bool,
     /// Broker address (no credentials).
     pub broker: String,
     /// The last error, if any.
@@ -90,10 +140,15 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
             "shutdown_hook",
             if s.shutdown_hook { "yes" } else { "no" }.to_string(),
         ),
-        ("last_error", s.last_error.replace(['\r', '\n'], " ")),
+        (
+            "writes_paused",
+            if s.writes_paused { "yes" } else { "no" }.to_string(),
+        ),
+        ("last_error", s.last_error.clone()),
     ];
     for (name, value) in text {
-        section = section.field(name, value)?;
+        // Values may come from outside (a host, a broker error): one line each.
+        section = section.field(name, crate::log::visible(&value))?;
     }
     let numbers = [
         ("events_seen", st.seen),
@@ -106,6 +161,8 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("events_dropped_cap", st.dropped_cap),
         ("events_dropped_disabled", st.dropped_disabled),
         ("events_dropped_unwritable", st.dropped_unwritable),
+        ("events_dropped_overflow", st.dropped_overflow),
+        ("events_rejected", st.rejected),
         ("events_lost", st.lost),
         ("events_skipped", st.skipped),
         ("queue_len", s.queue_len as u64),
@@ -114,6 +171,10 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("fallback_len", s.fallback_len),
         ("backlogs_found", s.backlogs_found as u64),
         ("reconnects", st.reconnects),
+        ("confirm_timeouts", st.confirm_timeouts),
+        ("supervisor_restarts", st.supervisor_restarts),
+        ("keymask_count", s.keymask_count as u64),
+        ("fallback_moved_aside", s.fallback_moved_aside),
     ];
     for (name, value) in numbers {
         section = section.field(name, value)?;

@@ -7,6 +7,25 @@
 //! byte only). Nothing else is special. Without `^` a mask matches anywhere.
 
 use smallvec::SmallVec;
+use thiserror::Error;
+
+/// Longest mask accepted, in bytes.
+pub const MAX_MASK_LEN: usize = 1024;
+/// Most masks held at once.
+pub const MAX_MASKS: usize = 100_000;
+/// Masks shown by [`KeyMasks::describe`] before the rest is summed up.
+const DESCRIBE_FIRST: usize = 10;
+
+/// A mask set the limits refuse.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MaskError {
+    /// One mask is longer than [`MAX_MASK_LEN`].
+    #[error("a mask of {0} bytes is longer than {MAX_MASK_LEN} bytes")]
+    TooLong(usize),
+    /// The set would hold more than [`MAX_MASKS`] masks.
+    #[error("{0} masks are more than {MAX_MASKS}")]
+    TooMany(usize),
+}
 
 /// One item of a compiled mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +95,13 @@ impl KeyMask {
     }
 
     /// Adds state `i` and everything reachable from it by skipping starred items.
+    /// A state already present has its closure present too, so the walk stops
+    /// there: all closures of one step cost `O(mask length)` together.
     fn close(&self, bits: &mut Bits, mut i: usize) {
         loop {
+            if get(bits, i) {
+                return;
+            }
             set(bits, i);
             if i < self.items.len() && self.items[i].star {
                 i += 1;
@@ -110,6 +134,9 @@ impl KeyMask {
             }
             if !self.anchored_start {
                 self.close(&mut next, 0);
+            } else if next.iter().all(|w| *w == 0) {
+                // No state is alive and none can start again: no match.
+                return false;
             }
             std::mem::swap(&mut cur, &mut next);
         }
@@ -131,27 +158,43 @@ pub enum KeyMasks {
 
 impl KeyMasks {
     /// Builds the set from command or load arguments; `ALL` anywhere wins.
-    pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Self {
+    /// Refuses a mask over [`MAX_MASK_LEN`] bytes or more than [`MAX_MASKS`] masks.
+    pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Result<Self, MaskError> {
         if args.is_empty() {
-            return Self::None;
+            return Ok(Self::None);
         }
         if args.iter().any(|a| a.as_ref() == b"ALL") {
-            return Self::All;
+            return Ok(Self::All);
         }
-        Self::Some(args.iter().map(|a| KeyMask::new(a.as_ref())).collect())
+        if args.len() > MAX_MASKS {
+            return Err(MaskError::TooMany(args.len()));
+        }
+        if let Some(long) = args.iter().find(|a| a.as_ref().len() > MAX_MASK_LEN) {
+            return Err(MaskError::TooLong(long.as_ref().len()));
+        }
+        Ok(Self::Some(
+            args.iter().map(|a| KeyMask::new(a.as_ref())).collect(),
+        ))
     }
 
-    /// Adds masks to the set (`keymask_add`).
-    pub fn add<A: AsRef<[u8]>>(&mut self, args: &[A]) {
-        let added = Self::from_args(args);
-        *self = match (std::mem::take(self), added) {
+    /// Returns the set with `args` added (`keymask_add`); `self` is unchanged on error.
+    pub fn with_added<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Self, MaskError> {
+        let added = Self::from_args(args)?;
+        Ok(match (self, added) {
             (Self::All, _) | (_, Self::All) => Self::All,
-            (Self::None, other) | (other, Self::None) => other,
-            (Self::Some(mut a), Self::Some(b)) => {
-                a.extend(b);
-                Self::Some(a)
+            (Self::None, other) => other,
+            (this, Self::None) => this.clone(),
+            (Self::Some(a), Self::Some(b)) => {
+                let total = a.len() + b.len();
+                if total > MAX_MASKS {
+                    return Err(MaskError::TooMany(total));
+                }
+                let mut all = Vec::with_capacity(total);
+                all.extend_from_slice(a);
+                all.extend(b);
+                Self::Some(all)
             }
-        };
+        })
     }
 
     /// True when `key` must be forwarded.
@@ -164,16 +207,23 @@ impl KeyMasks {
         }
     }
 
-    /// The masks as given, for INFO.
+    /// The first few masks as given, and how many more there are, for INFO.
     pub fn describe(&self) -> String {
         match self {
             Self::None => String::new(),
             Self::All => "ALL".to_string(),
-            Self::Some(masks) => masks
-                .iter()
-                .map(|m| printable(m.source()))
-                .collect::<Vec<_>>()
-                .join(" "),
+            Self::Some(masks) => {
+                let mut out = masks
+                    .iter()
+                    .take(DESCRIBE_FIRST)
+                    .map(|m| printable(m.source()))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if masks.len() > DESCRIBE_FIRST {
+                    out.push_str(&format!(" ...({} more)", masks.len() - DESCRIBE_FIRST));
+                }
+                out
+            }
         }
     }
 
@@ -294,20 +344,55 @@ mod tests {
 
     #[test]
     fn set_semantics() {
-        assert_eq!(KeyMasks::from_args::<&[u8]>(&[]), KeyMasks::None);
+        assert_eq!(KeyMasks::from_args::<&[u8]>(&[]), Ok(KeyMasks::None));
         assert!(!KeyMasks::None.matches(b"k"));
-        let all = KeyMasks::from_args(&[&b"^x"[..], b"ALL"]);
+        let all = KeyMasks::from_args(&[&b"^x"[..], b"ALL"]).unwrap();
         assert_eq!(all, KeyMasks::All);
-        let mut s = KeyMasks::from_args(&[&b"^a"[..]]);
-        s.add(&[&b"^b"[..]]);
+        let s = KeyMasks::from_args(&[&b"^a"[..]]).unwrap();
+        let mut s = s.with_added(&[&b"^b"[..]]).unwrap();
         assert!(s.matches(b"a1") && s.matches(b"b1") && !s.matches(b"c1"));
         assert_eq!(s.count(), 2);
         assert_eq!(
-            KeyMasks::from_args(&[&b"a b\n\x00"[..]]).describe(),
+            KeyMasks::from_args(&[&b"a b\n\x00"[..]])
+                .unwrap()
+                .describe(),
             "a\\x20b\\x0a\\x00"
         );
-        s.add(&[&b"ALL"[..]]);
+        s = s.with_added(&[&b"ALL"[..]]).unwrap();
         assert_eq!(s, KeyMasks::All);
+    }
+
+    #[test]
+    fn limits() {
+        let long = vec![b'a'; MAX_MASK_LEN + 1];
+        assert_eq!(
+            KeyMasks::from_args(&[&long[..]]),
+            Err(MaskError::TooLong(MAX_MASK_LEN + 1))
+        );
+        assert!(KeyMasks::from_args(&[&long[1..]]).is_ok());
+        let many: Vec<String> = (0..MAX_MASKS).map(|i| format!("^t{i}:")).collect();
+        let set = KeyMasks::from_args(&many).unwrap();
+        assert_eq!(set.count(), MAX_MASKS);
+        assert_eq!(
+            set.with_added(&["x"]),
+            Err(MaskError::TooMany(MAX_MASKS + 1))
+        );
+        let d = set.describe();
+        assert!(d.len() < 200 && d.ends_with("...(99990 more)"), "{d}");
+    }
+
+    #[test]
+    fn many_stars_stay_linear() {
+        // 500 starred items and a 20,000-byte key: quadratic work would take seconds.
+        let mask = [&b"a*".repeat(500)[..], b"b"].concat();
+        let key = vec![b'a'; 20_000];
+        let t = std::time::Instant::now();
+        assert!(!KeyMask::new(&mask).matches(&key));
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     proptest! {

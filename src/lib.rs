@@ -16,6 +16,7 @@ pub mod guard;
 pub mod info;
 pub mod keymask;
 pub mod lifecycle;
+pub mod log;
 pub mod notify;
 pub mod queue;
 pub mod slots;
@@ -46,13 +47,17 @@ redis_module! {
     data_types: [],
     init: init,
     deinit: deinit,
+    // Every command steers where events (and the broker password) go: admin
+    // only, never from scripts (`deny-script`). The two that carry a password stay out of
+    // MONITOR and SLOWLOG. The ACL categories are set where the server has
+    // them (Redis 7.2+, Valkey); Redis 7.0 loads without them.
     commands: [
-        ["key_evt_amqp.config_set", commands::config_set, "", 0, 0, 0, ""],
-        ["key_evt_amqp.connect", commands::connect, "", 0, 0, 0, ""],
-        ["key_evt_amqp.disconnect", commands::disconnect, "", 0, 0, 0, ""],
-        ["key_evt_amqp.fallback_storage_size_set", commands::fallback_storage_size_set, "", 0, 0, 0, ""],
-        ["key_evt_amqp.keymask_clean", commands::keymask_clean, "", 0, 0, 0, ""],
-        ["key_evt_amqp.keymask_add", commands::keymask_add, "", 0, 0, 0, ""],
-        ["key_evt_amqp.keymask_set", commands::keymask_set, "", 0, 0, 0, ""],
+        ["key_evt_amqp.config_set", commands::config_set, "admin deny-script no-monitor no-slowlog", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.connect", commands::connect, "admin deny-script no-monitor no-slowlog", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.disconnect", commands::disconnect, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.fallback_storage_size_set", commands::fallback_storage_size_set, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_clean", commands::keymask_clean, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_add", commands::keymask_add, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_set", commands::keymask_set, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
     ],
 }

@@ -1,6 +1,6 @@
 //! Load, unload, server events (loading, shutdown) and the INFO snapshot.
 
-use crate::config::{Settings, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, TUNABLES};
+use crate::config::{Settings, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, TUNABLES};
 use crate::event::Encoder;
 use crate::fallback::Backlog;
 use crate::info::{self, Snapshot};
@@ -45,6 +45,16 @@ fn register_configs(ctx: &Context) {
             None,
         );
     }
+    register_i64_configuration(
+        ctx,
+        FALLBACK_DB.name,
+        &FALLBACK_DB.value,
+        FALLBACK_DB.default,
+        FALLBACK_DB.min,
+        FALLBACK_DB.max,
+        ConfigurationFlags::IMMUTABLE,
+        None,
+    );
     register_string_configuration(
         ctx,
         "fallback-key",
@@ -81,11 +91,15 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     let (types, settings) = match Settings::from_load_args(&raw_args) {
         Ok(v) => v,
         Err(e) => {
-            ctx.log_warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
+            crate::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
             return Status::Err;
         }
     };
     register_configs(ctx);
+    if let Err(e) = crate::fallback::select(ctx) {
+        crate::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
+        return Status::Err;
+    }
     let flags = ctx.get_flags();
     let is_cluster = flags.contains(ContextFlags::CLUSTER);
     let master = !flags.contains(ContextFlags::SLAVE);
@@ -105,7 +119,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         base.clone()
     };
     let tag = node_tag();
-    ctx.log_notice(&format!(
+    crate::log::notice(&format!(
         "key_evt_amqp: loaded; events '{types}', broker {}:{}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
         settings.amqp.host, settings.amqp.port, settings.amqp.exchange, settings.amqp.routing_key
     ));
@@ -137,7 +151,9 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         slots: Default::default(),
     });
     if !notify::subscribe(ctx, types.0) {
-        ctx.log_warning("key_evt_amqp: MODULE LOAD refused: cannot subscribe to keyspace events");
+        crate::log::warning(
+            "key_evt_amqp: MODULE LOAD refused: cannot subscribe to keyspace events",
+        );
         return Status::Err;
     }
     cluster::register(ctx, is_cluster);
@@ -200,8 +216,8 @@ pub fn sync_shutdown_hook(ctx: &Context) {
 }
 
 /// `MODULE UNLOAD` is refused: lapin's threads would run code from an unloaded library.
-pub fn refuse_unload(ctx: &Context) -> Status {
-    ctx.log_warning(
+pub fn refuse_unload(_ctx: &Context) -> Status {
+    crate::log::warning(
         "key_evt_amqp: MODULE UNLOAD refused: the AMQP threads cannot be stopped safely; restart the server instead",
     );
     Status::Err
@@ -249,6 +265,9 @@ extern "C" fn on_command(filter: *mut raw::RedisModuleCommandFilterCtx) {
             return;
         }
         let ctx = Context::new(ptr);
+        if !shutdown_will_run(&ctx, filter) {
+            return;
+        }
         let key = state::with(|st| {
             flush::persist_memory(&ctx, st);
             st.backlog.key.clone()
@@ -257,6 +276,110 @@ extern "C" fn on_command(filter: *mut raw::RedisModuleCommandFilterCtx) {
             flush_propagation(&ctx, &key);
         }
     });
+}
+
+/// True when the SHUTDOWN the filter sees will run: filters see commands
+/// before authentication, ACL checks and MULTI queueing, so an
+/// unauthenticated or unprivileged client, or one inside MULTI, must not
+/// make the module write anything.
+///
+/// Where the server names the client (Redis 7.2+, Valkey): the client is a
+/// real one, not in MULTI, its user may run this SHUTDOWN, and it has
+/// authenticated (a user other than `default`, or `default` without a
+/// password). On Redis 7.0 the client cannot be named: the hook acts only
+/// while the `default` user needs no password and may run SHUTDOWN.
+fn shutdown_will_run(ctx: &Context, filter: *mut raw::RedisModuleCommandFilterCtx) -> bool {
+    // SAFETY: `filter` is the live filter context of this call; every
+    // string taken from the server is freed here.
+    unsafe {
+        let Some(get_id) = raw::RedisModule_CommandFilterGetClientId else {
+            return default_user_is_open(ctx) && user_may_run(ctx, filter, c"default");
+        };
+        let id = get_id(filter);
+        let mut info: raw::RedisModuleClientInfo = std::mem::zeroed();
+        info.version = 1;
+        let found = raw::RedisModule_GetClientInfoById
+            .map(|f| f((&mut info as *mut raw::RedisModuleClientInfo).cast(), id))
+            == Some(raw::Status::Ok as i32);
+        if !found || info.flags & u64::from(raw::REDISMODULE_CLIENTINFO_FLAG_MULTI) != 0 {
+            return false;
+        }
+        let Some(user_of) = raw::RedisModule_GetClientUserNameById else {
+            return false;
+        };
+        let name = user_of(ctx.ctx, id);
+        if name.is_null() {
+            return false;
+        }
+        let user = RedisString::string_as_slice(name).to_vec();
+        if let Some(free) = raw::RedisModule_FreeString {
+            free(ctx.ctx, name);
+        }
+        if user == b"default" && !default_user_is_open(ctx) {
+            // Authenticated or not cannot be told apart: do nothing.
+            return false;
+        }
+        let Ok(user) = std::ffi::CString::new(user) else {
+            return false;
+        };
+        user_may_run(ctx, filter, &user)
+    }
+}
+
+/// True when the `default` user is on and needs no password.
+fn default_user_is_open(ctx: &Context) -> bool {
+    let Ok(redis_module::RedisValue::Array(fields)) = ctx.call("ACL", &["GETUSER", "default"])
+    else {
+        return false;
+    };
+    let text = |v: &redis_module::RedisValue| match v {
+        redis_module::RedisValue::SimpleString(s) => Some(s.clone()),
+        redis_module::RedisValue::BulkString(s) => Some(s.clone()),
+        redis_module::RedisValue::BulkRedisString(s) => s.try_as_str().ok().map(str::to_owned),
+        _ => None,
+    };
+    let Some(pos) = fields
+        .iter()
+        .position(|f| text(f).as_deref() == Some("flags"))
+    else {
+        return false;
+    };
+    let Some(redis_module::RedisValue::Array(flags)) = fields.get(pos + 1) else {
+        return false;
+    };
+    let flags: Vec<String> = flags.iter().filter_map(text).collect();
+    flags.iter().any(|f| f == "on") && flags.iter().any(|f| f == "nopass")
+}
+
+/// True when `user` may run the filtered command with its arguments.
+///
+/// # Safety
+/// `filter` must be the live filter context of the current call.
+unsafe fn user_may_run(
+    ctx: &Context,
+    filter: *mut raw::RedisModuleCommandFilterCtx,
+    user: &std::ffi::CStr,
+) -> bool {
+    let (Some(count), Some(arg), Some(from_name), Some(check), Some(free_user)) = (
+        raw::RedisModule_CommandFilterArgsCount,
+        raw::RedisModule_CommandFilterArgGet,
+        raw::RedisModule_GetModuleUserFromUserName,
+        raw::RedisModule_ACLCheckCommandPermissions,
+        raw::RedisModule_FreeModuleUser,
+    ) else {
+        // No ACL API: nothing limits SHUTDOWN beyond authentication.
+        return true;
+    };
+    let name = ctx.create_string(user.to_bytes());
+    let handle = from_name(name.inner);
+    if handle.is_null() {
+        return false;
+    }
+    let argc = count(filter);
+    let mut argv: Vec<*mut raw::RedisModuleString> = (0..argc).map(|i| arg(filter, i)).collect();
+    let allowed = check(handle, argv.as_mut_ptr(), argc) == raw::Status::Ok as i32;
+    free_user(handle);
+    allowed
 }
 
 /// Notification class used only to make Redis flush pending propagation.
@@ -307,6 +430,9 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         fallback_size: st.settings.fallback_size,
         event_types: st.types.to_string(),
         keymasks: st.settings.masks.describe(),
+        keymask_count: st.settings.masks.count(),
+        fallback_moved_aside: st.backlog.moved_aside,
+        writes_paused: crate::fallback::writes_paused(),
         broker: format!("{}:{}", st.settings.amqp.host, st.settings.amqp.port),
         last_error: st.last_error.clone(),
     })

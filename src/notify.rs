@@ -1,5 +1,7 @@
 //! The keyspace-notification callback: filter, encode, enqueue. No I/O.
 
+use crate::config::{QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS};
+use crate::info::Drop;
 use crate::{event, flush, guard, state};
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CStr;
@@ -46,6 +48,18 @@ extern "C" fn on_keyspace_event(
             {
                 return;
             }
+            st.stats.accepted += 1;
+            // The timer spills the queue past its bound; between two ticks it
+            // may grow to twice the bound. Beyond that (one script or MULTI
+            // writing a flood, or writes paused) the module cannot write:
+            // the event is dropped and counted.
+            if st.queue.over(
+                QUEUE_MAX_EVENTS.get_usize().saturating_mul(2),
+                QUEUE_MAX_BYTES.get_usize().saturating_mul(2),
+            ) {
+                st.stats.drop(Drop::Overflow, 1);
+                return;
+            }
             // SAFETY: valid context from Redis.
             let db = unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx)) };
             let now = event::now_secs();
@@ -54,7 +68,6 @@ extern "C" fn on_keyspace_event(
             st.queue.push_with(st.chunk, |out| {
                 encoder.record_into(out, now, db, event, key)
             });
-            st.stats.accepted += 1;
             if was_empty {
                 flush::hurry(&Context::new(ctx), st);
             }
