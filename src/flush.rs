@@ -308,7 +308,7 @@ pub fn spill(ctx: &Context, st: &mut State) {
     }
     if writes_paused() && st.settings.fallback_size >= 0 {
         // CLIENT PAUSE or failover: hold in memory, within the bounds
-        // (the callback drops beyond twice the bound, see `notify`).
+        // (the callback drops beyond the hard limit, see `notify`).
         return;
     }
     for records in st.queue.take_all() {

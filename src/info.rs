@@ -12,8 +12,9 @@ pub enum Drop {
     Disabled,
     /// The list refused the write (OOM, not a master, writes paused).
     Unwritable,
-    /// The queue passed twice its bound inside one execution unit (a script,
-    /// MULTI, or while writes were paused), where the module cannot spill.
+    /// The queue passed its hard limit (twice `queue-max-bytes`, at least
+    /// 64 MiB) inside one execution unit (a script, MULTI) or while writes
+    /// were paused, where the module cannot spill.
     Overflow,
     /// A record that can never be delivered: a list element that is not a
     /// record, a message id over 255 bytes, or a record over `max-record-bytes`
@@ -45,7 +46,7 @@ pub struct Stats {
     pub dropped_disabled: u64,
     /// Of `dropped`: records the list refused (OOM, WRONGTYPE) or that a demoted node could not store.
     pub dropped_unwritable: u64,
-    /// Of `dropped`: the queue passed twice its bound where it could not spill.
+    /// Of `dropped`: the queue passed its hard limit where it could not spill.
     pub dropped_overflow: u64,
     /// Of `dropped`: records that can never be delivered (see [`Drop::Rejected`]).
     pub rejected: u64,

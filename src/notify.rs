@@ -1,6 +1,6 @@
 //! The keyspace-notification callback: filter, encode, enqueue. No I/O.
 
-use crate::config::{QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS};
+use crate::config::QUEUE_MAX_BYTES;
 use crate::info::Drop;
 use crate::{event, flush, guard, state};
 use redis_module::{raw, Context, RedisString};
@@ -23,6 +23,20 @@ fn is_backlog_key(key: &[u8], prefix: &[u8]) -> bool {
     // Comparing the first byte first keeps a library call off the common path.
     key.first() == prefix.first() && key.starts_with(prefix)
 }
+
+/// The queue's hard limit in bytes, checked at enqueue: twice
+/// `queue-max-bytes`, and never under [`HARD_FLOOR_BYTES`], so that the
+/// events of one timer tick always fit.
+#[inline]
+pub fn hard_limit_bytes() -> usize {
+    QUEUE_MAX_BYTES
+        .get_usize()
+        .saturating_mul(2)
+        .max(HARD_FLOOR_BYTES)
+}
+
+/// The smallest hard limit of the queue.
+pub const HARD_FLOOR_BYTES: usize = 64 << 20;
 
 extern "C" fn on_keyspace_event(
     ctx: *mut raw::RedisModuleCtx,
@@ -49,14 +63,11 @@ extern "C" fn on_keyspace_event(
                 return;
             }
             st.stats.accepted += 1;
-            // The timer spills the queue past its bound; between two ticks it
-            // may grow to twice the bound. Beyond that (one script or MULTI
-            // writing a flood, or writes paused) the module cannot write:
-            // the event is dropped and counted.
-            if st.queue.over(
-                QUEUE_MAX_EVENTS.get_usize().saturating_mul(2),
-                QUEUE_MAX_BYTES.get_usize().saturating_mul(2),
-            ) {
+            // The timer spills the queue past its bounds; between two ticks
+            // its bytes may grow to the hard limit. Beyond it (one script or
+            // MULTI writing a flood, or writes paused) the module cannot
+            // write: the event is dropped and counted.
+            if st.queue.bytes() > hard_limit_bytes() {
                 st.stats.drop(Drop::Overflow, 1);
                 return;
             }

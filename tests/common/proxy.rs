@@ -10,6 +10,8 @@ use std::time::Duration;
 #[derive(Default)]
 struct Ctl {
     stalled: AtomicBool,
+    /// Stalls only the broker-to-module direction.
+    stalled_down: AtomicBool,
     refuse: AtomicBool,
     streams: Mutex<Vec<TcpStream>>,
 }
@@ -21,14 +23,16 @@ pub struct Proxy {
     ctl: Arc<Ctl>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>, down: bool) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        while ctl.stalled.load(Ordering::Relaxed) {
+        while ctl.stalled.load(Ordering::Relaxed)
+            || (down && ctl.stalled_down.load(Ordering::Relaxed))
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         if to.write_all(&buf[..n]).is_err() {
@@ -65,8 +69,8 @@ impl Proxy {
                     continue;
                 };
                 let (ca, cb) = (Arc::clone(&c), Arc::clone(&c));
-                std::thread::spawn(move || pump(client, s2, ca));
-                std::thread::spawn(move || pump(server, c2, cb));
+                std::thread::spawn(move || pump(client, s2, ca, false));
+                std::thread::spawn(move || pump(server, c2, cb, true));
             }
         });
         Self { port, ctl }
@@ -92,6 +96,12 @@ impl Proxy {
     /// Stops (true) or resumes (false) forwarding bytes, keeping connections open.
     pub fn stall(&self, on: bool) {
         self.ctl.stalled.store(on, Ordering::Relaxed);
+    }
+
+    /// Stops (true) or resumes (false) only the broker-to-module direction:
+    /// publishes reach the broker, its confirms and heartbeats do not.
+    pub fn stall_down(&self, on: bool) {
+        self.ctl.stalled_down.store(on, Ordering::Relaxed);
     }
 
     /// Closes new connections at once while true.
