@@ -191,10 +191,17 @@ impl Sink {
                     .await
                 {
                     let mut last_tag = None;
-                    while out.len() < waiting {
+                    loop {
+                        // Everything counted, then whatever else arrives without a
+                        // pause: the queue is empty when this returns, as with basic.get.
+                        let wait = if out.len() < waiting {
+                            Duration::from_secs(5)
+                        } else {
+                            Duration::from_millis(200)
+                        };
                         let next =
                             futures_lite::future::or(async { consumer.next().await }, async {
-                                async_io::Timer::after(Duration::from_secs(5)).await;
+                                async_io::Timer::after(wait).await;
                                 None
                             })
                             .await;
