@@ -242,7 +242,7 @@ async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             }
             continue;
         };
-        let error = match open(&settings).await {
+        let (error, confirm_timeout) = match open(&settings).await {
             Ok((conn, channel)) => {
                 attempt = 0;
                 generation += 1;
@@ -284,7 +284,6 @@ async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             }
             Err(e) => (e.to_string(), false),
         };
-        let (error, confirm_timeout) = error;
         let delay = backoff_ms(
             attempt,
             crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
