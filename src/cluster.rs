@@ -4,70 +4,14 @@
 //! 9 bytes long, so it shares module id 0 with others: every payload starts
 //! with a magic header and a version, and uses an unusual type byte.
 
-use crate::commands::{self, NAMES};
+use crate::bus::{decode, encode, loggable, MSG_TYPE};
+use crate::commands;
 use crate::fallback::{read_opts, write_opts, Backlog};
 use crate::queue::Records;
 use crate::slots;
 use crate::{flush, guard, state};
 use redis_module::{raw, CallReply, CallResult, Context};
 use std::os::raw::{c_char, c_uchar, c_void};
-
-/// Cluster message type byte.
-pub const MSG_TYPE: u8 = 0xA7;
-/// Payload header: magic and version.
-pub const MAGIC: &[u8; 5] = b"KEVA\x01";
-
-/// Encodes a command for the bus: header, command index, then length-prefixed arguments.
-pub fn encode(name: &str, args: &[&[u8]]) -> Option<Vec<u8>> {
-    let idx = NAMES.iter().position(|n| *n == name)?;
-    let mut out = MAGIC.to_vec();
-    out.push(u8::try_from(idx).ok()?);
-    out.extend_from_slice(&u32::try_from(args.len()).ok()?.to_le_bytes());
-    for a in args {
-        out.extend_from_slice(&u32::try_from(a.len()).ok()?.to_le_bytes());
-        out.extend_from_slice(a);
-    }
-    Some(out)
-}
-
-/// Decodes a payload made by [`encode`]; `None` for anything else.
-pub fn decode(payload: &[u8]) -> Option<(&'static str, Vec<&[u8]>)> {
-    let rest = payload.strip_prefix(MAGIC.as_slice())?;
-    let (&idx, mut rest) = rest.split_first()?;
-    let name = *NAMES.get(usize::from(idx))?;
-    let take = |r: &mut &[u8]| -> Option<u32> {
-        let (n, tail) = r.split_first_chunk::<4>()?;
-        *r = tail;
-        Some(u32::from_le_bytes(*n))
-    };
-    let count = take(&mut rest)?;
-    let mut args = Vec::new();
-    for _ in 0..count {
-        let len = take(&mut rest)? as usize;
-        if rest.len() < len {
-            return None;
-        }
-        let (a, tail) = rest.split_at(len);
-        args.push(a);
-        rest = tail;
-    }
-    rest.is_empty().then_some((name, args))
-}
-
-/// Arguments as they may be logged: the password (4th positional) masked.
-pub fn loggable(name: &str, args: &[&[u8]]) -> String {
-    args.iter()
-        .enumerate()
-        .map(|(i, a)| {
-            if matches!(name, "config_set" | "connect") && i == 3 {
-                "***".to_string()
-            } else {
-                crate::keymask::printable(a)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// Sends a command to every other node (cluster mode only).
 pub fn broadcast(ctx: &Context, name: &str, args: &[&[u8]]) {
@@ -151,13 +95,15 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
     crate::log::notice(if master {
         "key_evt_amqp: this node is now a master: forwarding (backlog first)"
     } else {
-        "key_evt_amqp: this node is now a replica: forwarding stopped"
+        "key_evt_amqp: this node is now a replica: no new events; sending what it holds in memory"
     });
+    // Either way the list's head is someone else's business now: the new
+    // master resends from the head (at least once), a replica never trims.
+    st.backlog.head_inflight = 0;
+    st.backlog.acked = 0;
+    st.backlog.epoch += 1;
     if master {
         // The replicated backlog is ours now: read its real length next tick.
-        st.backlog.head_inflight = 0;
-        st.backlog.acked = 0;
-        st.backlog.epoch += 1;
         st.backlog.synced_at = None;
         // Look at the slots (and the backlogs in them) again on the next tick.
         st.slots.owned.clear();
@@ -292,30 +238,4 @@ pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
         crate::log::notice(&format!("key_evt_amqp: adopted the backlog '{key}'"));
     }
     Some(records)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_is_binary_safe() {
-        let args: Vec<&[u8]> = vec![b"h", b"", b"a\x00b\nc", b"secret"];
-        let p = encode("config_set", &args).unwrap();
-        let (name, back) = decode(&p).unwrap();
-        assert_eq!(name, "config_set");
-        assert_eq!(back, args);
-        assert!(decode(&p[..p.len() - 1]).is_none());
-        assert!(decode(b"other module payload").is_none());
-        assert!(encode("nope", &[]).is_none());
-    }
-
-    #[test]
-    fn password_is_masked_in_logs() {
-        let args: Vec<&[u8]> = vec![b"h", b"1", b"u", b"secret", b"5"];
-        let l = loggable("connect", &args);
-        assert!(!l.contains("secret") && l.contains("***"));
-        assert_eq!(loggable("keymask_add", &[b"secret"]), "secret");
-        assert_eq!(loggable("keymask_add", &[b"a\x00b"]), "a\\x00b");
-    }
 }

@@ -5,18 +5,10 @@ use crate::config::{parse_fallback_size, ConfigError};
 use crate::keymask::KeyMasks;
 use crate::state::{Link, State};
 use crate::{cluster, flush, guard, state};
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
-
-/// Names of the commands (without the module prefix), as broadcast.
-pub const NAMES: [&str; 7] = [
-    "config_set",
-    "connect",
-    "disconnect",
-    "fallback_storage_size_set",
-    "keymask_clean",
-    "keymask_add",
-    "keymask_set",
-];
+use redis_module::{
+    CallOptionsBuilder, CallReply, CallResult, Context, RedisError, RedisResult, RedisString,
+    RedisValue,
+};
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("ERR {e}")
@@ -110,8 +102,34 @@ fn with_state(f: impl FnOnce(&mut State) -> Result<(), String>) -> Result<(), St
     state::with(f).unwrap_or_else(|| Err(err("module state is busy")))
 }
 
+/// Redis 7.0 has no API to put module commands in ACL categories, so
+/// `-@admin` or `-@dangerous` would not reach them. There the module asks
+/// the server whether the caller may run an admin command (`CONFIG GET`,
+/// `@admin @dangerous`) under its own ACL, and refuses when it may not.
+/// Servers with categories (Redis 7.2+, Valkey) check the command itself.
+fn caller_may_administer(ctx: &Context) -> bool {
+    // SAFETY: reading a function pointer filled in at load.
+    if unsafe {
+        (*std::ptr::addr_of!(redis_module::raw::RedisModule_SetCommandACLCategories)).is_some()
+    } {
+        return true;
+    }
+    let opts = CallOptionsBuilder::new().verify_acl().build();
+    // An ACL refusal is a NULL reply, which the crate gives as `Unknown`.
+    !matches!(
+        ctx.call_ext::<_, CallResult>("CONFIG", &opts, &["GET", "notify-keyspace-events"]),
+        Ok(CallReply::Unknown)
+    )
+}
+
 /// Runs a command from a client: apply here, then tell the other nodes.
 fn run(ctx: &Context, name: &str, args: Vec<RedisString>) -> RedisResult {
+    if !caller_may_administer(ctx) {
+        return Err(RedisError::String(format!(
+            "NOPERM this user has no permissions to run the 'key_evt_amqp.{name}' command \
+             (it needs the rights of @admin, as CONFIG does)"
+        )));
+    }
     let out = guard::run(name, || {
         let args: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
         apply(ctx, name, &args)?;

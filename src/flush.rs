@@ -238,6 +238,10 @@ fn settle(ctx: &Context, st: &mut State) {
             st.halted = true;
         }
     }
+    if !st.master {
+        // A replica never writes the list; see `send_from_memory_when_demoted`.
+        return;
+    }
     let paused = writes_paused();
     if st.backlog.acked > 0 && !paused {
         match st.backlog.trim_acked(ctx) {
@@ -370,18 +374,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
     settle(ctx, st);
     st.chunk = BATCH_SIZE.get_usize().max(1);
     if !st.master {
-        // Demoted: nothing new is queued; what is left cannot be stored here.
-        let n = st.queue.take_all().iter().map(Records::len).sum::<usize>() as u64;
-        st.stats.drop(Drop::Unwritable, n);
-        if st.inflight.is_empty()
-            && matches!(
-                st.link,
-                Link::Up | Link::Down | Link::Connecting | Link::Blocked
-            )
-        {
-            request_disconnect(st);
-            st.link = Link::Idle;
-        }
+        send_from_memory_when_demoted(st);
         return;
     }
     if st.loading {
@@ -428,10 +421,12 @@ pub fn tick(ctx: &Context, st: &mut State) {
         if list_mode {
             // The backlog goes first; newer events queue behind it in the list.
             spill(ctx, st);
-            while st.inflight_events < window
+            // Confirmed records not yet trimmed (writes paused) count against
+            // the window: a failover then resends at most one window.
+            while st.inflight_events + st.backlog.acked < window
                 && ((st.backlog.acked + st.backlog.head_inflight) as u64) < st.backlog.len
             {
-                let n = batch.min(window - st.inflight_events);
+                let n = batch.min(window - st.inflight_events - st.backlog.acked);
                 match st.backlog.read(ctx, n) {
                     Ok(records) if !records.is_empty() => send(st, records, true),
                     Ok(_) => break,
@@ -460,6 +455,52 @@ pub fn tick(ctx: &Context, st: &mut State) {
             }
         }
         Link::Down | Link::Closed | Link::Blocked => spill(ctx, st),
+    }
+}
+
+/// A demoted node cannot write the list, but the events it accepted as a
+/// master live only in its memory (its replicated list now belongs to the
+/// new master, which forwards it). So it goes on sending them, in order:
+/// failed records first, then the queue. Once nothing is left it closes the
+/// connection. If the link is lost or closed before that, what is left is
+/// dropped and counted (`events_dropped_unwritable`): there is nowhere to
+/// keep it.
+fn send_from_memory_when_demoted(st: &mut State) {
+    let held = !st.queue.is_empty() || !st.returns.is_empty();
+    if held && matches!(st.link, Link::Down | Link::Closed) {
+        let n = st.queue.take_all().iter().map(Records::len).sum::<usize>() + st.returns.len();
+        st.returns = Records::default();
+        st.stats.drop(Drop::Unwritable, n as u64);
+    }
+    let held = !st.queue.is_empty() || !st.returns.is_empty();
+    if held && st.link == Link::Idle {
+        request_connect(st);
+    }
+    if st.link == Link::Up && st.halted && st.inflight.is_empty() {
+        st.halted = false;
+        let returns = std::mem::take(&mut st.returns);
+        if !returns.is_empty() {
+            send(st, returns, false);
+        }
+    }
+    if st.link == Link::Up && !st.halted {
+        let window = INFLIGHT_MAX.get_usize();
+        while st.inflight_events < window {
+            let Some(records) = st.queue.take_chunk() else {
+                break;
+            };
+            send(st, records, false);
+        }
+    }
+    if !held
+        && st.inflight.is_empty()
+        && matches!(
+            st.link,
+            Link::Up | Link::Down | Link::Connecting | Link::Blocked
+        )
+    {
+        request_disconnect(st);
+        st.link = Link::Idle;
     }
 }
 

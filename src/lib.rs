@@ -6,12 +6,15 @@
 //! `fallback` (a Redis list). `commands`, `cluster` and `info` steer and show it.
 
 pub mod amqp;
+pub mod bus;
 pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod event;
 pub mod fallback;
 pub mod flush;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod info;
 pub mod keymask;

@@ -180,7 +180,7 @@ fn shutdown_writes_memory_to_the_backlog() {
             "{kind:?}: {in_list} in the list before SHUTDOWN, {} after restart",
             srv.llen(KEY)
         );
-        let msgs = sink.expect_at_least(3000, T).to_vec();
+        let msgs = sink.expect_sequence("k", 3000, T).to_vec();
         let dups = check_sequence(&msgs, "k", 3000);
         eprintln!("{kind:?}: {dups} duplicates");
         wait_for("drained", T, || srv.stat("fallback_len") == 0);

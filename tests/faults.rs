@@ -52,7 +52,7 @@ fn writer(srv: &Server, from: usize, to: usize, over: Duration) -> JoinHandle<()
 }
 
 fn finish(srv: &Server, sink: &mut Sink, n: usize) -> usize {
-    let msgs = sink.expect_at_least(n, T).to_vec();
+    let msgs = sink.expect_sequence("k", n, T).to_vec();
     let dups = check_sequence(&msgs, "k", n);
     wait_for("backlog drained and all settled", T, || {
         let i = srv.info();

@@ -72,7 +72,7 @@ fn order_is_kept_over_many_batches() {
     for chunk in keys.chunks(1000) {
         srv.set_keys(chunk);
     }
-    let msgs = sink.expect_at_least(n, T).to_vec();
+    let msgs = sink.expect_sequence("k", n, T).to_vec();
     assert_eq!(
         check_sequence(&msgs, "k", n),
         0,

@@ -467,7 +467,6 @@ fn commands_need_admin_and_hide_the_password() {
 /// Redis 7.0 gives module commands no ACL category (implicit or declared):
 /// a user with `+@all -@admin` must still be refused.
 #[test]
-#[ignore = "Redis 7.0 gives module commands no ACL category; a module-side check is still open (issue 8 note)"]
 fn commands_need_admin_on_redis_7_0() {
     let sink = Sink::new(amqp_port());
     let srv = start_connected(Kind::Redis, &sink);

@@ -190,6 +190,10 @@ impl Sink {
                     )
                     .await
                 {
+                    // Acked in steps of 1000 (the broker sends no more than the
+                    // prefetch until it sees acks); on a failed ack the messages
+                    // after the last good one are requeued, so they are not kept.
+                    let mut acked = 0;
                     let mut last_tag = None;
                     loop {
                         // Everything counted, then whatever else arrives without a
@@ -208,16 +212,17 @@ impl Sink {
                         let Some(Ok(d)) = next else { break };
                         last_tag = Some(d.delivery_tag);
                         out.push(to_msg(&d));
-                    }
-                    if let Some(tag) = last_tag {
-                        if ch
-                            .basic_ack(tag, BasicAckOptions { multiple: true })
-                            .await
-                            .is_err()
-                        {
-                            out.clear();
+                        if out.len() - acked >= 1000 {
+                            if !ack_through(&ch, last_tag).await {
+                                break;
+                            }
+                            acked = out.len();
                         }
                     }
+                    if out.len() > acked && ack_through(&ch, last_tag).await {
+                        acked = out.len();
+                    }
+                    out.truncate(acked);
                 }
             }
             let _ = conn.close(200, "ok".into()).await;
@@ -226,6 +231,38 @@ impl Sink {
         let n = got.len();
         self.received.extend(got);
         n
+    }
+
+    /// Waits until every key in `keys` arrived at least once; returns all
+    /// messages. Counting messages is not enough under at-least-once
+    /// delivery: duplicates can make up the count while the tail is still
+    /// on its way.
+    pub fn expect_keys<S: AsRef<str>>(&mut self, keys: &[S], timeout: Duration) -> &[Msg] {
+        let start = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        let mut read = 0;
+        loop {
+            seen.extend(self.received[read..].iter().map(Msg::key));
+            read = self.received.len();
+            let missing = keys.iter().filter(|k| !seen.contains(k.as_ref())).count();
+            if missing == 0 {
+                return &self.received;
+            }
+            if self.drain() == 0 {
+                assert!(
+                    start.elapsed() < timeout,
+                    "timed out: {missing} of {} keys still missing after {timeout:?}",
+                    keys.len()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits until every key `prefix0..prefix{n-1}` arrived at least once.
+    pub fn expect_sequence(&mut self, prefix: &str, n: usize, timeout: Duration) -> &[Msg] {
+        let keys: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        self.expect_keys(&keys, timeout)
     }
 
     /// Waits until at least `n` messages arrived in total; returns them all.
@@ -285,6 +322,17 @@ impl Drop for Sink {
             .await?;
             conn.close(200, "ok".into()).await
         });
+    }
+}
+
+/// Acks every delivery up to `tag`; false if the ack could not be sent.
+async fn ack_through(ch: &Channel, tag: Option<u64>) -> bool {
+    match tag {
+        Some(tag) => ch
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+            .is_ok(),
+        None => true,
     }
 }
 

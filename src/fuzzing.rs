@@ -1,0 +1,168 @@
+//! Properties checked by the fuzz targets in `fuzz/` and by the high-count
+//! property tests in `tests/fuzz.rs`. Each function takes raw bytes, cannot
+//! fail on any input, and panics only when a property is broken. Pure: no
+//! Redis import.
+
+use crate::amqp::deliverable;
+use crate::bus::{decode, encode, loggable, NAMES};
+use crate::config::Settings;
+use crate::event::{split, Encoder};
+use crate::keymask::KeyMask;
+use lapin::types::ShortString;
+
+/// Work budget of the reference matcher, in steps; inputs that need more
+/// are not compared (the reference is exponential with many stars).
+const REFERENCE_BUDGET: u32 = 200_000;
+
+/// The recursive matcher from "Beautiful Code" (Kernighan and Pike), with a
+/// work budget: `None` when the budget runs out.
+pub fn reference_match(re: &[u8], text: &[u8]) -> Option<bool> {
+    let mut budget = REFERENCE_BUDGET;
+    let r = if let Some(rest) = re.strip_prefix(b"^") {
+        here(rest, text, &mut budget)
+    } else {
+        let mut t = text;
+        loop {
+            if here(re, t, &mut budget) {
+                break true;
+            }
+            if t.is_empty() {
+                break false;
+            }
+            t = &t[1..];
+        }
+    };
+    (budget > 0).then_some(r)
+}
+
+fn here(re: &[u8], text: &[u8], budget: &mut u32) -> bool {
+    if *budget == 0 {
+        return false;
+    }
+    *budget -= 1;
+    let Some((&first, rest)) = re.split_first() else {
+        return true;
+    };
+    if rest.first() == Some(&b'*') {
+        return star(first, &rest[1..], text, budget);
+    }
+    if re == b"$" {
+        return text.is_empty();
+    }
+    match text.split_first() {
+        Some((&c, tail)) if first == b'.' || first == c => here(rest, tail, budget),
+        _ => false,
+    }
+}
+
+fn star(c: u8, re: &[u8], mut text: &[u8], budget: &mut u32) -> bool {
+    loop {
+        if here(re, text, budget) {
+            return true;
+        }
+        match text.split_first() {
+            Some((&t, tail)) if t == c || c == b'.' => text = tail,
+            _ => return false,
+        }
+    }
+}
+
+/// The matcher agrees with the reference. The input is a mask and a key,
+/// separated by the first NUL byte (no NUL: the whole input is the mask and
+/// also the key).
+pub fn matcher(data: &[u8]) {
+    let (mask, key) = match memchr::memchr(0, data) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, data),
+    };
+    let got = KeyMask::new(mask).matches(key);
+    if let Some(want) = reference_match(mask, key) {
+        assert_eq!(
+            got,
+            want,
+            "mask {:?} key {:?}",
+            String::from_utf8_lossy(mask),
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
+/// Every payload that decodes encodes back to the same bytes; commands built
+/// from the input survive a round trip; the password never reaches a log line.
+pub fn bus(data: &[u8]) {
+    if let Some((name, args)) = decode(data) {
+        assert_eq!(encode(name, &args).as_deref(), Some(data));
+    }
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let name = NAMES[usize::from(pick) % NAMES.len()];
+    let args: Vec<&[u8]> = rest.split(|b| *b == 0xff).collect();
+    let payload = encode(name, &args).expect("a known command encodes");
+    assert_eq!(decode(&payload), Some((name, args.clone())));
+    let line = loggable(name, &args);
+    if matches!(name, "config_set" | "connect") {
+        if let Some(shown) = line.split(' ').nth(3) {
+            assert_eq!(shown, "***", "the password is masked: {line:?}");
+        }
+    }
+}
+
+/// Splitting any list element never panics; a deliverable record gives a
+/// valid AMQP short string; an encoded event splits back into its parts.
+pub fn record(data: &[u8]) {
+    if let Some(p) = deliverable(data, usize::MAX) {
+        assert!(ShortString::try_new(p.message_id).is_ok());
+        assert_eq!(split(data), Some(p));
+    }
+    // An event built from the input: db from the first 4 bytes, then
+    // event and key split at the first NUL.
+    let (db, rest) = match data.split_first_chunk::<4>() {
+        Some((d, rest)) => (i32::from_le_bytes(*d), rest),
+        None => (0, data),
+    };
+    let (event, key) = match memchr::memchr(0, rest) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let mut enc = Encoder::new("f00d");
+    let r = enc.record(1_700_000_000, db, event, key);
+    let p = split(&r).expect("an encoded event splits");
+    assert_eq!(p.message_id, "f00d-1");
+    assert_eq!(p.timestamp, 1_700_000_000);
+    assert_eq!(
+        p.body,
+        [format!("{db}\n").as_bytes(), event, b"\n", key].concat()
+    );
+}
+
+/// Load and `config_set` arguments (split at NUL bytes) never panic, and
+/// no error shows the password: checked with the password (the 5th load
+/// argument, the 4th of `config_set`) replaced by a marker text.
+pub fn args(data: &[u8]) {
+    const MARK: &[u8] = b"Pw-5ecret-M4rk";
+    let mut args: Vec<&[u8]> = data.split(|b| *b == 0).take(24).collect();
+    if memchr::memmem::find(data, b"Pw-5ecret").is_some() {
+        return;
+    }
+    let _ = Settings::from_load_args(&args);
+    let _ = Settings::default().with_args(&args);
+    let shown = |e: crate::config::ConfigError| {
+        let text = e.to_string();
+        assert!(!text.contains("Pw-5ecret"), "password in {text:?}");
+    };
+    if args.len() > 4 {
+        let keep = args[4];
+        args[4] = MARK;
+        if let Err(e) = Settings::from_load_args(&args) {
+            shown(e);
+        }
+        args[4] = keep;
+    }
+    if args.len() > 3 {
+        args[3] = MARK;
+        if let Err(e) = Settings::default().with_args(&args) {
+            shown(e);
+        }
+    }
+}
