@@ -6,7 +6,7 @@
 
 use crate::bus::{decode, encode, loggable, MSG_TYPE};
 use crate::commands;
-use crate::fallback::{read_opts, write_opts, Backlog};
+use crate::fallback::{read_opts, write_opts};
 use crate::queue::Records;
 use crate::slots;
 use crate::{flush, guard, state};
@@ -88,29 +88,19 @@ extern "C" fn on_role_changed(
 
 /// Applies a role change.
 pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
-    if st.master == master {
+    if st.engine.master == master {
         return;
     }
-    st.master = master;
+    st.engine.set_role(master);
     crate::log::notice(if master {
-        "key_evt_amqp: this node is now a master: forwarding (backlog first)"
+        "key_evt_amqp: this node is now a master: forwarding (fallback list first)"
     } else {
         "key_evt_amqp: this node is now a replica: no new events; sending what it holds in memory"
     });
-    // Either way the list's head is someone else's business now: the new
-    // master resends from the head (at least once), a replica never trims.
-    st.backlog.head_inflight = 0;
-    st.backlog.acked = 0;
-    st.backlog.epoch += 1;
     if master {
-        // The replicated backlog is ours now: read its real length next tick.
-        st.backlog.synced_at = None;
-        // Look at the slots (and the backlogs in them) again on the next tick.
+        // Look at the slots (and the lists in them) again on the next tick.
         st.slots.owned.clear();
         st.slots.next_check = None;
-        if st.link != state::Link::Closed {
-            st.link = state::Link::Idle;
-        }
     }
     flush::arm(ctx, st);
 }
@@ -170,7 +160,7 @@ fn exists(ctx: &Context, key: &str) -> bool {
 /// Cluster masters: re-reads slot ownership, picks the backlog key in an owned
 /// slot, and lists the backlogs (of any node) that sit in owned slots.
 pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
-    if !st.cluster || !st.master {
+    if !st.cluster || !st.engine.master {
         return;
     }
     let now = std::time::Instant::now();
@@ -185,7 +175,7 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
         return;
     };
     let owned = slots::owned_slots(&nodes);
-    let base = st.backlog.key_prefix.clone();
+    let base = st.list_key.key_prefix.clone();
     if owned != st.slots.owned {
         st.slots.owned = owned;
         let mut found = Vec::new();
@@ -202,15 +192,13 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
         None => String::new(),
     };
     // Switch keys only while no record read from the list is in flight.
-    if wanted != st.backlog.key && st.inflight.iter().all(|b| !b.from_list) && st.backlog.acked == 0
-    {
+    if wanted != st.list_key.key && !st.engine.list_in_flight() && st.engine.list.acked == 0 {
         crate::log::notice(&format!("key_evt_amqp: fallback list is now '{wanted}'"));
-        let moved_aside = st.backlog.moved_aside;
-        st.backlog = Backlog::new(wanted, base);
-        st.backlog.moved_aside = moved_aside;
-        st.backlog.epoch += 1;
+        st.list_key.key = wanted;
+        st.engine.list.forget();
+        st.engine.list.len = 0;
     }
-    let own = st.backlog.key.clone();
+    let own = st.list_key.key.clone();
     st.slots.found.retain(|k| *k != own);
 }
 
@@ -219,7 +207,7 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
 /// reach the AOF and the replicas together.
 pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
     let key = st.slots.found.first()?.clone();
-    if st.backlog.key.is_empty() {
+    if st.list_key.key.is_empty() {
         return None;
     }
     let count = ADOPT_CHUNK.to_string();

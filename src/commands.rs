@@ -29,23 +29,17 @@ pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
                 arity(!args.is_empty())?;
             }
             with_state(|st| {
-                let new = st.settings.with_args(args).map_err(err)?;
-                let amqp_changed = new.amqp != st.settings.amqp;
-                st.settings = new;
+                let new = st.engine.settings.with_args(args).map_err(err)?;
+                let amqp_changed = new.amqp != st.engine.settings.amqp;
+                st.engine.settings = new;
                 if name == "connect" {
-                    if st.master {
+                    if st.engine.master {
                         flush::request_connect(st);
                     } else {
                         // A replica connects when promoted.
-                        st.link = Link::Idle;
+                        st.engine.link = Link::Idle;
                     }
-                } else if amqp_changed
-                    && st.master
-                    && matches!(
-                        st.link,
-                        Link::Up | Link::Connecting | Link::Down | Link::Blocked
-                    )
-                {
+                } else if amqp_changed && st.engine.master && st.engine.link.active() {
                     flush::request_connect(st);
                 }
                 Ok(())
@@ -62,14 +56,14 @@ pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
             arity(args.len() == 1)?;
             let size = parse_fallback_size(args[0]).map_err(err)?;
             with_state(|st| {
-                st.settings.fallback_size = size;
+                st.engine.settings.fallback_size = size;
                 Ok(())
             })
         }
         "keymask_clean" => {
             arity(args.is_empty())?;
             with_state(|st| {
-                st.settings.masks = Default::default();
+                st.engine.settings.masks = Default::default();
                 Ok(())
             })
         }
@@ -79,9 +73,9 @@ pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
                 let base = if name == "keymask_set" {
                     KeyMasks::None
                 } else {
-                    st.settings.masks.clone()
+                    st.engine.settings.masks.clone()
                 };
-                st.settings.masks = base
+                st.engine.settings.masks = base
                     .with_added(args)
                     .map_err(|e| err(ConfigError::from(e)))?;
                 Ok(())

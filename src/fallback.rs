@@ -1,4 +1,4 @@
-//! The fallback list ("backlog"): a real Redis list that holds records the
+//! The fallback list: a real Redis list that holds records the
 //! broker has not confirmed. Writes go through `RedisModule_Call` with `!`,
 //! so they reach the AOF and replicas; records leave the list only after the
 //! broker confirmed them (`LTRIM` after the ack).
@@ -8,6 +8,7 @@
 //! PAUSE WRITE, FAILOVER): confirmed records then wait in `acked` until the
 //! trim is allowed again.
 
+use crate::engine::{Storage, StoreError};
 use crate::queue::Records;
 use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context};
 
@@ -63,134 +64,131 @@ fn err_text(r: CallResult<'_>) -> Result<CallReply<'_>, String> {
     })
 }
 
-/// Our view of the list.
-#[derive(Debug, Default)]
-pub struct Backlog {
-    /// The key.
+/// The fallback key of this node, and what was found under it.
+#[derive(Debug, Default, Clone)]
+pub struct ListKey {
+    /// The key (empty: no list here yet).
     pub key: String,
-    /// Events about keys with this prefix are never forwarded (every node's backlog).
+    /// Events about keys with this prefix are never forwarded (every node's list).
     pub key_prefix: String,
-    /// Length as last written or read.
-    pub len: u64,
-    /// Records at the head of the list that are published and not settled.
-    pub head_inflight: usize,
-    /// Confirmed records at the head, not trimmed yet (writes were paused).
-    pub acked: usize,
-    /// Keys of the wrong type found under the fallback key and renamed aside.
+    /// Values of another type found under the key and renamed aside.
     pub moved_aside: u64,
-    /// Bumped whenever the head changes behind in-flight records (cap, loss),
-    /// so their later confirms trim nothing.
-    pub epoch: u64,
-    /// When the real length was last read; `None` forces a read on the next tick.
-    pub synced_at: Option<std::time::Instant>,
 }
 
-impl Backlog {
-    /// A backlog on `key`; `key_prefix` covers the backlogs of all nodes.
+impl ListKey {
+    /// A list on `key`; `key_prefix` covers the lists of all nodes.
     pub fn new(key: String, key_prefix: String) -> Self {
         Self {
             key,
             key_prefix,
-            ..Self::default()
+            moved_aside: 0,
         }
     }
+}
 
-    /// The head moved under records read from it: forget what was read, so
-    /// that their confirms trim nothing and they are read again.
-    fn reset_head(&mut self) {
-        if self.head_inflight > 0 || self.acked > 0 {
-            self.head_inflight = 0;
-            self.acked = 0;
-            self.epoch += 1;
-        }
+/// The fallback list as a Redis list, for the engine ([`Storage`]). Built
+/// for one timer tick or command, on the main thread, after [`select`].
+pub struct RedisList<'a> {
+    ctx: &'a Context,
+    key: &'a mut ListKey,
+}
+
+impl<'a> RedisList<'a> {
+    /// The list under `key`, through `ctx`.
+    pub fn new(ctx: &'a Context, key: &'a mut ListKey) -> Self {
+        Self { ctx, key }
+    }
+
+    fn call(&self, cmd: &str, opts: &CallOptions, args: &[&[u8]]) -> Result<CallReply<'_>, String> {
+        err_text(self.ctx.call_ext::<_, CallResult>(cmd, opts, args))
     }
 
     /// Renames a value of another type found under the key out of the way
     /// (`<key>:aside:<ms>`, same hash slot), so that the list can be used again.
-    fn move_aside(&mut self, ctx: &Context) -> Result<(), String> {
+    fn move_aside(&mut self) -> Result<(), StoreError> {
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let aside = format!("{}:aside:{ms}", self.key);
-        err_text(ctx.call_ext::<_, CallResult>(
+        let aside = format!("{}:aside:{ms}", self.key.key);
+        self.call(
             "RENAME",
             &write_opts(),
-            &[self.key.as_str(), aside.as_str()],
-        ))?;
-        self.moved_aside += 1;
-        self.len = 0;
-        self.reset_head();
+            &[self.key.key.as_bytes(), aside.as_bytes()],
+        )
+        .map_err(StoreError::Refused)?;
+        self.key.moved_aside += 1;
         crate::log::warning(&format!(
             "key_evt_amqp: the fallback key '{}' held another type; renamed to '{aside}'",
-            self.key
+            self.key.key
         ));
         Ok(())
     }
 
-    fn push(&mut self, ctx: &Context, cmd: &str, records: &[&[u8]]) -> Result<(), String> {
-        let key = self.key.clone();
-        for chunk in records.chunks(CHUNK) {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
-            args.push(key.as_bytes());
-            args.extend_from_slice(chunk);
-            let mut reply =
-                err_text(ctx.call_ext::<_, CallResult>(cmd, &write_opts(), args.as_slice()));
-            if reply.as_ref().is_err_and(|e| is_wrongtype(e)) {
-                self.move_aside(ctx)?;
-                reply =
-                    err_text(ctx.call_ext::<_, CallResult>(cmd, &write_opts(), args.as_slice()));
+    /// Runs a command on the key; a value of another type is moved aside
+    /// first (never while writes are paused).
+    fn on_key(&mut self, cmd: &str, opts: &CallOptions, args: &[&[u8]]) -> Result<i64, StoreError> {
+        let key = self.key.key.clone();
+        let mut all: Vec<&[u8]> = Vec::with_capacity(args.len() + 1);
+        all.push(key.as_bytes());
+        all.extend_from_slice(args);
+        let first = self.call(cmd, opts, &all).map(|r| reply_int(&r));
+        let reply = match first {
+            Err(e) if is_wrongtype(&e) && !writes_paused() => {
+                self.move_aside()?;
+                self.call(cmd, opts, &all).map(|r| reply_int(&r))
             }
-            match reply? {
-                CallReply::I64(n) => self.len = u64::try_from(n.to_i64()).unwrap_or(0),
-                _ => return Err(format!("unexpected reply to {cmd}")),
-            }
-        }
-        Ok(())
+            other => other,
+        };
+        reply
+            .map_err(StoreError::Refused)?
+            .ok_or(StoreError::Unexpected("list command"))
+    }
+}
+
+fn reply_int(r: &CallReply<'_>) -> Option<i64> {
+    match r {
+        CallReply::I64(n) => Some(n.to_i64()),
+        CallReply::String(_) | CallReply::Array(_) => Some(0),
+        _ => None,
+    }
+}
+
+impl Storage for RedisList<'_> {
+    fn usable(&self) -> bool {
+        !self.key.key.is_empty()
     }
 
-    /// Appends records at the tail, oldest first.
-    pub fn append(&mut self, ctx: &Context, records: &Records) -> Result<(), String> {
+    fn writes_paused(&self) -> bool {
+        writes_paused()
+    }
+
+    fn read_len(&mut self) -> Result<u64, StoreError> {
+        self.on_key("LLEN", &read_opts(), &[])
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    }
+
+    fn append(&mut self, records: &Records) -> Result<u64, StoreError> {
         let refs: Vec<&[u8]> = records.iter().collect();
-        self.push(ctx, "RPUSH", &refs)
+        self.push("RPUSH", &refs)
     }
 
-    /// Puts records back at the head, keeping their order.
-    pub fn prepend(&mut self, ctx: &Context, records: &Records) -> Result<(), String> {
+    fn prepend(&mut self, records: &Records) -> Result<u64, StoreError> {
         let refs: Vec<&[u8]> = records.iter().rev().collect();
-        self.push(ctx, "LPUSH", &refs)?;
-        self.reset_head();
-        Ok(())
+        self.push("LPUSH", &refs)
     }
 
-    /// Drops the oldest records beyond `cap` (> 0); returns how many.
-    pub fn enforce_cap(&mut self, ctx: &Context, cap: u64) -> Result<u64, String> {
-        if cap == 0 || self.len <= cap {
-            return Ok(0);
-        }
-        let excess = self.len - cap;
-        let start = format!("-{cap}");
-        err_text(ctx.call_ext::<_, CallResult>(
-            "LTRIM",
-            &write_opts(),
-            &[self.key.as_str(), start.as_str(), "-1"],
-        ))?;
-        self.len = cap;
-        self.reset_head();
-        Ok(excess)
-    }
-
-    /// Reads up to `n` records after the confirmed and in-flight head, without removing them.
-    pub fn read(&mut self, ctx: &Context, n: usize) -> Result<Records, String> {
-        let start = self.acked + self.head_inflight;
+    fn read(&mut self, start: usize, n: usize) -> Result<Records, StoreError> {
         let from = start.to_string();
-        let to = (start + n - 1).to_string();
-        let reply = err_text(ctx.call_ext::<_, CallResult>(
-            "LRANGE",
-            &read_opts(),
-            &[self.key.as_str(), from.as_str(), to.as_str()],
-        ))?;
+        let to = (start + n.max(1) - 1).to_string();
+        let reply = self
+            .call(
+                "LRANGE",
+                &read_opts(),
+                &[self.key.key.as_bytes(), from.as_bytes(), to.as_bytes()],
+            )
+            .map_err(StoreError::Refused)?;
         let CallReply::Array(items) = reply else {
-            return Err("unexpected reply to LRANGE".into());
+            return Err(StoreError::Unexpected("LRANGE"));
         };
         let mut out = Records::with_capacity(items.len(), items.len() * 64);
         for item in items.iter() {
@@ -198,62 +196,25 @@ impl Backlog {
                 out.push_with(|d| d.extend_from_slice(s.as_bytes()));
             }
         }
-        self.head_inflight += out.len();
         Ok(out)
     }
 
-    /// Removes the confirmed records (`acked`) from the head, unless the list
-    /// changed behind the module's back since it was read (a client pushed or
-    /// popped): then nothing is trimmed and the head is read again. Returns
-    /// how many records vanished, as [`Backlog::sync_len`] does.
-    pub fn trim_acked(&mut self, ctx: &Context) -> Result<u64, String> {
-        if self.acked == 0 {
-            return Ok(0);
-        }
-        let before = self.len;
-        let lost = self.sync_len(ctx)?;
-        if self.len != before {
-            self.reset_head();
-            return Ok(lost);
-        }
-        let from = self.acked.to_string();
-        let trimmed = err_text(ctx.call_ext::<_, CallResult>(
-            "LTRIM",
-            &write_opts(),
-            &[self.key.as_str(), from.as_str(), "-1"],
-        ));
-        match trimmed {
-            Ok(_) => {
-                self.len = self.len.saturating_sub(self.acked as u64);
-                self.acked = 0;
-                Ok(lost)
-            }
-            Err(e) => {
-                self.reset_head();
-                Err(e)
-            }
-        }
+    fn trim_front(&mut self, n: u64) -> Result<(), StoreError> {
+        let from = n.to_string();
+        self.on_key("LTRIM", &write_opts(), &[from.as_bytes(), b"-1"])
+            .map(|_| ())
     }
+}
 
-    /// Reads the real length; returns how many records vanished behind our
-    /// back. Any change not made by the module resets the head.
-    pub fn sync_len(&mut self, ctx: &Context) -> Result<u64, String> {
-        let mut reply =
-            err_text(ctx.call_ext::<_, CallResult>("LLEN", &read_opts(), &[self.key.as_str()]));
-        if reply.as_ref().is_err_and(|e| is_wrongtype(e)) && !writes_paused() {
-            self.move_aside(ctx)?;
-            reply =
-                err_text(ctx.call_ext::<_, CallResult>("LLEN", &read_opts(), &[self.key.as_str()]));
+impl RedisList<'_> {
+    fn push(&mut self, cmd: &str, records: &[&[u8]]) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return self.read_len();
         }
-        let real = match reply? {
-            CallReply::I64(n) => u64::try_from(n.to_i64()).unwrap_or(0),
-            _ => return Err("unexpected reply to LLEN".into()),
-        };
-        let lost = self.len.saturating_sub(real);
-        if real != self.len {
-            self.reset_head();
+        let mut len = 0;
+        for chunk in records.chunks(CHUNK) {
+            len = self.on_key(cmd, &write_opts(), chunk)?;
         }
-        self.len = real;
-        Ok(lost)
+        Ok(u64::try_from(len).unwrap_or(0))
     }
 }

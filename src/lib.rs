@@ -10,6 +10,7 @@ pub mod bus;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod engine;
 pub mod event;
 pub mod fallback;
 pub mod flush;

@@ -1,16 +1,16 @@
 //! Load, unload, server events (loading, shutdown) and the INFO snapshot.
 
 use crate::config::{Settings, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, TUNABLES};
+use crate::engine::Engine;
 use crate::event::Encoder;
-use crate::fallback::Backlog;
+use crate::fallback::ListKey;
 use crate::info::{self, Snapshot};
-use crate::state::{self, Link, State};
+use crate::state::{self, State};
 use crate::{cluster, flush, guard, notify};
 use redis_module::configuration::{
     register_i64_configuration, register_string_configuration, ConfigurationFlags,
 };
 use redis_module::{raw, Context, ContextFlags, InfoContext, RedisResult, RedisString, Status};
-use std::collections::VecDeque;
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -123,30 +123,18 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         "key_evt_amqp: loaded; events '{types}', broker {}:{}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
         settings.amqp.host, settings.amqp.port, settings.amqp.exchange, settings.amqp.routing_key
     ));
+    let mut engine = Engine::new(settings, master);
+    engine.loading = flags.contains(ContextFlags::LOADING);
     state::install(State {
+        engine,
         types,
-        settings,
         encoder: Encoder::new(&tag),
-        queue: Default::default(),
         chunk: crate::config::BATCH_SIZE.get_usize().max(1),
-        backlog: Backlog::new(key, base),
-        inflight: VecDeque::new(),
-        inflight_events: 0,
-        client: None,
-        link: Link::Idle,
-        generation: 0,
-        next_batch: 1,
-        halted: false,
-        returns: Default::default(),
-        stats: Default::default(),
-        master,
-        loading: flags.contains(ContextFlags::LOADING),
+        list_key: ListKey::new(key, base),
+        client: Default::default(),
         timer_fast: false,
         timer: None,
-        ticks: 0,
-        rate_mark: (std::time::Instant::now(), 0),
         hook_checked_at: std::time::Instant::now(),
-        last_error: String::new(),
         cluster: is_cluster,
         slots: Default::default(),
     });
@@ -233,11 +221,10 @@ extern "C" fn on_loading(
         let ended = subevent == raw::REDISMODULE_SUBEVENT_LOADING_ENDED
             || subevent == raw::REDISMODULE_SUBEVENT_LOADING_FAILED;
         state::with(|st| {
-            st.loading = !ended;
+            st.engine.loading = !ended;
             if ended {
                 // What was loaded may hold a backlog: read its length next tick.
-                st.backlog.epoch += 1;
-                st.backlog.synced_at = None;
+                st.engine.list.forget();
             }
         });
     });
@@ -270,7 +257,7 @@ extern "C" fn on_command(filter: *mut raw::RedisModuleCommandFilterCtx) {
         }
         let key = state::with(|st| {
             flush::persist_memory(&ctx, st);
-            st.backlog.key.clone()
+            st.list_key.key.clone()
         });
         if let Some(key) = key {
             flush_propagation(&ctx, &key);
@@ -416,25 +403,32 @@ extern "C" fn on_persisted(
 /// Fills `INFO key_evt_amqp`.
 pub fn info(ctx: &InfoContext) -> RedisResult<()> {
     let snap = state::with(|st| Snapshot {
-        stats: st.stats.clone(),
-        connection: st.link.name(),
-        role: if st.master { "master" } else { "replica" },
-        forwarding: st.master && !st.loading,
-        queue_len: st.queue.len(),
-        queue_bytes: st.queue.bytes(),
-        inflight: st.inflight_events,
-        fallback_len: st.backlog.len,
-        fallback_key: st.backlog.key.clone(),
+        stats: st.engine.stats.clone(),
+        connection: st.engine.link.name(),
+        role: if st.engine.master {
+            "master"
+        } else {
+            "replica"
+        },
+        forwarding: st.engine.master && !st.engine.loading,
+        queue_len: st.engine.queue.len(),
+        queue_bytes: st.engine.queue.bytes(),
+        inflight: st.engine.inflight_events(),
+        fallback_len: st.engine.list.len,
+        fallback_key: st.list_key.key.clone(),
         shutdown_hook: !FILTER.load(Ordering::Acquire).is_null(),
         backlogs_found: st.slots.found.len(),
-        fallback_size: st.settings.fallback_size,
+        fallback_size: st.engine.settings.fallback_size,
         event_types: st.types.to_string(),
-        keymasks: st.settings.masks.describe(),
-        keymask_count: st.settings.masks.count(),
-        fallback_moved_aside: st.backlog.moved_aside,
+        keymasks: st.engine.settings.masks.describe(),
+        keymask_count: st.engine.settings.masks.count(),
+        fallback_moved_aside: st.list_key.moved_aside,
         writes_paused: crate::fallback::writes_paused(),
-        broker: format!("{}:{}", st.settings.amqp.host, st.settings.amqp.port),
-        last_error: st.last_error.clone(),
+        broker: format!(
+            "{}:{}",
+            st.engine.settings.amqp.host, st.engine.settings.amqp.port
+        ),
+        last_error: st.engine.last_error.clone(),
     })
     .unwrap_or_default();
     info::render(ctx, &snap)

@@ -52,31 +52,31 @@ extern "C" fn on_keyspace_event(
         let event = unsafe { CStr::from_ptr(event) }.to_bytes();
         let key = RedisString::string_as_slice(key);
         state::with(|st| {
-            if !st.master || st.loading {
-                st.stats.skipped += 1;
+            if !st.engine.master || st.engine.loading {
+                st.engine.stats.skipped += 1;
                 return;
             }
-            st.stats.seen += 1;
-            if is_backlog_key(key, st.backlog.key_prefix.as_bytes())
-                || !st.settings.masks.matches(key)
+            st.engine.stats.seen += 1;
+            if is_backlog_key(key, st.list_key.key_prefix.as_bytes())
+                || !st.engine.settings.masks.matches(key)
             {
                 return;
             }
-            st.stats.accepted += 1;
+            st.engine.stats.accepted += 1;
             // The timer spills the queue past its bounds; between two ticks
             // its bytes may grow to the hard limit. Beyond it (one script or
             // MULTI writing a flood, or writes paused) the module cannot
             // write: the event is dropped and counted.
-            if st.queue.bytes() > hard_limit_bytes() {
-                st.stats.drop(Drop::Overflow, 1);
+            if st.engine.queue.bytes() > hard_limit_bytes() {
+                st.engine.stats.drop(Drop::Overflow, 1);
                 return;
             }
             // SAFETY: valid context from Redis.
             let db = unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx)) };
             let now = event::now_secs();
-            let was_empty = st.queue.is_empty();
+            let was_empty = st.engine.queue.is_empty();
             let encoder = &mut st.encoder;
-            st.queue.push_with(st.chunk, |out| {
+            st.engine.queue.push_with(st.chunk, |out| {
                 encoder.record_into(out, now, db, event, key)
             });
             if was_empty {

@@ -117,6 +117,11 @@ impl EventQueue {
         self.len > max_events || self.bytes > max_bytes
     }
 
+    /// The chunks, oldest first.
+    pub fn chunks(&self) -> impl Iterator<Item = &Records> + '_ {
+        self.chunks.iter()
+    }
+
     /// Removes the oldest chunk.
     pub fn take_chunk(&mut self) -> Option<Records> {
         let c = self.chunks.pop_front()?;

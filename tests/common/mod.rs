@@ -42,6 +42,19 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free port `p` for a server, with `p + 10000` (its cluster bus port) free too.
+pub fn free_server_port() -> u16 {
+    loop {
+        let p = free_port();
+        let bus_free = p
+            .checked_add(10_000)
+            .is_some_and(|b| std::net::TcpListener::bind(("127.0.0.1", b)).is_ok());
+        if bus_free {
+            return p;
+        }
+    }
+}
+
 /// Port of the shared broker (`KEA_AMQP_PORT`).
 pub fn amqp_port() -> u16 {
     std::env::var("KEA_AMQP_PORT")

@@ -1,6 +1,6 @@
 //! redis-server / valkey-server processes with the module loaded.
 
-use super::{free_port, wait_for};
+use super::wait_for;
 use redis::{Commands, Connection};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -124,7 +124,7 @@ impl Server {
             child: None,
             args,
         };
-        s.spawn(free_port());
+        s.spawn(super::free_server_port());
         s
     }
 
@@ -141,7 +141,7 @@ impl Server {
                 .map(String::from)
                 .to_vec(),
         };
-        s.spawn(free_port());
+        s.spawn(super::free_server_port());
         s
     }
 

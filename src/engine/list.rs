@@ -1,0 +1,94 @@
+//! The engine's view of the fallback list: its length, the records at the
+//! head that are in flight or confirmed but not trimmed yet, and an epoch
+//! that changes whenever the head moves behind records read from it.
+
+use super::storage::{Storage, StoreError};
+use crate::queue::Records;
+use std::time::Instant;
+
+/// What the engine knows about the list.
+#[derive(Debug, Default, Clone)]
+pub struct ListView {
+    /// Length as last written or read.
+    pub len: u64,
+    /// Records at the head that are published and not settled.
+    pub head_inflight: usize,
+    /// Confirmed records at the head, not trimmed yet (writes were paused).
+    pub acked: usize,
+    /// Bumped whenever the head changes behind in-flight records, so that
+    /// their later confirms trim nothing.
+    pub epoch: u64,
+    /// When the real length was last read; `None` forces a read.
+    pub synced_at: Option<Instant>,
+}
+
+impl ListView {
+    /// The head moved under records read from it: forget what was read, so
+    /// that their confirms trim nothing and they are read again.
+    pub fn reset_head(&mut self) {
+        if self.head_inflight > 0 || self.acked > 0 {
+            self.head_inflight = 0;
+            self.acked = 0;
+            self.epoch += 1;
+        }
+    }
+
+    /// Forgets everything about the head and reads the length again soon
+    /// (a role change, a new key).
+    pub fn forget(&mut self) {
+        self.head_inflight = 0;
+        self.acked = 0;
+        self.epoch += 1;
+        self.synced_at = None;
+    }
+
+    /// Records not yet read from the list.
+    pub fn unread(&self) -> u64 {
+        self.len
+            .saturating_sub((self.acked + self.head_inflight) as u64)
+    }
+
+    /// Reads the real length; returns how many records vanished behind the
+    /// engine's back. Any change it did not make resets the head.
+    pub fn sync(&mut self, store: &mut dyn Storage) -> Result<u64, StoreError> {
+        let real = store.read_len()?;
+        let lost = self.len.saturating_sub(real);
+        if real != self.len {
+            self.reset_head();
+        }
+        self.len = real;
+        Ok(lost)
+    }
+
+    /// Reads up to `n` records after the confirmed and in-flight head.
+    pub fn read(&mut self, store: &mut dyn Storage, n: usize) -> Result<Records, StoreError> {
+        let records = store.read(self.acked + self.head_inflight, n)?;
+        self.head_inflight += records.len();
+        Ok(records)
+    }
+
+    /// Removes the confirmed records from the head, unless the list changed
+    /// behind the engine's back since it was read: then nothing is trimmed
+    /// and the head is read again. Returns how many records vanished.
+    pub fn trim_acked(&mut self, store: &mut dyn Storage) -> Result<u64, StoreError> {
+        if self.acked == 0 {
+            return Ok(0);
+        }
+        let before = self.len;
+        let lost = self.sync(store)?;
+        if self.len != before {
+            return Ok(lost);
+        }
+        match store.trim_front(self.acked as u64) {
+            Ok(()) => {
+                self.len = self.len.saturating_sub(self.acked as u64);
+                self.acked = 0;
+                Ok(lost)
+            }
+            Err(e) => {
+                self.reset_head();
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The delivery engine: `queue → flush → broker → confirmed | fallback list`.
+//! It holds the in-memory queue, the batches in flight and the view of the
+//! fallback list, and owns the three promises in one place:
+//!
+//! - every accepted event is confirmed, stored, or counted dropped under a
+//!   named [`Drop`] reason (or lost, when the list loses it behind our back);
+//! - first deliveries are in order per node: while the list holds anything,
+//!   or list records are in flight, the list goes first and newer events
+//!   queue behind it there; records that come back unconfirmed return to the
+//!   head in their order before anything newer is sent;
+//! - duplicates only happen inside the in-flight window.
+//!
+//! It has no Redis import: storage and broker are traits ([`Storage`],
+//! [`Broker`]), so the model test in `tests/model.rs` drives it with an
+//! in-memory list and a scripted broker. The host calls [`Engine::tick`]
+//! from the Redis timer.
+
+pub mod broker;
+pub mod list;
+pub mod stats;
+pub mod storage;
+
+mod demoted;
+mod settle;
+
+use crate::amqp::{Batch, Request, Settled};
+use crate::config::Settings;
+use crate::queue::{EventQueue, Records};
+pub use broker::{Broker, LazyClient};
+pub use list::ListView;
+pub use stats::{Drop, Stats};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+pub use storage::{MemList, Storage, StoreError};
+
+/// How often the real list length is read: while records are stored, and while none are.
+const SYNC_BUSY: Duration = Duration::from_millis(100);
+const SYNC_IDLE: Duration = Duration::from_millis(500);
+
+/// The connection as the engine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Never asked to connect (the connection is lazy).
+    Idle,
+    /// A connect was requested.
+    Connecting,
+    /// Connected, publishing.
+    Up,
+    /// Connected, but the broker blocked publishing (resource alarm).
+    Blocked,
+    /// Lost or failed; the AMQP side retries with backoff.
+    Down,
+    /// Closed by `key_evt_amqp.disconnect`, until the next `connect`.
+    Closed,
+}
+
+impl Link {
+    /// Name shown in INFO.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Connecting => "connecting",
+            Self::Up => "connected",
+            Self::Blocked => "blocked",
+            Self::Down => "reconnecting",
+            Self::Closed => "disconnected",
+        }
+    }
+
+    /// A connection exists or is being made (not idle, not closed).
+    pub fn active(self) -> bool {
+        matches!(
+            self,
+            Self::Up | Self::Down | Self::Connecting | Self::Blocked
+        )
+    }
+}
+
+/// The tunables the engine reads at each tick.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most records in flight (`inflight-max`).
+    pub window: usize,
+    /// Records per batch (`batch-size`).
+    pub batch: usize,
+    /// Queue bound in records (`queue-max-events`).
+    pub queue_max_events: usize,
+    /// Queue bound in bytes (`queue-max-bytes`).
+    pub queue_max_bytes: usize,
+    /// Events per second above which forwarding waits (`burst-rate`, 0 = off).
+    pub burst_rate: i64,
+}
+
+/// A line for the server log; the host writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Normal but significant.
+    Notice(String),
+    /// Something went wrong.
+    Warning(String),
+}
+
+/// Where records that cannot stay in memory go.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    Tail,
+    Head,
+}
+
+/// A batch handed to the broker side and not yet settled.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    /// Records read from the list (else taken from the queue).
+    from_list: bool,
+    /// The list epoch when read (list batches).
+    epoch: u64,
+    count: usize,
+    /// Queue batches keep their records until confirmed.
+    records: Option<Arc<Records>>,
+    /// Written to the list already (on shutdown): never store again.
+    stored: bool,
+    settled: Option<Settled>,
+}
+
+/// The delivery engine of one node.
+#[derive(Debug)]
+pub struct Engine {
+    /// Positional settings (broker, fallback cap, masks).
+    pub settings: Settings,
+    /// Records waiting for the timer.
+    pub queue: EventQueue,
+    /// The view of the fallback list.
+    pub list: ListView,
+    /// Connection state.
+    pub link: Link,
+    /// Counters.
+    pub stats: Stats,
+    /// This node is a master (forwards).
+    pub master: bool,
+    /// The server is loading AOF/RDB: nothing is sent.
+    pub loading: bool,
+    /// Last error text (never contains a password).
+    pub last_error: String,
+    /// A list write failed: the host should look at slot ownership again.
+    pub want_slot_refresh: bool,
+    /// Demoted with an empty list and no list records in flight: what is
+    /// held in memory can be sent without overtaking older records.
+    memory_may_go: bool,
+    inflight: VecDeque<InFlight>,
+    inflight_events: usize,
+    returns: Records,
+    halted: bool,
+    generation: u64,
+    next_batch: u64,
+    rate_mark: (Instant, u64),
+    notices: Vec<Notice>,
+}
+
+impl Engine {
+    /// A fresh engine.
+    pub fn new(settings: Settings, master: bool) -> Self {
+        Self {
+            settings,
+            queue: EventQueue::default(),
+            list: ListView::default(),
+            link: Link::Idle,
+            stats: Stats::default(),
+            master,
+            loading: false,
+            last_error: String::new(),
+            want_slot_refresh: false,
+            memory_may_go: false,
+            inflight: VecDeque::new(),
+            inflight_events: 0,
+            returns: Records::default(),
+            halted: false,
+            generation: 0,
+            next_batch: 1,
+            rate_mark: (Instant::now(), 0),
+            notices: Vec::new(),
+        }
+    }
+
+    /// Accepts one event: `write` appends its record to the queue.
+    #[inline]
+    pub fn accept(&mut self, chunk: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        self.stats.accepted += 1;
+        self.queue.push_with(chunk, write);
+    }
+
+    /// Every record held only in memory (queue, queue batches in flight,
+    /// records waiting to go back to the list), for checks and diagnostics.
+    pub fn records_in_memory(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = self.returns.iter().map(<[u8]>::to_vec).collect();
+        for b in &self.inflight {
+            if let (Some(records), false) = (&b.records, b.stored) {
+                out.extend(records.iter().map(<[u8]>::to_vec));
+            }
+        }
+        for chunk in self.queue.chunks() {
+            out.extend(chunk.iter().map(<[u8]>::to_vec));
+        }
+        out
+    }
+
+    /// Records published and not settled.
+    pub fn inflight_events(&self) -> usize {
+        self.inflight_events
+    }
+
+    /// True when list records are in flight.
+    pub fn list_in_flight(&self) -> bool {
+        self.inflight.iter().any(|b| b.from_list)
+    }
+
+    /// True when the timer should run at the short interval.
+    pub fn busy(&self) -> bool {
+        !self.queue.is_empty()
+            || self.inflight_events > 0
+            || !self.returns.is_empty()
+            || (self.list.len > 0 && self.link == Link::Up && self.master)
+    }
+
+    /// Takes the log lines written since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Records the error shown in INFO.
+    pub fn set_error(&mut self, e: impl Into<String>) {
+        self.last_error = e.into();
+    }
+
+    fn notice(&mut self, text: String) {
+        self.notices.push(Notice::Notice(text));
+    }
+
+    fn warning(&mut self, text: String) {
+        self.notices.push(Notice::Warning(text));
+    }
+
+    fn log_link(&mut self, what: &str) {
+        let text = format!(
+            "key_evt_amqp: {what} (broker {}:{})",
+            self.settings.amqp.host, self.settings.amqp.port
+        );
+        self.notice(text);
+    }
+
+    /// Starts measuring the event rate now (the first event after idling).
+    pub fn mark_rate(&mut self, now: Instant) {
+        self.rate_mark = (now, self.stats.accepted);
+    }
+
+    /// Asks the broker side to connect with the current settings.
+    pub fn connect(&mut self, broker: &mut dyn Broker) {
+        broker.send(Request::Connect(self.settings.amqp.clone()));
+        if self.link != Link::Up {
+            self.link = Link::Connecting;
+        }
+    }
+
+    /// Asks the broker side to disconnect and stay disconnected.
+    pub fn disconnect(&mut self, broker: &mut dyn Broker) {
+        broker.send(Request::Disconnect);
+        self.link = Link::Closed;
+    }
+
+    /// Applies a role change. Either way the list's head is someone else's
+    /// business now: the new master resends from the head (at least once),
+    /// a replica never trims.
+    pub fn set_role(&mut self, master: bool) {
+        if self.master == master {
+            return;
+        }
+        self.master = master;
+        self.memory_may_go = !master && self.list.len == 0 && !self.list_in_flight();
+        self.list.forget();
+        if master && self.link != Link::Closed {
+            self.link = Link::Idle;
+        }
+    }
+
+    /// The broker side died (its task panicked): fail what it held, so that
+    /// those records go back to the list. Returns true when the host must
+    /// start a new one.
+    pub fn check_broker(&mut self, broker: &dyn Broker) -> bool {
+        if broker.alive() {
+            return false;
+        }
+        self.stats.supervisor_restarts += 1;
+        self.warning("key_evt_amqp: the AMQP task stopped unexpectedly; starting a new one".into());
+        self.set_error("the AMQP task stopped unexpectedly");
+        for b in self.inflight.iter_mut().filter(|b| b.settled.is_none()) {
+            b.settled = Some(Settled {
+                id: b.id,
+                acked: 0,
+                nacked: 0,
+                rejected: 0,
+                error: Some("the AMQP task stopped".into()),
+            });
+        }
+        if self.link != Link::Closed {
+            self.link = Link::Idle;
+        }
+        true
+    }
+
+    /// One flush: collect outcomes, settle, read the list's length when due,
+    /// hand new batches over, and spill what cannot stay in memory.
+    pub fn tick(
+        &mut self,
+        store: &mut dyn Storage,
+        broker: &mut dyn Broker,
+        limits: &Limits,
+        now: Instant,
+    ) {
+        self.collect(broker);
+        self.settle(store);
+        if !self.master {
+            self.send_from_memory_when_demoted(broker, limits);
+            return;
+        }
+        if self.loading {
+            return;
+        }
+        self.sync_when_due(store, now);
+        let has_work = !self.queue.is_empty() || self.list.len > 0;
+        if self.link == Link::Idle && has_work {
+            self.connect(broker);
+        }
+        let burst = self.in_burst(now, limits);
+        if self.link == Link::Up && !self.halted && !burst {
+            self.forward(store, broker, limits);
+        }
+        let over = self
+            .queue
+            .over(limits.queue_max_events, limits.queue_max_bytes);
+        match self.link {
+            Link::Up | Link::Connecting | Link::Idle if !over => {}
+            _ => self.spill(store),
+        }
+    }
+
+    fn sync_when_due(&mut self, store: &mut dyn Storage, now: Instant) {
+        let every = if self.list.len > 0 {
+            SYNC_BUSY
+        } else {
+            SYNC_IDLE
+        };
+        let due = self
+            .list
+            .synced_at
+            .is_none_or(|t| now.duration_since(t) >= every);
+        if store.usable() && due {
+            self.list.synced_at = Some(now);
+            match self.list.sync(store) {
+                Ok(lost) => self.count_lost(lost),
+                Err(e) => self.set_error(format!("fallback read: {e}")),
+            }
+        }
+    }
+
+    /// Hands batches over up to the window: the list first while it holds
+    /// anything (newer events queue behind it there), else the queue.
+    fn forward(&mut self, store: &mut dyn Storage, broker: &mut dyn Broker, limits: &Limits) {
+        let window = limits.window;
+        let batch = limits.batch.max(1);
+        if self.list.len > 0 || self.list_in_flight() {
+            self.spill(store);
+            // Read the length before reading at an offset: a client may have
+            // pushed or popped since the last look, which moves the head.
+            if self.list.unread() > 0 {
+                match self.list.sync(store) {
+                    Ok(lost) => self.count_lost(lost),
+                    Err(e) => {
+                        self.set_error(format!("fallback read: {e}"));
+                        return;
+                    }
+                }
+            }
+            // Confirmed records not yet trimmed (writes paused) count against
+            // the window: a failover then resends at most one window.
+            while self.inflight_events + self.list.acked < window && self.list.unread() > 0 {
+                let n = batch.min(window - self.inflight_events - self.list.acked);
+                match self.list.read(store, n) {
+                    Ok(records) if !records.is_empty() => self.send(broker, records, true),
+                    Ok(_) => break,
+                    Err(e) => {
+                        self.set_error(format!("fallback read: {e}"));
+                        break;
+                    }
+                }
+            }
+        } else {
+            while self.inflight_events < window {
+                let Some(records) = self.queue.take_chunk() else {
+                    break;
+                };
+                self.send(broker, records, false);
+            }
+        }
+    }
+
+    fn send(&mut self, broker: &mut dyn Broker, records: Records, from_list: bool) {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let count = records.len();
+        let records = Arc::new(records);
+        self.inflight_events += count;
+        self.stats.published += count as u64;
+        self.inflight.push_back(InFlight {
+            id,
+            from_list,
+            epoch: self.list.epoch,
+            count,
+            records: (!from_list).then(|| Arc::clone(&records)),
+            stored: false,
+            settled: None,
+        });
+        broker.send(Request::Publish(Batch {
+            id,
+            generation: self.generation,
+            records,
+        }));
+    }
+
+    /// True while events arrive faster than `burst-rate` and the queue still
+    /// has room: forwarding then waits, so that the AMQP threads and the
+    /// broker do not take CPU from Redis in the middle of a burst.
+    fn in_burst(&mut self, now: Instant, limits: &Limits) -> bool {
+        let (at, accepted) = self.rate_mark;
+        let elapsed = now.duration_since(at);
+        if elapsed < Duration::from_millis(1) {
+            return false;
+        }
+        let rate = (self.stats.accepted - accepted) as f64 / elapsed.as_secs_f64();
+        self.rate_mark = (now, self.stats.accepted);
+        let room = self.queue.len() < limits.queue_max_events / 2
+            && self.queue.bytes() < limits.queue_max_bytes / 2;
+        limits.burst_rate > 0 && rate > limits.burst_rate as f64 && room
+    }
+
+    fn count_lost(&mut self, lost: u64) {
+        if lost > 0 {
+            self.stats.lost += lost;
+            self.warning(format!(
+                "key_evt_amqp: {lost} events vanished from the fallback list"
+            ));
+        }
+    }
+
+    /// Appends records at the tail of the list (adoption of a moved
+    /// backlog), or drops and counts them by the rules.
+    pub fn store_tail(&mut self, store: &mut dyn Storage, records: Records) {
+        self.store(store, records, At::Tail);
+    }
+
+    /// Writes records to the list, or drops and counts them by the rules.
+    fn store(&mut self, store: &mut dyn Storage, records: Records, at: At) {
+        if records.is_empty() {
+            return;
+        }
+        let n = records.len() as u64;
+        if self.settings.fallback_size < 0 {
+            self.stats.drop(Drop::Disabled, n);
+            return;
+        }
+        if !self.master || !store.usable() || store.writes_paused() {
+            self.stats.drop(Drop::Unwritable, n);
+            return;
+        }
+        let written = match at {
+            At::Tail => store.append(&records),
+            At::Head => store.prepend(&records),
+        };
+        match written {
+            Ok(len) => {
+                // A prepend moves the head; a length other than expected means
+                // the list changed behind our back since it was last read.
+                let expected = self.list.len + n;
+                if matches!(at, At::Head) || len != expected {
+                    self.list.reset_head();
+                }
+                self.count_lost(expected.saturating_sub(len));
+                self.list.len = len;
+                self.stats.stored += n;
+            }
+            Err(e) => {
+                self.stats.drop(Drop::Unwritable, n);
+                self.set_error(format!("fallback write: {e}"));
+                // A slot may have moved: the host looks again.
+                self.want_slot_refresh = true;
+                return;
+            }
+        }
+        let cap = u64::try_from(self.settings.fallback_size).unwrap_or(0);
+        if cap > 0 && self.list.len > cap {
+            let excess = self.list.len - cap;
+            match store.trim_front(excess) {
+                Ok(()) => {
+                    self.list.len = cap;
+                    self.list.reset_head();
+                    self.stats.drop(Drop::Cap, excess);
+                }
+                Err(e) => self.set_error(format!("fallback cap: {e}")),
+            }
+        }
+    }
+
+    /// Moves the whole in-memory queue to the tail of the list. While writes
+    /// are paused it holds (the callback drops beyond the hard limit).
+    pub fn spill(&mut self, store: &mut dyn Storage) {
+        if self.queue.is_empty() {
+            return;
+        }
+        if store.writes_paused() && self.settings.fallback_size >= 0 {
+            return;
+        }
+        for records in self.queue.take_all() {
+            self.store(store, records, At::Tail);
+        }
+    }
+
+    /// Writes everything held only in memory to the list (before SHUTDOWN).
+    pub fn persist_memory(&mut self, store: &mut dyn Storage, broker: &mut dyn Broker) {
+        if !self.master || self.loading || store.writes_paused() {
+            return;
+        }
+        self.collect(broker);
+        self.settle(store);
+        let mut older = std::mem::take(&mut self.returns);
+        for b in self
+            .inflight
+            .iter_mut()
+            .filter(|b| !b.from_list && !b.stored)
+        {
+            b.stored = true;
+            if let Some(records) = &b.records {
+                older.extend(records.iter());
+            }
+        }
+        self.store(store, older, At::Head);
+        for records in self.queue.take_all() {
+            self.store(store, records, At::Tail);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Outcomes from the broker side, and settling batches in order.
+
+use super::{At, Broker, Drop, Engine, Link, Storage};
+use crate::amqp::{Outcome, Settled};
+
+impl Engine {
+    /// Takes every outcome the broker side reported.
+    pub(super) fn collect(&mut self, broker: &mut dyn Broker) {
+        while let Some(outcome) = broker.poll() {
+            match outcome {
+                Outcome::Connected { generation } => {
+                    self.generation = generation;
+                    if self.link == Link::Closed {
+                        continue;
+                    }
+                    if self.link != Link::Up {
+                        self.log_link("connected");
+                    }
+                    self.link = Link::Up;
+                }
+                Outcome::Down {
+                    error,
+                    retry_in_ms,
+                    confirm_timeout,
+                } => {
+                    self.stats.reconnects += 1;
+                    if confirm_timeout {
+                        self.stats.confirm_timeouts += 1;
+                    }
+                    if self.link != Link::Closed {
+                        if self.link != Link::Down || self.last_error != error {
+                            self.log_link(&format!(
+                                "connection down: {error}; retrying in {retry_in_ms} ms"
+                            ));
+                        }
+                        self.link = Link::Down;
+                    }
+                    self.set_error(error);
+                }
+                Outcome::Closed => {
+                    if self.link == Link::Closed {
+                        self.log_link("disconnected on request");
+                    }
+                }
+                Outcome::Blocked(blocked) => {
+                    if matches!(self.link, Link::Up | Link::Blocked) {
+                        self.link = if blocked { Link::Blocked } else { Link::Up };
+                        self.log_link(if blocked {
+                            "blocked by the broker"
+                        } else {
+                            "unblocked"
+                        });
+                    }
+                }
+                Outcome::Settled(s) => {
+                    if let Some(b) = self.inflight.iter_mut().find(|b| b.id == s.id) {
+                        b.settled = Some(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies settled batches, oldest first, and stops at the first
+    /// unsettled one. A failed batch halts sending until every batch in
+    /// flight settled; then the records that came back go to the head of
+    /// the list, in order, before anything newer is sent.
+    pub(super) fn settle(&mut self, store: &mut dyn Storage) {
+        while self.inflight.front().is_some_and(|b| b.settled.is_some()) {
+            let Some(mut b) = self.inflight.pop_front() else {
+                break;
+            };
+            let Some(Settled {
+                acked,
+                nacked,
+                rejected,
+                error,
+                ..
+            }) = b.settled.take()
+            else {
+                break;
+            };
+            self.inflight_events -= b.count;
+            self.stats.confirmed += (acked - rejected) as u64;
+            self.stats.nacked += nacked as u64;
+            self.stats.drop(Drop::Rejected, rejected as u64);
+            let failed = acked < b.count;
+            if let Some(e) = error {
+                self.set_error(e);
+            }
+            if b.from_list {
+                if b.epoch == self.list.epoch {
+                    self.list.head_inflight = self.list.head_inflight.saturating_sub(b.count);
+                    if !self.halted {
+                        self.list.acked += acked;
+                    }
+                }
+            } else if failed && !b.stored {
+                if let Some(records) = &b.records {
+                    self.returns.extend(records.iter().skip(acked));
+                }
+            }
+            if failed {
+                self.halted = true;
+            }
+        }
+        if !self.master {
+            // A replica never writes the list; see `send_from_memory_when_demoted`.
+            return;
+        }
+        let paused = store.writes_paused();
+        if self.list.acked > 0 && !paused && store.usable() {
+            match self.list.trim_acked(store) {
+                Ok(lost) => self.count_lost(lost),
+                Err(e) => self.set_error(format!("fallback trim: {e}")),
+            }
+        }
+        // Returns go back to the head before anything newer is sent; while
+        // writes are paused they wait in memory and forwarding stays halted.
+        if self.halted && self.inflight.is_empty() && (self.returns.is_empty() || !paused) {
+            self.halted = false;
+            self.list.head_inflight = 0;
+            let returns = std::mem::take(&mut self.returns);
+            self.store(store, returns, At::Head);
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Event counters and the reasons records are dropped.
+
+/// Why records were dropped; each reason has its own counter, and all of
+/// them add up to `events_dropped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// The fallback cap trimmed the oldest records.
+    Cap,
+    /// Undeliverable while the fallback is off (size < 0).
+    Disabled,
+    /// The list refused the write (OOM, not a master, writes paused).
+    Unwritable,
+    /// The queue passed its hard limit (twice `queue-max-bytes`, at least
+    /// 64 MiB) inside one execution unit (a script, MULTI) or while writes
+    /// were paused, where the module cannot spill.
+    Overflow,
+    /// A record that can never be delivered: a list element that is not a
+    /// record, a message id over 255 bytes, or a record over `max-record-bytes`
+    /// (or over the broker's `max_message_size`).
+    Rejected,
+}
+
+/// Event counters since load. Every accepted event ends up in exactly one
+/// of: confirmed, still queued/in flight/stored, dropped, lost.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Notifications received while forwarding (before the key filter).
+    pub seen: u64,
+    /// Events that matched a key mask and were queued.
+    pub accepted: u64,
+    /// Records handed to the broker (including re-sends).
+    pub published: u64,
+    /// Records the broker acked.
+    pub confirmed: u64,
+    /// Records the broker nacked.
+    pub nacked: u64,
+    /// Records written to the fallback list (spills and returns).
+    pub stored: u64,
+    /// Records dropped under a documented rule (fallback off, cap, write refused).
+    pub dropped: u64,
+    /// Of `dropped`: the oldest records trimmed by the fallback cap.
+    pub dropped_cap: u64,
+    /// Of `dropped`: undeliverable records while the fallback is off (size < 0).
+    pub dropped_disabled: u64,
+    /// Of `dropped`: records the list refused (OOM, WRONGTYPE) or that a demoted node could not store.
+    pub dropped_unwritable: u64,
+    /// Of `dropped`: the queue passed its hard limit where it could not spill.
+    pub dropped_overflow: u64,
+    /// Of `dropped`: records that can never be delivered (see [`Drop::Rejected`]).
+    pub rejected: u64,
+    /// Times the AMQP task died and was started again.
+    pub supervisor_restarts: u64,
+    /// Connections recycled because the broker did not confirm in time.
+    pub confirm_timeouts: u64,
+    /// Records that vanished from the fallback list behind the module's back (DEL, FLUSHALL, eviction).
+    pub lost: u64,
+    /// Connection attempts that failed or connections that were lost.
+    pub reconnects: u64,
+    /// Events ignored while loading, on a replica, or about the fallback key.
+    pub skipped: u64,
+}
+
+impl Stats {
+    /// Counts `n` records dropped for `why`.
+    pub fn drop(&mut self, why: Drop, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.dropped += n;
+        *match why {
+            Drop::Cap => &mut self.dropped_cap,
+            Drop::Disabled => &mut self.dropped_disabled,
+            Drop::Unwritable => &mut self.dropped_unwritable,
+            Drop::Overflow => &mut self.dropped_overflow,
+            Drop::Rejected => &mut self.rejected,
+        } += n;
+    }
+}

@@ -1,0 +1,503 @@
+//! The delivery engine against a model, without Redis: random sequences of
+//! events, acks, nacks, partial acks, connection losses, blocks, spills,
+//! paused and refused writes, role flips, shutdowns, and foreign pushes and
+//! pops on the list, driven through an in-memory list and a scripted broker.
+//! After every step it checks the three promises:
+//!
+//! 1. nothing is lost silently: every accepted event is delivered, held
+//!    (memory or list), or covered by the dropped and lost counters;
+//! 2. first deliveries are in order; only a nack lets the batches behind it
+//!    (one in-flight window) through first, as the README says;
+//! 3. duplicates stay within one in-flight window per disruption.
+//!
+//! `KEA_MODEL_CASES` sets the case count (default 10,000).
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use redis_keyspace_amqp::amqp::{deliverable, Batch, Outcome, Request, Settled};
+use redis_keyspace_amqp::config::Settings;
+use redis_keyspace_amqp::engine::{Broker, Engine, Limits, MemList};
+use redis_keyspace_amqp::event::{split, Encoder};
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+const WINDOW: usize = 12;
+
+/// What the scripted broker holds and what reached the consumer.
+#[derive(Default)]
+struct Scripted {
+    /// Batches published and not settled, oldest first.
+    unsettled: VecDeque<Batch>,
+    outcomes: VecDeque<Outcome>,
+    /// A connect was asked for and not answered yet.
+    connect_asked: bool,
+    connected: bool,
+    generation: u64,
+    /// Event ids as they reached the consumer.
+    delivered: Vec<u64>,
+}
+
+impl Broker for Scripted {
+    fn send(&mut self, req: Request) {
+        match req {
+            Request::Connect(_) => {
+                self.connect_asked = true;
+                // Already connected with the same settings: the real side
+                // answers at once with the current generation.
+                if self.connected {
+                    let generation = self.generation;
+                    self.outcomes.push_back(Outcome::Connected { generation });
+                }
+            }
+            Request::Disconnect => {
+                self.fail_all(0);
+                self.connected = false;
+                self.connect_asked = false;
+                self.outcomes.push_back(Outcome::Closed);
+            }
+            Request::Publish(b) => {
+                if self.connected && b.generation == self.generation {
+                    self.unsettled.push_back(b);
+                } else {
+                    self.outcomes.push_back(Outcome::Settled(Settled {
+                        id: b.id,
+                        acked: 0,
+                        nacked: 0,
+                        rejected: 0,
+                        error: Some("not connected".into()),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn poll(&mut self) -> Option<Outcome> {
+        self.outcomes.pop_front()
+    }
+
+    fn alive(&self) -> bool {
+        true
+    }
+}
+
+fn event_id(record: &[u8]) -> Option<u64> {
+    let p = split(record)?;
+    let key = p.body.rsplit(|b| *b == b'\n').next()?;
+    std::str::from_utf8(key.strip_prefix(b"k")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl Scripted {
+    /// The broker takes the first `k` records of the oldest batch (acked,
+    /// or rejected when they can never be delivered), and `nack`s the rest.
+    fn settle_oldest(&mut self, k: usize, nack: bool, error: Option<String>) -> bool {
+        let Some(b) = self.unsettled.pop_front() else {
+            return false;
+        };
+        let k = k.min(b.records.len());
+        let mut rejected = 0;
+        for r in b.records.iter().take(k) {
+            match deliverable(r, usize::MAX).and_then(|_| event_id(r)) {
+                Some(id) => self.delivered.push(id),
+                None => rejected += 1,
+            }
+        }
+        let nacked = if nack { b.records.len() - k } else { 0 };
+        self.outcomes.push_back(Outcome::Settled(Settled {
+            id: b.id,
+            acked: k,
+            nacked,
+            rejected,
+            error,
+        }));
+        true
+    }
+
+    /// The connection breaks: the broker had routed the first `extra`
+    /// unconfirmed records (they arrive, and will arrive again).
+    fn lose(&mut self, extra: usize) {
+        let mut left = extra;
+        for b in &self.unsettled {
+            for r in b.records.iter() {
+                if left == 0 {
+                    break;
+                }
+                if let Some(id) = event_id(r) {
+                    self.delivered.push(id);
+                }
+                left -= 1;
+            }
+        }
+        self.fail_all(0);
+        if self.connected || self.connect_asked {
+            self.outcomes.push_back(Outcome::Down {
+                error: "connection lost".into(),
+                retry_in_ms: 10,
+                confirm_timeout: false,
+            });
+        }
+        self.connected = false;
+    }
+
+    fn fail_all(&mut self, acked: usize) {
+        while let Some(b) = self.unsettled.pop_front() {
+            self.outcomes.push_back(Outcome::Settled(Settled {
+                id: b.id,
+                acked,
+                nacked: 0,
+                rejected: 0,
+                error: Some("connection lost".into()),
+            }));
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Events(u8),
+    Tick,
+    Connect,
+    Ack,
+    AckAll,
+    PartialAck(u8),
+    Nack(u8),
+    Lose(u8),
+    Block(bool),
+    Pause(bool),
+    RefuseWrites(bool),
+    RoleFlip,
+    Shutdown,
+    ForeignPush,
+    ForeignPop,
+    SmallQueue(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1u8..20).prop_map(Op::Events),
+        8 => Just(Op::Tick),
+        3 => Just(Op::Connect),
+        6 => Just(Op::Ack),
+        2 => Just(Op::AckAll),
+        1 => (0u8..10).prop_map(Op::PartialAck),
+        1 => (0u8..10).prop_map(Op::Nack),
+        1 => (0u8..20).prop_map(Op::Lose),
+        1 => any::<bool>().prop_map(Op::Block),
+        1 => any::<bool>().prop_map(Op::Pause),
+        1 => any::<bool>().prop_map(Op::RefuseWrites),
+        1 => Just(Op::RoleFlip),
+        1 => Just(Op::Shutdown),
+        1 => Just(Op::ForeignPush),
+        1 => Just(Op::ForeignPop),
+        1 => any::<bool>().prop_map(Op::SmallQueue),
+    ]
+}
+
+struct World {
+    engine: Engine,
+    list: MemList,
+    broker: Scripted,
+    encoder: Encoder,
+    limits: Limits,
+    next_id: u64,
+    now: Instant,
+    disruptions: usize,
+    /// Nacks so far: each may reorder within one in-flight window.
+    nacks: u64,
+    /// Events a foreign client popped from the list (the engine counts them
+    /// as lost once it reads the length).
+    popped: u64,
+}
+
+impl World {
+    fn new() -> Self {
+        let settings = Settings {
+            fallback_size: 0,
+            ..Settings::default()
+        };
+        Self {
+            engine: Engine::new(settings, true),
+            list: MemList::default(),
+            broker: Scripted::default(),
+            encoder: Encoder::new("m"),
+            limits: Limits {
+                window: WINDOW,
+                batch: 4,
+                queue_max_events: 1000,
+                queue_max_bytes: 1 << 20,
+                burst_rate: 0,
+            },
+            next_id: 0,
+            now: Instant::now(),
+            disruptions: 0,
+            nacks: 0,
+            popped: 0,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.now += Duration::from_millis(50);
+        self.engine
+            .tick(&mut self.list, &mut self.broker, &self.limits, self.now);
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match *op {
+            Op::Events(n) => {
+                if !self.engine.master {
+                    return;
+                }
+                for _ in 0..n {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let key = format!("k{id}");
+                    let enc = &mut self.encoder;
+                    self.engine.accept(self.limits.batch, |out| {
+                        enc.record_into(out, 1, 0, b"set", key.as_bytes())
+                    });
+                }
+            }
+            Op::Tick => self.tick(),
+            Op::Connect => {
+                if self.broker.connect_asked && !self.broker.connected {
+                    self.broker.connected = true;
+                    self.broker.generation += 1;
+                    let generation = self.broker.generation;
+                    self.broker
+                        .outcomes
+                        .push_back(Outcome::Connected { generation });
+                }
+            }
+            Op::Ack => {
+                let n = self.broker.unsettled.front().map_or(0, |b| b.records.len());
+                self.broker.settle_oldest(n, false, None);
+            }
+            Op::AckAll => {
+                while let Some(n) = self.broker.unsettled.front().map(|b| b.records.len()) {
+                    self.broker.settle_oldest(n, false, None);
+                }
+            }
+            Op::PartialAck(k) => {
+                // A channel close part-way through a batch: the rest fail.
+                if self
+                    .broker
+                    .settle_oldest(k as usize, false, Some("channel closed".into()))
+                {
+                    self.disruptions += 1;
+                    self.broker.lose(0);
+                }
+            }
+            Op::Nack(k) => {
+                let n = self.broker.unsettled.front().map_or(0, |b| b.records.len());
+                if (k as usize) < n && self.broker.settle_oldest(k as usize, true, None) {
+                    self.disruptions += 1;
+                    self.nacks += 1;
+                }
+            }
+            Op::Lose(extra) => {
+                self.disruptions += 1;
+                self.broker.lose(extra as usize);
+            }
+            Op::Block(b) => {
+                if self.broker.connected {
+                    self.broker.outcomes.push_back(Outcome::Blocked(b));
+                }
+            }
+            Op::Pause(p) => self.list.paused = p,
+            Op::RefuseWrites(r) => self.list.refuse_writes = r,
+            Op::RoleFlip => {
+                self.disruptions += 1;
+                let master = !self.engine.master;
+                self.engine.set_role(master);
+            }
+            Op::Shutdown => {
+                self.disruptions += 1;
+                self.engine.persist_memory(&mut self.list, &mut self.broker);
+            }
+            Op::ForeignPush => {
+                if !self.list.paused {
+                    self.disruptions += 1;
+                    self.list.items.push_front(b"foreign element".to_vec());
+                }
+            }
+            Op::ForeignPop => {
+                if !self.list.paused {
+                    self.disruptions += 1;
+                    if let Some(r) = self.list.items.pop_front() {
+                        self.popped += u64::from(event_id(&r).is_some());
+                    }
+                }
+            }
+            Op::SmallQueue(small) => {
+                self.limits.queue_max_events = if small { 3 } else { 1000 };
+            }
+        }
+    }
+
+    /// The three promises.
+    fn check(&self) -> Result<(), TestCaseError> {
+        let st = &self.engine.stats;
+        let delivered: HashSet<u64> = self.broker.delivered.iter().copied().collect();
+        let mut held: HashSet<u64> = self
+            .engine
+            .records_in_memory()
+            .iter()
+            .filter_map(|r| event_id(r))
+            .collect();
+        held.extend(self.list.items.iter().filter_map(|r| event_id(r)));
+        let missing = (0..self.next_id)
+            .filter(|i| !delivered.contains(i) && !held.contains(i))
+            .count() as u64;
+        prop_assert!(
+            missing <= st.dropped + st.lost.max(self.popped),
+            "{missing} events are nowhere, but only {} dropped and {} lost are counted",
+            st.dropped,
+            st.lost
+        );
+        // First deliveries in order: no event is overtaken by a later one,
+        // except that each nack lets at most one window (plus the nacked
+        // batch) through ahead of the records it sends back.
+        let slack = self.nacks as usize * (WINDOW + 2 * self.limits.batch);
+        let mut seen = vec![false; self.next_id as usize];
+        let mut later = Fenwick::new(self.next_id as usize);
+        let mut dups = 0;
+        for &id in &self.broker.delivered {
+            let i = id as usize;
+            if seen[i] {
+                dups += 1;
+                continue;
+            }
+            seen[i] = true;
+            let overtaken_by = later.count_above(i);
+            prop_assert!(
+                overtaken_by <= slack,
+                "order broken: {overtaken_by} later events arrived before {id} (deliveries {:?})",
+                self.broker.delivered
+            );
+            later.add(i);
+        }
+        prop_assert!(
+            dups <= WINDOW * 2 * self.disruptions.max(1) + 20 * self.disruptions,
+            "{dups} duplicates for {} disruptions",
+            self.disruptions
+        );
+        Ok(())
+    }
+
+    /// Ends the run: the broker comes back and settles everything.
+    fn finish(&mut self) -> Result<(), TestCaseError> {
+        self.list.paused = false;
+        self.list.refuse_writes = false;
+        if !self.engine.master {
+            self.engine.set_role(true);
+        }
+        self.limits.queue_max_events = 1000;
+        for _ in 0..400 {
+            self.tick();
+            self.apply(&Op::Connect);
+            self.apply(&Op::AckAll);
+            self.apply(&Op::Block(false));
+            let idle = self.list.items.is_empty()
+                && self.engine.queue.is_empty()
+                && self.engine.inflight_events() == 0
+                && self.broker.unsettled.is_empty()
+                && self.broker.outcomes.is_empty();
+            if idle {
+                break;
+            }
+        }
+        self.check()?;
+        prop_assert!(
+            self.list.items.is_empty(),
+            "list left: {}",
+            self.list.items.len()
+        );
+        prop_assert_eq!(self.engine.queue.len(), 0);
+        prop_assert_eq!(self.engine.inflight_events(), 0);
+        let st = &self.engine.stats;
+        let delivered: HashSet<u64> = self.broker.delivered.iter().copied().collect();
+        let missing = (0..self.next_id).filter(|i| !delivered.contains(i)).count() as u64;
+        prop_assert!(
+            missing <= st.dropped + st.lost,
+            "at the end {missing} events never arrived; {} dropped, {} lost counted",
+            st.dropped,
+            st.lost
+        );
+        Ok(())
+    }
+}
+
+/// Counts ids seen so far above a given one.
+struct Fenwick(Vec<usize>, usize);
+
+impl Fenwick {
+    fn new(n: usize) -> Self {
+        Self(vec![0; n + 1], 0)
+    }
+
+    fn add(&mut self, i: usize) {
+        self.1 += 1;
+        let mut j = i + 1;
+        while j < self.0.len() {
+            self.0[j] += 1;
+            j += j & j.wrapping_neg();
+        }
+    }
+
+    /// How many added ids are greater than `i`.
+    fn count_above(&self, i: usize) -> usize {
+        let mut upto = 0;
+        let mut j = i + 1;
+        while j > 0 {
+            upto += self.0[j];
+            j -= j & j.wrapping_neg();
+        }
+        self.1 - upto
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("KEA_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+#[test]
+fn engine_keeps_its_promises() {
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..120), |ops| {
+            let mut w = World::new();
+            for op in &ops {
+                w.apply(op);
+                w.check()?;
+            }
+            w.finish()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Without faults, every event arrives once, in order, and nothing is dropped.
+#[test]
+fn no_faults_no_duplicates() {
+    let mut w = World::new();
+    for round in 0..50 {
+        w.apply(&Op::Events(7));
+        w.apply(&Op::Tick);
+        w.apply(&Op::Connect);
+        if round % 3 == 0 {
+            w.apply(&Op::AckAll);
+        }
+        w.check().expect("promises hold");
+    }
+    w.finish().expect("drains");
+    assert_eq!(w.broker.delivered, (0..w.next_id).collect::<Vec<_>>());
+    assert_eq!(w.engine.stats.dropped, 0);
+}
