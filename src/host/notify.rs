@@ -1,8 +1,9 @@
 //! The keyspace-notification callback: filter, encode, enqueue. No I/O.
 
 use crate::config::QUEUE_MAX_BYTES;
-use crate::info::Drop;
-use crate::{event, flush, guard, state};
+use crate::event;
+use crate::host::info::Drop;
+use crate::host::{guard, state, timer};
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
@@ -80,7 +81,7 @@ extern "C" fn on_keyspace_event(
                 encoder.record_into(out, now, db, event, key)
             });
             if was_empty {
-                flush::hurry(&Context::new(ctx), st);
+                timer::hurry(&Context::new(ctx), st);
             }
         });
     });

@@ -5,11 +5,11 @@
 //! with a magic header and a version, and uses an unusual type byte.
 
 use crate::bus::{decode, encode, loggable, MSG_TYPE};
-use crate::commands;
-use crate::fallback::{read_opts, write_opts};
+use crate::host::commands;
+use crate::host::list::{read_opts, write_opts};
+use crate::host::{guard, state, timer};
 use crate::queue::Records;
 use crate::slots;
-use crate::{flush, guard, state};
 use redis_module::{raw, CallReply, CallResult, Context};
 use std::os::raw::{c_char, c_uchar, c_void};
 
@@ -63,12 +63,12 @@ extern "C" fn on_message(
             let id = unsafe { std::slice::from_raw_parts(sender.cast::<u8>(), 40) };
             String::from_utf8_lossy(id).into_owned()
         };
-        crate::log::notice(&format!(
+        crate::host::log::notice(&format!(
             "key_evt_amqp: applying broadcast {name} {} from node {from}",
             loggable(name, &args)
         ));
         if let Err(e) = commands::apply(&ctx, name, &args) {
-            crate::log::warning(&format!("key_evt_amqp: broadcast {name} refused: {e}"));
+            crate::host::log::warning(&format!("key_evt_amqp: broadcast {name} refused: {e}"));
         }
     });
 }
@@ -92,7 +92,7 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
         return;
     }
     st.engine.set_role(master);
-    crate::log::notice(if master {
+    crate::host::log::notice(if master {
         "key_evt_amqp: this node is now a master: forwarding (fallback list first)"
     } else {
         "key_evt_amqp: this node is now a replica: no new events; sending what it holds in memory"
@@ -102,7 +102,7 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
         st.slots.owned.clear();
         st.slots.next_check = None;
     }
-    flush::arm(ctx, st);
+    timer::arm(ctx, st);
 }
 
 /// Subscribes to role changes and, in cluster mode, to module broadcasts.
@@ -193,7 +193,7 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
     };
     // Switch keys only while no record read from the list is in flight.
     if wanted != st.list_key.key && !st.engine.list_in_flight() && st.engine.list.acked == 0 {
-        crate::log::notice(&format!("key_evt_amqp: fallback list is now '{wanted}'"));
+        crate::host::log::notice(&format!("key_evt_amqp: fallback list is now '{wanted}'"));
         st.list_key.key = wanted;
         st.engine.list.forget();
         st.engine.list.len = 0;
@@ -223,7 +223,7 @@ pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
     }
     if records.len() < ADOPT_CHUNK {
         st.slots.found.remove(0);
-        crate::log::notice(&format!("key_evt_amqp: adopted the backlog '{key}'"));
+        crate::host::log::notice(&format!("key_evt_amqp: adopted the backlog '{key}'"));
     }
     Some(records)
 }

@@ -4,7 +4,7 @@
 
 use crate::engine::{Engine, LazyClient};
 use crate::event::{Encoder, EventTypes};
-use crate::fallback::ListKey;
+use crate::host::list::ListKey;
 use std::cell::RefCell;
 
 pub use crate::engine::Link;
@@ -33,7 +33,7 @@ pub struct State {
     /// This node runs in cluster mode.
     pub cluster: bool,
     /// Cluster only: slot ownership and backlogs found in owned slots.
-    pub slots: crate::cluster::SlotView,
+    pub slots: crate::host::cluster::SlotView,
 }
 
 thread_local! {

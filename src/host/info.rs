@@ -74,7 +74,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
     ];
     for (name, value) in text {
         // Values may come from outside (a host, a broker error): one line each.
-        section = section.field(name, crate::log::visible(&value))?;
+        section = section.field(name, crate::host::log::visible(&value))?;
     }
     let numbers = [
         ("events_seen", st.seen),

@@ -6,9 +6,9 @@ use crate::config::{
     BATCH_SIZE, BURST_RATE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
 };
 use crate::engine::{Limits, Notice};
-use crate::fallback::{writes_paused, RedisList};
-use crate::guard;
-use crate::state::{self, State};
+use crate::host::guard;
+use crate::host::list::{writes_paused, RedisList};
+use crate::host::state::{self, State};
 use redis_module::{raw, Context};
 use std::os::raw::c_void;
 use std::time::{Duration, Instant};
@@ -83,8 +83,8 @@ pub fn hurry(ctx: &Context, st: &mut State) {
 pub fn log_notices(st: &mut State) {
     for n in st.engine.take_notices() {
         match n {
-            Notice::Notice(t) => crate::log::notice(&t),
-            Notice::Warning(t) => crate::log::warning(&t),
+            Notice::Notice(t) => crate::host::log::notice(&t),
+            Notice::Warning(t) => crate::host::log::warning(&t),
         }
     }
 }
@@ -102,7 +102,7 @@ pub fn request_disconnect(st: &mut State) {
 /// One flush.
 pub fn tick(ctx: &Context, st: &mut State) {
     let now = Instant::now();
-    if let Err(e) = crate::fallback::select(ctx) {
+    if let Err(e) = crate::host::list::select(ctx) {
         st.set_error(e);
         return;
     }
@@ -113,11 +113,11 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.engine.master && !st.engine.loading {
         if now.duration_since(st.hook_checked_at) >= HOOK_CHECK {
             st.hook_checked_at = now;
-            crate::lifecycle::sync_shutdown_hook(ctx);
+            crate::host::lifecycle::sync_shutdown_hook(ctx);
         }
-        crate::cluster::refresh(ctx, st, false);
+        crate::host::cluster::refresh(ctx, st, false);
         if !writes_paused() {
-            if let Some(records) = crate::cluster::adopt(ctx, st) {
+            if let Some(records) = crate::host::cluster::adopt(ctx, st) {
                 let mut list = RedisList::new(ctx, &mut st.list_key);
                 st.engine.store_tail(&mut list, records);
             }
@@ -126,14 +126,14 @@ pub fn tick(ctx: &Context, st: &mut State) {
     let mut list = RedisList::new(ctx, &mut st.list_key);
     st.engine.tick(&mut list, &mut st.client, &limits(), now);
     if std::mem::take(&mut st.engine.want_slot_refresh) {
-        crate::cluster::refresh(ctx, st, true);
+        crate::host::cluster::refresh(ctx, st, true);
     }
     log_notices(st);
 }
 
 /// Moves the whole in-memory queue to the tail of the list.
 pub fn spill(ctx: &Context, st: &mut State) {
-    if crate::fallback::select(ctx).is_err() {
+    if crate::host::list::select(ctx).is_err() {
         return;
     }
     let mut list = RedisList::new(ctx, &mut st.list_key);
@@ -143,7 +143,7 @@ pub fn spill(ctx: &Context, st: &mut State) {
 
 /// Writes everything held only in memory to the list (before SHUTDOWN).
 pub fn persist_memory(ctx: &Context, st: &mut State) {
-    if let Err(e) = crate::fallback::select(ctx) {
+    if let Err(e) = crate::host::list::select(ctx) {
         st.set_error(e);
         return;
     }

@@ -2,9 +2,9 @@
 //! nothing on error; in cluster mode it is then broadcast to every node.
 
 use crate::config::{parse_fallback_size, ConfigError};
+use crate::host::state::{Link, State};
+use crate::host::{cluster, guard, state, timer};
 use crate::keymask::KeyMasks;
-use crate::state::{Link, State};
-use crate::{cluster, flush, guard, state};
 use redis_module::{
     CallOptionsBuilder, CallReply, CallResult, Context, RedisError, RedisResult, RedisString,
     RedisValue,
@@ -34,13 +34,13 @@ pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
                 st.engine.settings = new;
                 if name == "connect" {
                     if st.engine.master {
-                        flush::request_connect(st);
+                        timer::request_connect(st);
                     } else {
                         // A replica connects when promoted.
                         st.engine.link = Link::Idle;
                     }
                 } else if amqp_changed && st.engine.master && st.engine.link.active() {
-                    flush::request_connect(st);
+                    timer::request_connect(st);
                 }
                 Ok(())
             })
@@ -48,7 +48,7 @@ pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
         "disconnect" => {
             arity(args.is_empty())?;
             with_state(|st| {
-                flush::request_disconnect(st);
+                timer::request_disconnect(st);
                 Ok(())
             })
         }
@@ -85,7 +85,7 @@ pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
     }
     .inspect(|_| {
         with_state(|st| {
-            flush::arm(ctx, st);
+            timer::arm(ctx, st);
             Ok(())
         })
         .ok();

@@ -10,7 +10,7 @@ static HOOK: Once = Once::new();
 pub fn install_panic_hook() {
     HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            crate::log::warning(&format!("key_evt_amqp: internal error (panic): {info}"));
+            crate::host::log::warning(&format!("key_evt_amqp: internal error (panic): {info}"));
         }));
     });
 }
@@ -20,7 +20,7 @@ pub fn run<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(_) => {
-            crate::log::warning(&format!(
+            crate::host::log::warning(&format!(
                 "key_evt_amqp: {what} failed; the event loop goes on"
             ));
             None

@@ -117,7 +117,7 @@ impl<'a> RedisList<'a> {
         )
         .map_err(StoreError::Refused)?;
         self.key.moved_aside += 1;
-        crate::log::warning(&format!(
+        crate::host::log::warning(&format!(
             "key_evt_amqp: the fallback key '{}' held another type; renamed to '{aside}'",
             self.key.key
         ));

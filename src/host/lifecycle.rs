@@ -3,10 +3,10 @@
 use crate::config::{Settings, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, TUNABLES};
 use crate::engine::Engine;
 use crate::event::Encoder;
-use crate::fallback::ListKey;
-use crate::info::{self, Snapshot};
-use crate::state::{self, State};
-use crate::{cluster, flush, guard, notify};
+use crate::host::info::{self, Snapshot};
+use crate::host::list::ListKey;
+use crate::host::state::{self, State};
+use crate::host::{cluster, guard, notify, timer};
 use redis_module::configuration::{
     register_i64_configuration, register_string_configuration, ConfigurationFlags,
 };
@@ -91,13 +91,13 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     let (types, settings) = match Settings::from_load_args(&raw_args) {
         Ok(v) => v,
         Err(e) => {
-            crate::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
+            crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
             return Status::Err;
         }
     };
     register_configs(ctx);
-    if let Err(e) = crate::fallback::select(ctx) {
-        crate::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
+    if let Err(e) = crate::host::list::select(ctx) {
+        crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
         return Status::Err;
     }
     let flags = ctx.get_flags();
@@ -119,7 +119,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         base.clone()
     };
     let tag = node_tag();
-    crate::log::notice(&format!(
+    crate::host::log::notice(&format!(
         "key_evt_amqp: loaded; events '{types}', broker {}:{}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
         settings.amqp.host, settings.amqp.port, settings.amqp.exchange, settings.amqp.routing_key
     ));
@@ -139,7 +139,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         slots: Default::default(),
     });
     if !notify::subscribe(ctx, types.0) {
-        crate::log::warning(
+        crate::host::log::warning(
             "key_evt_amqp: MODULE LOAD refused: cannot subscribe to keyspace events",
         );
         return Status::Err;
@@ -167,7 +167,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         }
     }
     sync_shutdown_hook(ctx);
-    state::with(|st| flush::arm(ctx, st));
+    state::with(|st| timer::arm(ctx, st));
     Status::Ok
 }
 
@@ -205,7 +205,7 @@ pub fn sync_shutdown_hook(ctx: &Context) {
 
 /// `MODULE UNLOAD` is refused: lapin's threads would run code from an unloaded library.
 pub fn refuse_unload(_ctx: &Context) -> Status {
-    crate::log::warning(
+    crate::host::log::warning(
         "key_evt_amqp: MODULE UNLOAD refused: the AMQP threads cannot be stopped safely; restart the server instead",
     );
     Status::Err
@@ -256,7 +256,7 @@ extern "C" fn on_command(filter: *mut raw::RedisModuleCommandFilterCtx) {
             return;
         }
         let key = state::with(|st| {
-            flush::persist_memory(&ctx, st);
+            timer::persist_memory(&ctx, st);
             st.list_key.key.clone()
         });
         if let Some(key) = key {
@@ -423,7 +423,7 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         keymasks: st.engine.settings.masks.describe(),
         keymask_count: st.engine.settings.masks.count(),
         fallback_moved_aside: st.list_key.moved_aside,
-        writes_paused: crate::fallback::writes_paused(),
+        writes_paused: crate::host::list::writes_paused(),
         broker: format!(
             "{}:{}",
             st.engine.settings.amqp.host, st.engine.settings.amqp.port

@@ -1,0 +1,54 @@
+//! The host layer: every registration with the server and every entry point
+//! it calls (the module table and commands, keyspace notifications, the
+//! timer, server events, the command filter, the cluster receiver, INFO).
+//! It adapts Redis to the engine and calls down into it; nothing below
+//! imports it.
+
+pub mod cluster;
+pub mod commands;
+pub mod guard;
+pub mod info;
+pub mod lifecycle;
+pub mod list;
+pub mod log;
+pub mod notify;
+pub mod state;
+pub mod timer;
+
+use crate::MODULE_NAME;
+use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
+
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    guard::run("load", || lifecycle::load(ctx, args)).unwrap_or(Status::Err)
+}
+
+fn deinit(ctx: &Context) -> Status {
+    lifecycle::refuse_unload(ctx)
+}
+
+#[redis_module_macros::info_command_handler]
+fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
+    guard::run("info", || lifecycle::info(ctx)).unwrap_or(Ok(()))
+}
+
+redis_module! {
+    name: MODULE_NAME,
+    version: 1,
+    allocator: (std::alloc::System, std::alloc::System),
+    data_types: [],
+    init: init,
+    deinit: deinit,
+    // Every command steers where events (and the broker password) go: admin
+    // only, never from scripts (`deny-script`). The two that carry a password stay out of
+    // MONITOR and SLOWLOG. The ACL categories are set where the server has
+    // them (Redis 7.2+, Valkey); Redis 7.0 loads without them.
+    commands: [
+        ["key_evt_amqp.config_set", commands::config_set, "admin deny-script no-monitor no-slowlog", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.connect", commands::connect, "admin deny-script no-monitor no-slowlog", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.disconnect", commands::disconnect, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.fallback_storage_size_set", commands::fallback_storage_size_set, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_clean", commands::keymask_clean, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_add", commands::keymask_add, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_set", commands::keymask_set, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+    ],
+}
