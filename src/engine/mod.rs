@@ -21,9 +21,11 @@ pub mod stats;
 pub mod storage;
 
 mod demoted;
+mod forward;
 mod settle;
+mod store;
 
-use crate::amqp::{Batch, Request, Settled};
+use crate::amqp::{Request, Settled};
 use crate::config::Settings;
 use crate::queue::{EventQueue, Records};
 pub use broker::{Broker, LazyClient};
@@ -344,207 +346,12 @@ impl Engine {
         }
     }
 
-    fn sync_when_due(&mut self, store: &mut dyn Storage, now: Instant) {
-        let every = if self.list.len > 0 {
-            SYNC_BUSY
-        } else {
-            SYNC_IDLE
-        };
-        let due = self
-            .list
-            .synced_at
-            .is_none_or(|t| now.duration_since(t) >= every);
-        if store.usable() && due {
-            self.list.synced_at = Some(now);
-            match self.list.sync(store) {
-                Ok(lost) => self.count_lost(lost),
-                Err(e) => self.set_error(format!("fallback read: {e}")),
-            }
-        }
-    }
-
-    /// Hands batches over up to the window: the list first while it holds
-    /// anything (newer events queue behind it there), else the queue.
-    fn forward(&mut self, store: &mut dyn Storage, broker: &mut dyn Broker, limits: &Limits) {
-        let window = limits.window;
-        let batch = limits.batch.max(1);
-        if self.list.len > 0 || self.list_in_flight() {
-            self.spill(store);
-            // Read the length before reading at an offset: a client may have
-            // pushed or popped since the last look, which moves the head.
-            if self.list.unread() > 0 {
-                match self.list.sync(store) {
-                    Ok(lost) => self.count_lost(lost),
-                    Err(e) => {
-                        self.set_error(format!("fallback read: {e}"));
-                        return;
-                    }
-                }
-            }
-            // Confirmed records not yet trimmed (writes paused) count against
-            // the window: a failover then resends at most one window.
-            while self.inflight_events + self.list.acked < window && self.list.unread() > 0 {
-                let n = batch.min(window - self.inflight_events - self.list.acked);
-                match self.list.read(store, n) {
-                    Ok(records) if !records.is_empty() => self.send(broker, records, true),
-                    Ok(_) => break,
-                    Err(e) => {
-                        self.set_error(format!("fallback read: {e}"));
-                        break;
-                    }
-                }
-            }
-        } else {
-            while self.inflight_events < window {
-                let Some(records) = self.queue.take_chunk() else {
-                    break;
-                };
-                self.send(broker, records, false);
-            }
-        }
-    }
-
-    fn send(&mut self, broker: &mut dyn Broker, records: Records, from_list: bool) {
-        let id = self.next_batch;
-        self.next_batch += 1;
-        let count = records.len();
-        let records = Arc::new(records);
-        self.inflight_events += count;
-        self.stats.published += count as u64;
-        self.inflight.push_back(InFlight {
-            id,
-            from_list,
-            epoch: self.list.epoch,
-            count,
-            records: (!from_list).then(|| Arc::clone(&records)),
-            stored: false,
-            settled: None,
-        });
-        broker.send(Request::Publish(Batch {
-            id,
-            generation: self.generation,
-            records,
-        }));
-    }
-
-    /// True while events arrive faster than `burst-rate` and the queue still
-    /// has room: forwarding then waits, so that the AMQP threads and the
-    /// broker do not take CPU from Redis in the middle of a burst.
-    fn in_burst(&mut self, now: Instant, limits: &Limits) -> bool {
-        let (at, accepted) = self.rate_mark;
-        let elapsed = now.duration_since(at);
-        if elapsed < Duration::from_millis(1) {
-            return false;
-        }
-        let rate = (self.stats.accepted - accepted) as f64 / elapsed.as_secs_f64();
-        self.rate_mark = (now, self.stats.accepted);
-        let room = self.queue.len() < limits.queue_max_events / 2
-            && self.queue.bytes() < limits.queue_max_bytes / 2;
-        limits.burst_rate > 0 && rate > limits.burst_rate as f64 && room
-    }
-
-    fn count_lost(&mut self, lost: u64) {
+    pub(super) fn count_lost(&mut self, lost: u64) {
         if lost > 0 {
             self.stats.lost += lost;
             self.warning(format!(
                 "key_evt_amqp: {lost} events vanished from the fallback list"
             ));
-        }
-    }
-
-    /// Appends records at the tail of the list (adoption of a moved
-    /// backlog), or drops and counts them by the rules.
-    pub fn store_tail(&mut self, store: &mut dyn Storage, records: Records) {
-        self.store(store, records, At::Tail);
-    }
-
-    /// Writes records to the list, or drops and counts them by the rules.
-    fn store(&mut self, store: &mut dyn Storage, records: Records, at: At) {
-        if records.is_empty() {
-            return;
-        }
-        let n = records.len() as u64;
-        if self.settings.fallback_size < 0 {
-            self.stats.drop(Drop::Disabled, n);
-            return;
-        }
-        if !self.master || !store.usable() || store.writes_paused() {
-            self.stats.drop(Drop::Unwritable, n);
-            return;
-        }
-        let written = match at {
-            At::Tail => store.append(&records),
-            At::Head => store.prepend(&records),
-        };
-        match written {
-            Ok(len) => {
-                // A prepend moves the head; a length other than expected means
-                // the list changed behind our back since it was last read.
-                let expected = self.list.len + n;
-                if matches!(at, At::Head) || len != expected {
-                    self.list.reset_head();
-                }
-                self.count_lost(expected.saturating_sub(len));
-                self.list.len = len;
-                self.stats.stored += n;
-            }
-            Err(e) => {
-                self.stats.drop(Drop::Unwritable, n);
-                self.set_error(format!("fallback write: {e}"));
-                // A slot may have moved: the host looks again.
-                self.want_slot_refresh = true;
-                return;
-            }
-        }
-        let cap = u64::try_from(self.settings.fallback_size).unwrap_or(0);
-        if cap > 0 && self.list.len > cap {
-            let excess = self.list.len - cap;
-            match store.trim_front(excess) {
-                Ok(()) => {
-                    self.list.len = cap;
-                    self.list.reset_head();
-                    self.stats.drop(Drop::Cap, excess);
-                }
-                Err(e) => self.set_error(format!("fallback cap: {e}")),
-            }
-        }
-    }
-
-    /// Moves the whole in-memory queue to the tail of the list. While writes
-    /// are paused it holds (the callback drops beyond the hard limit).
-    pub fn spill(&mut self, store: &mut dyn Storage) {
-        if self.queue.is_empty() {
-            return;
-        }
-        if store.writes_paused() && self.settings.fallback_size >= 0 {
-            return;
-        }
-        for records in self.queue.take_all() {
-            self.store(store, records, At::Tail);
-        }
-    }
-
-    /// Writes everything held only in memory to the list (before SHUTDOWN).
-    pub fn persist_memory(&mut self, store: &mut dyn Storage, broker: &mut dyn Broker) {
-        if !self.master || self.loading || store.writes_paused() {
-            return;
-        }
-        self.collect(broker);
-        self.settle(store);
-        let mut older = std::mem::take(&mut self.returns);
-        for b in self
-            .inflight
-            .iter_mut()
-            .filter(|b| !b.from_list && !b.stored)
-        {
-            b.stored = true;
-            if let Some(records) = &b.records {
-                older.extend(records.iter());
-            }
-        }
-        self.store(store, older, At::Head);
-        for records in self.queue.take_all() {
-            self.store(store, records, At::Tail);
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod list;
 pub mod log;
 pub mod notify;
+pub mod shutdown;
 pub mod state;
 pub mod timer;
 

@@ -113,7 +113,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.engine.master && !st.engine.loading {
         if now.duration_since(st.hook_checked_at) >= HOOK_CHECK {
             st.hook_checked_at = now;
-            crate::host::lifecycle::sync_shutdown_hook(ctx);
+            crate::host::shutdown::sync_shutdown_hook(ctx);
         }
         crate::host::cluster::refresh(ctx, st, false);
         if !writes_paused() {

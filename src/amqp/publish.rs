@@ -1,0 +1,146 @@
+//! Publishing one batch in order, and settling it from its confirms.
+
+use super::serve::*;
+use super::*;
+
+pub(super) type PublishFuture =
+    Pin<Box<dyn Future<Output = lapin::Result<lapin::PublisherConfirm>> + Send>>;
+
+/// Where and how the records of a batch are published.
+pub(super) struct Target<'a> {
+    pub(super) exchange: &'a lapin::types::ShortString,
+    pub(super) routing_key: &'a lapin::types::ShortString,
+    pub(super) base: &'a BasicProperties,
+    /// Largest body sent; larger records are rejected.
+    pub(super) limit: usize,
+}
+
+/// What the task that settles a batch reports to and watches.
+pub(super) struct Watch {
+    pub(super) tx: Sender<Outcome>,
+    pub(super) last_error: Arc<Mutex<Option<String>>>,
+    pub(super) pending: Pending,
+    /// Closed when the connection's `serve` returned.
+    pub(super) gone: Receiver<()>,
+}
+
+/// What became of one record of a batch.
+pub(super) enum Sent {
+    /// Its frames are (being) written; the confirm comes later.
+    Write(PublishFuture),
+    /// Never sent: it can never be delivered.
+    Rejected,
+}
+
+/// Splits a record into what the broker accepts, or `None` for a record that
+/// can never be delivered: not a record (a foreign list element), a message
+/// id over 255 bytes (an AMQP short string), or a body over `limit`.
+pub fn deliverable(record: &[u8], limit: usize) -> Option<crate::event::Parts<'_>> {
+    let p = split(record)?;
+    (p.message_id.len() <= 255 && p.body.len() <= limit).then_some(p)
+}
+
+/// Pushes the frames of every record now, in order, then settles the batch in its own task.
+pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch: Watch) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let id = batch.id;
+    let mut sent: Vec<Sent> = Vec::with_capacity(batch.records.len());
+    for (i, record) in batch.records.iter().enumerate() {
+        let Some(p) = deliverable(record, target.limit) else {
+            sent.push(Sent::Rejected);
+            continue;
+        };
+        let props = target
+            .base
+            .clone()
+            .with_message_id(p.message_id.into())
+            .with_timestamp(p.timestamp);
+        let skip = record.len() - p.body.len();
+        let (ch, buf) = (channel.clone(), Arc::clone(&batch.records));
+        let (ex, rk) = (target.exchange.clone(), target.routing_key.clone());
+        let mut fut: PublishFuture = Box::pin(async move {
+            let body = buf.get(i).map_or(&[][..], |r| &r[skip..]);
+            ch.basic_publish(ex, rk, BasicPublishOptions::default(), body, props)
+                .await
+        });
+        // The first poll pushes the frames onto the channel: this fixes the order.
+        if let Poll::Ready(done) = fut.as_mut().poll(&mut cx) {
+            fut = Box::pin(future::ready(done));
+        }
+        sent.push(Sent::Write(fut));
+    }
+    async_global_executor::spawn(async move {
+        let settled = future::or(confirm_all(id, sent), async {
+            let _ = watch.gone.recv().await;
+            Settled {
+                id,
+                acked: 0,
+                nacked: 0,
+                rejected: 0,
+                error: Some("connection lost before the broker confirmed".into()),
+            }
+        })
+        .await;
+        if let Some(e) = &settled.error {
+            if let Ok(mut slot) = watch.last_error.lock() {
+                slot.get_or_insert_with(|| e.clone());
+            }
+        }
+        if let Ok(mut p) = watch.pending.lock() {
+            p.remove(&id);
+        }
+        let _ = watch.tx.send(Outcome::Settled(settled)).await;
+    })
+    .detach();
+}
+
+/// Waits for the writes, then the confirms, of a batch in order. Only an
+/// unbroken run of acks (and rejected records) from the start counts: the
+/// rest is sent again.
+pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
+    let mut settled = Settled {
+        id,
+        acked: 0,
+        nacked: 0,
+        rejected: 0,
+        error: None,
+    };
+    let mut confirms = Vec::with_capacity(sent.len());
+    let mut write_error = None;
+    for s in sent {
+        match s {
+            Sent::Rejected => confirms.push(None),
+            Sent::Write(w) => match w.await {
+                Ok(c) => confirms.push(Some(c)),
+                Err(e) => {
+                    write_error = Some(e.to_string());
+                    break;
+                }
+            },
+        }
+    }
+    // The confirms of what was written carry the broker's reason (a channel close).
+    for c in confirms {
+        let Some(c) = c else {
+            settled.acked += 1;
+            settled.rejected += 1;
+            continue;
+        };
+        match c.await {
+            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
+            Ok(Confirmation::Nack(_)) => {
+                settled.nacked += 1;
+                settled.error = Some("nacked by the broker".into());
+                break;
+            }
+            Err(e) => {
+                settled.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    if settled.error.is_none() {
+        settled.error = write_error;
+    }
+    settled
+}

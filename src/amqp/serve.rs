@@ -1,0 +1,242 @@
+//! The supervisor task: connect, serve one connection, reconnect with
+//! backoff; and the per-connection loop that hands batches to `publish`.
+
+use super::publish::*;
+use super::*;
+
+pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
+    lower_priority();
+    let mut target: Option<AmqpSettings> = None;
+    // The broker's max_message_size, once a publish ran into it.
+    let broker_max = Arc::new(AtomicUsize::new(usize::MAX));
+    let mut attempt = 0u32;
+    let mut generation = 0u64;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9e37_79b9)
+        | 1;
+    loop {
+        let Some(settings) = target.clone() else {
+            match rx.recv().await {
+                Err(_) => return,
+                Ok(Request::Connect(s)) => target = Some(s),
+                Ok(Request::Disconnect) => {
+                    let _ = tx.send(Outcome::Closed).await;
+                }
+                Ok(Request::Publish(b)) => {
+                    let _ = tx.send(fail_batch(b, "not connected")).await;
+                }
+            }
+            continue;
+        };
+        let (error, confirm_timeout) = match open(&settings).await {
+            Ok((conn, channel)) => {
+                attempt = 0;
+                generation += 1;
+                let _ = tx.send(Outcome::Connected { generation }).await;
+                let next = serve(
+                    &conn,
+                    &channel,
+                    generation,
+                    &rx,
+                    &tx,
+                    &settings,
+                    &broker_max,
+                )
+                .await;
+                if !matches!(next, Next::Lost(_)) {
+                    // Bounded: a stalled broker must not keep us from the next request.
+                    let _ = future::or(
+                        async {
+                            let _ = conn.close(200, "bye".into()).await;
+                        },
+                        sleep_ms(2000),
+                    )
+                    .await;
+                }
+                match next {
+                    Next::Stop => return,
+                    Next::Disconnect => {
+                        target = None;
+                        let _ = tx.send(Outcome::Closed).await;
+                        continue;
+                    }
+                    Next::Reconnect(s) => {
+                        target = Some(s);
+                        continue;
+                    }
+                    Next::Lost(e) => (e, false),
+                    Next::ConfirmTimeout(e) => (e, true),
+                }
+            }
+            Err(e) => (e.to_string(), false),
+        };
+        let delay = backoff_ms(
+            attempt,
+            crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
+            &mut seed,
+        );
+        attempt = attempt.saturating_add(1);
+        let _ = tx
+            .send(Outcome::Down {
+                error,
+                retry_in_ms: delay,
+                confirm_timeout,
+            })
+            .await;
+        // Wait out the delay, answering requests meanwhile.
+        let deadline = std::time::Instant::now() + Duration::from_millis(delay);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let req = future::or(async { Some(rx.recv().await) }, async {
+                async_io::Timer::after(left).await;
+                None
+            })
+            .await;
+            match req {
+                None => break,
+                Some(Err(_)) => return,
+                Some(Ok(Request::Publish(b))) => {
+                    let _ = tx.send(fail_batch(b, "not connected")).await;
+                }
+                Some(Ok(Request::Disconnect)) => {
+                    target = None;
+                    let _ = tx.send(Outcome::Closed).await;
+                    break;
+                }
+                Some(Ok(Request::Connect(s))) => {
+                    target = Some(s);
+                    attempt = 0;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+pub(super) enum Wake {
+    Req(Result<Request, async_channel::RecvError>),
+    Conn(Option<Event>),
+    Check,
+}
+
+/// How often [`serve`] looks at the age of the oldest unconfirmed batch.
+pub(super) const CONFIRM_CHECK: Duration = Duration::from_millis(250);
+
+/// Batches published on one connection and not settled, with when they went out.
+pub(super) type Pending = Arc<Mutex<std::collections::BTreeMap<u64, std::time::Instant>>>;
+
+/// The text RabbitMQ closes a channel with when a message is over `max_message_size`.
+pub(super) fn broker_size_limit(error: &str) -> Option<usize> {
+    let rest = error.split("larger than configured max size ").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+pub(super) async fn serve(
+    conn: &Connection,
+    channel: &Channel,
+    generation: u64,
+    rx: &Receiver<Request>,
+    tx: &Sender<Outcome>,
+    settings: &AmqpSettings,
+    broker_max: &Arc<AtomicUsize>,
+) -> Next {
+    let mut events = conn.events_listener();
+    let pending: Pending = Arc::default();
+    // Dropped when this function returns: batch tasks still waiting for
+    // confirms of this connection then give up and report what they have.
+    let (_alive, gone) = async_channel::bounded::<()>(1);
+    // The first failure a batch saw on this connection, to explain a channel close.
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let exchange: lapin::types::ShortString = settings.exchange.as_str().into();
+    let routing_key: lapin::types::ShortString = settings.routing_key.as_str().into();
+    let base = BasicProperties::default()
+        .with_content_type("text/plain".into())
+        .with_delivery_mode(settings.delivery_mode);
+    loop {
+        let wake = future::or(
+            future::or(async { Wake::Req(rx.recv().await) }, async {
+                Wake::Conn(events.next().await)
+            }),
+            async {
+                async_io::Timer::after(CONFIRM_CHECK).await;
+                Wake::Check
+            },
+        )
+        .await;
+        match wake {
+            Wake::Check => {
+                let limit =
+                    Duration::from_millis(crate::config::CONFIRM_TIMEOUT_MS.get().unsigned_abs());
+                let oldest = pending.lock().ok().and_then(|p| p.values().min().copied());
+                if oldest.is_some_and(|t| t.elapsed() > limit) {
+                    return Next::ConfirmTimeout(format!(
+                        "no confirm from the broker for {} ms; connection recycled",
+                        limit.as_millis()
+                    ));
+                }
+            }
+            Wake::Req(Err(_)) => return Next::Stop,
+            Wake::Req(Ok(Request::Disconnect)) => return Next::Disconnect,
+            Wake::Req(Ok(Request::Connect(s))) => {
+                if &s != settings || !conn.status().connected() {
+                    return Next::Reconnect(s);
+                }
+                let _ = tx.send(Outcome::Connected { generation }).await;
+            }
+            Wake::Req(Ok(Request::Publish(batch))) => {
+                if batch.generation != generation {
+                    let _ = tx.send(fail_batch(batch, "stale connection")).await;
+                    continue;
+                }
+                if !conn.status().connected() || !channel.status().connected() {
+                    let why = match last_error.lock().ok().and_then(|e| e.clone()) {
+                        Some(e) => format!("channel closed by the broker: {e}"),
+                        None => "channel closed by the broker".to_string(),
+                    };
+                    if let Some(max) = broker_size_limit(&why) {
+                        broker_max.store(max, Ordering::Relaxed);
+                    }
+                    let _ = tx.send(fail_batch(batch, &why)).await;
+                    return Next::Lost(why);
+                }
+                if let Ok(mut p) = pending.lock() {
+                    p.insert(batch.id, std::time::Instant::now());
+                }
+                let limit = crate::config::MAX_RECORD_BYTES
+                    .get_usize()
+                    .min(broker_max.load(Ordering::Relaxed));
+                publish(
+                    channel,
+                    batch,
+                    Target {
+                        exchange: &exchange,
+                        routing_key: &routing_key,
+                        base: &base,
+                        limit,
+                    },
+                    Watch {
+                        tx: tx.clone(),
+                        last_error: Arc::clone(&last_error),
+                        pending: Arc::clone(&pending),
+                        gone: gone.clone(),
+                    },
+                );
+            }
+            Wake::Conn(None) => return Next::Lost("connection closed".into()),
+            Wake::Conn(Some(Event::Error(e))) => return Next::Lost(e.to_string()),
+            Wake::Conn(Some(Event::ConnectionBlocked(_))) => {
+                let _ = tx.send(Outcome::Blocked(true)).await;
+            }
+            Wake::Conn(Some(Event::ConnectionUnblocked)) => {
+                let _ = tx.send(Outcome::Blocked(false)).await;
+            }
+            Wake::Conn(Some(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Handing batches to the broker: the list first while it holds anything,
+//! the queue otherwise, up to the in-flight window.
+
+use super::{Broker, Engine, InFlight, Limits, Storage, SYNC_BUSY, SYNC_IDLE};
+use crate::amqp::{Batch, Request};
+use crate::queue::Records;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Engine {
+    pub(super) fn sync_when_due(&mut self, store: &mut dyn Storage, now: Instant) {
+        let every = if self.list.len > 0 {
+            SYNC_BUSY
+        } else {
+            SYNC_IDLE
+        };
+        let due = self
+            .list
+            .synced_at
+            .is_none_or(|t| now.duration_since(t) >= every);
+        if store.usable() && due {
+            self.list.synced_at = Some(now);
+            match self.list.sync(store) {
+                Ok(lost) => self.count_lost(lost),
+                Err(e) => self.set_error(format!("fallback read: {e}")),
+            }
+        }
+    }
+
+    /// Hands batches over up to the window: the list first while it holds
+    /// anything (newer events queue behind it there), else the queue.
+    pub(super) fn forward(
+        &mut self,
+        store: &mut dyn Storage,
+        broker: &mut dyn Broker,
+        limits: &Limits,
+    ) {
+        let window = limits.window;
+        let batch = limits.batch.max(1);
+        if self.list.len > 0 || self.list_in_flight() {
+            self.spill(store);
+            // Read the length before reading at an offset: a client may have
+            // pushed or popped since the last look, which moves the head.
+            if self.list.unread() > 0 {
+                match self.list.sync(store) {
+                    Ok(lost) => self.count_lost(lost),
+                    Err(e) => {
+                        self.set_error(format!("fallback read: {e}"));
+                        return;
+                    }
+                }
+            }
+            // Confirmed records not yet trimmed (writes paused) count against
+            // the window: a failover then resends at most one window.
+            while self.inflight_events + self.list.acked < window && self.list.unread() > 0 {
+                let n = batch.min(window - self.inflight_events - self.list.acked);
+                match self.list.read(store, n) {
+                    Ok(records) if !records.is_empty() => self.send(broker, records, true),
+                    Ok(_) => break,
+                    Err(e) => {
+                        self.set_error(format!("fallback read: {e}"));
+                        break;
+                    }
+                }
+            }
+        } else {
+            while self.inflight_events < window {
+                let Some(records) = self.queue.take_chunk() else {
+                    break;
+                };
+                self.send(broker, records, false);
+            }
+        }
+    }
+
+    pub(super) fn send(&mut self, broker: &mut dyn Broker, records: Records, from_list: bool) {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let count = records.len();
+        let records = Arc::new(records);
+        self.inflight_events += count;
+        self.stats.published += count as u64;
+        self.inflight.push_back(InFlight {
+            id,
+            from_list,
+            epoch: self.list.epoch,
+            count,
+            records: (!from_list).then(|| Arc::clone(&records)),
+            stored: false,
+            settled: None,
+        });
+        broker.send(Request::Publish(Batch {
+            id,
+            generation: self.generation,
+            records,
+        }));
+    }
+
+    /// True while events arrive faster than `burst-rate` and the queue still
+    /// has room: forwarding then waits, so that the AMQP threads and the
+    /// broker do not take CPU from Redis in the middle of a burst.
+    pub(super) fn in_burst(&mut self, now: Instant, limits: &Limits) -> bool {
+        let (at, accepted) = self.rate_mark;
+        let elapsed = now.duration_since(at);
+        if elapsed < Duration::from_millis(1) {
+            return false;
+        }
+        let rate = (self.stats.accepted - accepted) as f64 / elapsed.as_secs_f64();
+        self.rate_mark = (now, self.stats.accepted);
+        let room = self.queue.len() < limits.queue_max_events / 2
+            && self.queue.bytes() < limits.queue_max_bytes / 2;
+        limits.burst_rate > 0 && rate > limits.burst_rate as f64 && room
+    }
+}

@@ -1,0 +1,103 @@
+//! Writing to the fallback list: spills, returns, the cap, and what is held
+//! in memory before SHUTDOWN. Every write is refused while writes are paused.
+
+use super::{At, Broker, Drop, Engine, Storage};
+use crate::queue::Records;
+
+impl Engine {
+    /// Appends records at the tail of the list (adoption of a moved
+    /// backlog), or drops and counts them by the rules.
+    pub fn store_tail(&mut self, store: &mut dyn Storage, records: Records) {
+        self.store(store, records, At::Tail);
+    }
+
+    /// Writes records to the list, or drops and counts them by the rules.
+    pub(super) fn store(&mut self, store: &mut dyn Storage, records: Records, at: At) {
+        if records.is_empty() {
+            return;
+        }
+        let n = records.len() as u64;
+        if self.settings.fallback_size < 0 {
+            self.stats.drop(Drop::Disabled, n);
+            return;
+        }
+        if !self.master || !store.usable() || store.writes_paused() {
+            self.stats.drop(Drop::Unwritable, n);
+            return;
+        }
+        let written = match at {
+            At::Tail => store.append(&records),
+            At::Head => store.prepend(&records),
+        };
+        match written {
+            Ok(len) => {
+                // A prepend moves the head; a length other than expected means
+                // the list changed behind our back since it was last read.
+                let expected = self.list.len + n;
+                if matches!(at, At::Head) || len != expected {
+                    self.list.reset_head();
+                }
+                self.count_lost(expected.saturating_sub(len));
+                self.list.len = len;
+                self.stats.stored += n;
+            }
+            Err(e) => {
+                self.stats.drop(Drop::Unwritable, n);
+                self.set_error(format!("fallback write: {e}"));
+                // A slot may have moved: the host looks again.
+                self.want_slot_refresh = true;
+                return;
+            }
+        }
+        let cap = u64::try_from(self.settings.fallback_size).unwrap_or(0);
+        if cap > 0 && self.list.len > cap {
+            let excess = self.list.len - cap;
+            match store.trim_front(excess) {
+                Ok(()) => {
+                    self.list.len = cap;
+                    self.list.reset_head();
+                    self.stats.drop(Drop::Cap, excess);
+                }
+                Err(e) => self.set_error(format!("fallback cap: {e}")),
+            }
+        }
+    }
+
+    /// Moves the whole in-memory queue to the tail of the list. While writes
+    /// are paused it holds (the callback drops beyond the hard limit).
+    pub fn spill(&mut self, store: &mut dyn Storage) {
+        if self.queue.is_empty() {
+            return;
+        }
+        if store.writes_paused() && self.settings.fallback_size >= 0 {
+            return;
+        }
+        for records in self.queue.take_all() {
+            self.store(store, records, At::Tail);
+        }
+    }
+
+    /// Writes everything held only in memory to the list (before SHUTDOWN).
+    pub fn persist_memory(&mut self, store: &mut dyn Storage, broker: &mut dyn Broker) {
+        if !self.master || self.loading || store.writes_paused() {
+            return;
+        }
+        self.collect(broker);
+        self.settle(store);
+        let mut older = std::mem::take(&mut self.returns);
+        for b in self
+            .inflight
+            .iter_mut()
+            .filter(|b| !b.from_list && !b.stored)
+        {
+            b.stored = true;
+            if let Some(records) = &b.records {
+                older.extend(records.iter());
+            }
+        }
+        self.store(store, older, At::Head);
+        for records in self.queue.take_all() {
+            self.store(store, records, At::Tail);
+        }
+    }
+}
