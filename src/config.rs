@@ -26,13 +26,16 @@ pub enum ConfigError {
     /// Key masks beyond the limits.
     #[error("invalid keymask: {0}")]
     Mask(#[from] MaskError),
-    /// A command that needs arguments got none.
+    /// A command got the wrong number of arguments.
     #[error("wrong number of arguments")]
     Arity,
+    /// Not one of the module's commands.
+    #[error("unknown command '{0}'")]
+    UnknownCommand(String),
 }
 
 /// Connection settings for the broker.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AmqpSettings {
     /// Broker host.
     pub host: String,
@@ -40,8 +43,8 @@ pub struct AmqpSettings {
     pub port: u16,
     /// User name.
     pub user: String,
-    /// Password (never logged).
-    pub password: String,
+    /// Password (never shown).
+    pub password: Secret,
     /// Heartbeat in seconds (0 turns heartbeats off).
     pub heartbeat: u16,
     /// Exchange to publish to.
@@ -52,18 +55,31 @@ pub struct AmqpSettings {
     pub delivery_mode: u8,
 }
 
-impl std::fmt::Debug for AmqpSettings {
+/// A password: shown as `***` by `Debug` and `Display`, everywhere.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The password itself, for the one place that needs it (the AMQP URI).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &"***")
-            .field("heartbeat", &self.heartbeat)
-            .field("exchange", &self.exchange)
-            .field("routing_key", &self.routing_key)
-            .field("delivery_mode", &self.delivery_mode)
-            .finish()
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -73,7 +89,7 @@ impl Default for AmqpSettings {
             host: "127.0.0.1".into(),
             port: 5672,
             user: "guest".into(),
-            password: "guest".into(),
+            password: Secret::new("guest"),
             heartbeat: 30,
             exchange: "amq.direct".into(),
             routing_key: "redis_keyspace_events".into(),
@@ -176,7 +192,7 @@ impl Settings {
                     })?;
                 }
                 2 => s.amqp.user = text("user", v, TEXT_MAX)?,
-                3 => s.amqp.password = text("password", v, TEXT_MAX)?,
+                3 => s.amqp.password = Secret::new(text("password", v, TEXT_MAX)?),
                 4 => s.amqp.heartbeat = number("heartbeat", v, "must be 0..65535 seconds")?,
                 5 => s.amqp.exchange = text("exchange", v, TEXT_MAX)?,
                 6 => s.amqp.routing_key = text("routing_key", v, TEXT_MAX)?,
@@ -324,7 +340,8 @@ mod tests {
         let (t, s) = Settings::from_load_args(&args).unwrap();
         assert_eq!(t.to_string(), "xe");
         assert_eq!(s.amqp.user, "user");
-        assert_eq!(s.amqp.password, "pass");
+        assert_eq!(s.amqp.password.expose(), "pass");
+        assert!(format!("{:?}", s.amqp).contains("password: ***"));
         assert_eq!(s.amqp.heartbeat, 20);
         assert_eq!(s.amqp.exchange, "exchange_name");
         assert_eq!(s.amqp.delivery_mode, 2);

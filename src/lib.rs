@@ -8,6 +8,7 @@
 
 pub mod amqp;
 pub mod bus;
+pub mod command;
 pub mod config;
 pub mod engine;
 pub mod event;

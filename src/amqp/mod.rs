@@ -144,7 +144,7 @@ fn uri(s: &AmqpSettings) -> AMQPUri {
         authority: AMQPAuthority {
             userinfo: AMQPUserInfo {
                 username: s.user.clone(),
-                password: s.password.clone(),
+                password: s.password.expose().to_string(),
             },
             host: s.host.clone(),
             port: s.port,
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn uri_carries_heartbeat_and_credentials() {
         let s = AmqpSettings {
-            password: "p@ss:/word".into(),
+            password: crate::config::Secret::new("p@ss:/word"),
             heartbeat: 7,
             ..AmqpSettings::default()
         };

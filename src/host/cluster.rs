@@ -4,7 +4,8 @@
 //! 9 bytes long, so it shares module id 0 with others: every payload starts
 //! with a magic header and a version, and uses an unusual type byte.
 
-use crate::bus::{decode, encode, loggable, MSG_TYPE};
+use crate::bus::MSG_TYPE;
+use crate::command::Command;
 use crate::host::commands;
 use crate::host::list::{read_opts, write_opts};
 use crate::host::{guard, state, timer};
@@ -14,11 +15,11 @@ use redis_module::{raw, CallReply, CallResult, Context};
 use std::os::raw::{c_char, c_uchar, c_void};
 
 /// Sends a command to every other node (cluster mode only).
-pub fn broadcast(ctx: &Context, name: &str, args: &[&[u8]]) {
+pub fn broadcast(ctx: &Context, cmd: &Command) {
     if !state::with(|st| st.cluster).unwrap_or(false) {
         return;
     }
-    let Some(payload) = encode(name, args) else {
+    let Some(payload) = cmd.encode() else {
         return;
     };
     let Ok(len) = u32::try_from(payload.len()) else {
@@ -51,7 +52,7 @@ extern "C" fn on_message(
         }
         // SAFETY: Redis passes `len` readable bytes.
         let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
-        let Some((name, args)) = decode(bytes) else {
+        let Some(cmd) = Command::decode(bytes) else {
             return;
         };
         let ctx = Context::new(ctx);
@@ -63,12 +64,16 @@ extern "C" fn on_message(
             let id = unsafe { std::slice::from_raw_parts(sender.cast::<u8>(), 40) };
             String::from_utf8_lossy(id).into_owned()
         };
-        crate::host::log::notice(&format!(
-            "key_evt_amqp: applying broadcast {name} {} from node {from}",
-            loggable(name, &args)
-        ));
-        if let Err(e) = commands::apply(&ctx, name, &args) {
-            crate::host::log::warning(&format!("key_evt_amqp: broadcast {name} refused: {e}"));
+        let applied = cmd.map_err(|e| format!("ERR {e}")).and_then(|cmd| {
+            crate::host::log::notice(&format!(
+                "key_evt_amqp: applying broadcast {cmd} from node {from}"
+            ));
+            commands::apply(&ctx, &cmd)
+        });
+        if let Err(e) = applied {
+            crate::host::log::warning(&format!(
+                "key_evt_amqp: broadcast from node {from} refused: {e}"
+            ));
         }
     });
 }

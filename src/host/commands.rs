@@ -1,10 +1,10 @@
-//! The module commands. Each one validates everything first and changes
-//! nothing on error; in cluster mode it is then broadcast to every node.
+//! The module commands' entry point. Each command is parsed into a
+//! [`Command`], validated completely before anything changes, applied, and
+//! in cluster mode broadcast to every node.
 
-use crate::config::{parse_fallback_size, ConfigError};
+use crate::command::{Command, LinkAction};
 use crate::host::state::{Link, State};
 use crate::host::{cluster, guard, state, timer};
-use crate::keymask::KeyMasks;
 use redis_module::{
     CallOptionsBuilder, CallReply, CallResult, Context, RedisError, RedisResult, RedisString,
     RedisValue,
@@ -14,81 +14,25 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("ERR {e}")
 }
 
-/// Applies a command to this node's state. `args` excludes the command name.
-pub fn apply(ctx: &Context, name: &str, args: &[&[u8]]) -> Result<(), String> {
-    let arity = |ok: bool| {
-        if ok {
-            Ok(())
-        } else {
-            Err(err(ConfigError::Arity))
-        }
-    };
-    match name {
-        "config_set" | "connect" => {
-            if name == "config_set" {
-                arity(!args.is_empty())?;
-            }
-            with_state(|st| {
-                let new = st.engine.settings.with_args(args).map_err(err)?;
-                let amqp_changed = new.amqp != st.engine.settings.amqp;
-                st.engine.settings = new;
-                if name == "connect" {
-                    if st.engine.master {
-                        timer::request_connect(st);
-                    } else {
-                        // A replica connects when promoted.
-                        st.engine.link = Link::Idle;
-                    }
-                } else if amqp_changed && st.engine.master && st.engine.link.active() {
+/// Applies a command to this node's state; changes nothing on error.
+pub fn apply(ctx: &Context, cmd: &Command) -> Result<(), String> {
+    with_state(|st| {
+        let (settings, action) = cmd.apply(&st.engine.settings).map_err(err)?;
+        st.engine.settings = settings;
+        match action {
+            LinkAction::Keep => {}
+            LinkAction::Connect if st.engine.master => timer::request_connect(st),
+            // A replica connects when promoted.
+            LinkAction::Connect => st.engine.link = Link::Idle,
+            LinkAction::Reconnect => {
+                if st.engine.master && st.engine.link.active() {
                     timer::request_connect(st);
                 }
-                Ok(())
-            })
+            }
+            LinkAction::Disconnect => timer::request_disconnect(st),
         }
-        "disconnect" => {
-            arity(args.is_empty())?;
-            with_state(|st| {
-                timer::request_disconnect(st);
-                Ok(())
-            })
-        }
-        "fallback_storage_size_set" => {
-            arity(args.len() == 1)?;
-            let size = parse_fallback_size(args[0]).map_err(err)?;
-            with_state(|st| {
-                st.engine.settings.fallback_size = size;
-                Ok(())
-            })
-        }
-        "keymask_clean" => {
-            arity(args.is_empty())?;
-            with_state(|st| {
-                st.engine.settings.masks = Default::default();
-                Ok(())
-            })
-        }
-        "keymask_add" | "keymask_set" => {
-            arity(!args.is_empty())?;
-            with_state(|st| {
-                let base = if name == "keymask_set" {
-                    KeyMasks::None
-                } else {
-                    st.engine.settings.masks.clone()
-                };
-                st.engine.settings.masks = base
-                    .with_added(args)
-                    .map_err(|e| err(ConfigError::from(e)))?;
-                Ok(())
-            })
-        }
-        _ => Err(err(format!("unknown command '{name}'"))),
-    }
-    .inspect(|_| {
-        with_state(|st| {
-            timer::arm(ctx, st);
-            Ok(())
-        })
-        .ok();
+        timer::arm(ctx, st);
+        Ok(())
     })
 }
 
@@ -116,18 +60,30 @@ fn caller_may_administer(ctx: &Context) -> bool {
     )
 }
 
-/// Runs a command from a client: apply here, then tell the other nodes.
-fn run(ctx: &Context, name: &str, args: Vec<RedisString>) -> RedisResult {
+/// Every module command from a client: check the caller, parse, apply
+/// here, then tell the other nodes. One handler for all seven: the name
+/// comes from the command line.
+pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let full = args
+        .first()
+        .map(|a| String::from_utf8_lossy(a.as_slice()).to_lowercase())
+        .unwrap_or_default();
+    let name = full
+        .strip_prefix("key_evt_amqp.")
+        .unwrap_or(&full)
+        .to_string();
     if !caller_may_administer(ctx) {
         return Err(RedisError::String(format!(
-            "NOPERM this user has no permissions to run the 'key_evt_amqp.{name}' command \
-             (it needs the rights of @admin, as CONFIG does)"
+            "NOPERM this user has no permissions to run the 'key_evt_amqp.{}' command \
+             (it needs the rights of @admin, as CONFIG does)",
+            crate::keymask::printable(name.as_bytes())
         )));
     }
-    let out = guard::run(name, || {
+    let out = guard::run("command", || {
         let args: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
-        apply(ctx, name, &args)?;
-        cluster::broadcast(ctx, name, &args);
+        let cmd = Command::parse(&name, &args).map_err(err)?;
+        apply(ctx, &cmd)?;
+        cluster::broadcast(ctx, &cmd);
         Ok::<_, String>(())
     });
     match out {
@@ -135,39 +91,4 @@ fn run(ctx: &Context, name: &str, args: Vec<RedisString>) -> RedisResult {
         Some(Err(e)) => Err(RedisError::String(e)),
         None => Err(RedisError::Str("ERR internal error, see the server log")),
     }
-}
-
-/// `key_evt_amqp.config_set host [port user pass heartbeat exchange routing_key delivery_mode fallback_size keymask...]`
-pub fn config_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    run(ctx, "config_set", args)
-}
-
-/// `key_evt_amqp.connect [same arguments as config_set]`
-pub fn connect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    run(ctx, "connect", args)
-}
-
-/// `key_evt_amqp.disconnect`
-pub fn disconnect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    run(ctx, "disconnect", args)
-}
-
-/// `key_evt_amqp.fallback_storage_size_set N`
-pub fn fallback_storage_size_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    run(ctx, "fallback_storage_size_set", args)
-}
-
-/// `key_evt_amqp.keymask_clean`
-pub fn keymask_clean(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    run(ctx, "keymask_clean", args)
-}
-
-/// `key_evt_amqp.keymask_add MASK...`
-pub fn keymask_add(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    run(ctx, "keymask_add", args)
-}
-
-/// `key_evt_amqp.keymask_set MASK...`
-pub fn keymask_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    run(ctx, "keymask_set", args)
 }

@@ -44,12 +44,12 @@ redis_module! {
     // MONITOR and SLOWLOG. The ACL categories are set where the server has
     // them (Redis 7.2+, Valkey); Redis 7.0 loads without them.
     commands: [
-        ["key_evt_amqp.config_set", commands::config_set, "admin deny-script no-monitor no-slowlog", 0, 0, 0, "", "admin dangerous slow"],
-        ["key_evt_amqp.connect", commands::connect, "admin deny-script no-monitor no-slowlog", 0, 0, 0, "", "admin dangerous slow"],
-        ["key_evt_amqp.disconnect", commands::disconnect, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
-        ["key_evt_amqp.fallback_storage_size_set", commands::fallback_storage_size_set, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
-        ["key_evt_amqp.keymask_clean", commands::keymask_clean, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
-        ["key_evt_amqp.keymask_add", commands::keymask_add, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
-        ["key_evt_amqp.keymask_set", commands::keymask_set, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.config_set", commands::run, "admin deny-script no-monitor no-slowlog", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.connect", commands::run, "admin deny-script no-monitor no-slowlog", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.disconnect", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.fallback_storage_size_set", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_clean", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_add", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.keymask_set", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
     ],
 }
