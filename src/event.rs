@@ -207,19 +207,13 @@ impl Encoder {
 pub fn now_secs() -> u64 {
     #[cfg(target_os = "linux")]
     {
-        #[repr(C)]
-        struct Timespec {
-            sec: i64,
-            nsec: i64,
-        }
-        extern "C" {
-            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-        }
-        const CLOCK_REALTIME_COARSE: i32 = 5;
-        let mut ts = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: valid pointer to a timespec-shaped struct.
-        if unsafe { clock_gettime(CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
-            return u64::try_from(ts.sec).unwrap_or(0);
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid pointer to a timespec.
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
+            return u64::try_from(ts.tv_sec).unwrap_or(0);
         }
     }
     std::time::SystemTime::now()

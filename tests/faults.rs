@@ -109,7 +109,7 @@ fn broker_paused_with_sigstop_redis_keeps_answering() {
     let pid = broker_pid(&node);
     let n = 20_000;
     // SAFETY: plain signal to the broker's VM.
-    unsafe { libc_kill(pid, 19) };
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
     let w = writer(&srv, 1, n, Duration::from_secs(2));
     let mut slowest = Duration::ZERO;
     let mut c = srv.conn();
@@ -122,7 +122,7 @@ fn broker_paused_with_sigstop_redis_keeps_answering() {
     }
     w.join().expect("writer");
     let stored = srv.stat("fallback_len");
-    unsafe { libc_kill(pid, 18) };
+    unsafe { libc::kill(pid, libc::SIGCONT) };
     eprintln!("slowest PING while the broker was paused: {slowest:?}; {stored} events in the fallback list");
     assert!(
         slowest < Duration::from_secs(1),
@@ -130,11 +130,6 @@ fn broker_paused_with_sigstop_redis_keeps_answering() {
     );
     assert!(stored > 0, "the bounded queue must spill to the list");
     finish(&srv, &mut sink, n);
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 #[test]

@@ -203,16 +203,9 @@ const THREAD_NICE: i32 = 10;
 /// Lowers the calling thread's priority; threads it starts (lapin's I/O
 /// loop) inherit it.
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        extern "C" {
-            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
-        }
-        const PRIO_PROCESS: i32 = 0;
-        // SAFETY: plain syscall wrapper; on Linux `who = 0` is the calling thread.
-        unsafe {
-            setpriority(PRIO_PROCESS, 0, THREAD_NICE);
-        }
+    // SAFETY: plain syscall wrapper; on Linux `who = 0` is the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, THREAD_NICE);
     }
 }
 

@@ -11,8 +11,9 @@ use crate::host::list::{read_opts, write_opts};
 use crate::host::{guard, state, timer};
 use crate::queue::Records;
 use crate::slots;
+use redis_module::server_events::ServerRole;
 use redis_module::{raw, CallReply, CallResult, Context};
-use std::os::raw::{c_char, c_uchar, c_void};
+use std::os::raw::{c_char, c_uchar};
 
 /// Sends a command to every other node (cluster mode only).
 pub fn broadcast(ctx: &Context, cmd: &Command) {
@@ -78,16 +79,12 @@ extern "C" fn on_message(
     });
 }
 
-extern "C" fn on_role_changed(
-    ctx: *mut raw::RedisModuleCtx,
-    _eid: raw::RedisModuleEvent,
-    subevent: u64,
-    _data: *mut c_void,
-) {
+/// The server's replication role changed.
+#[redis_module_macros::role_changed_event_handler]
+fn on_role_changed(ctx: &Context, role: ServerRole) {
     guard::run("role change", || {
-        let ctx = Context::new(ctx);
-        let master = subevent == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER;
-        state::with(|st| set_role(&ctx, st, master));
+        let master = role == ServerRole::Primary;
+        state::with(|st| set_role(ctx, st, master));
     });
 }
 
@@ -110,21 +107,15 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
     timer::arm(ctx, st);
 }
 
-/// Subscribes to role changes and, in cluster mode, to module broadcasts.
+/// In cluster mode, receives module broadcasts (the crate has no wrapper).
 pub fn register(ctx: &Context, cluster: bool) {
-    // SAFETY: OnLoad, valid context.
+    if !cluster {
+        return;
+    }
+    // SAFETY: OnLoad, valid context; `on_message` lives as long as the library.
     unsafe {
-        if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
-            let ev = raw::RedisModuleEvent {
-                id: raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
-                dataver: 1,
-            };
-            sub(ctx.ctx, ev, Some(on_role_changed));
-        }
-        if cluster {
-            if let Some(reg) = raw::RedisModule_RegisterClusterMessageReceiver {
-                reg(ctx.ctx, MSG_TYPE, Some(on_message));
-            }
+        if let Some(reg) = raw::RedisModule_RegisterClusterMessageReceiver {
+            reg(ctx.ctx, MSG_TYPE, Some(on_message));
         }
     }
 }

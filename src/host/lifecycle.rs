@@ -10,8 +10,8 @@ use crate::host::{cluster, guard, notify, shutdown, timer};
 use redis_module::configuration::{
     register_i64_configuration, register_string_configuration, ConfigurationFlags,
 };
+use redis_module::server_events::LoadingSubevent;
 use redis_module::{raw, Context, ContextFlags, InfoContext, RedisResult, RedisString, Status};
-use std::os::raw::c_void;
 
 /// Module option that Valkey 9 needs for atomic slot migration.
 const HANDLE_ATOMIC_SLOT_MIGRATION: i32 = 1 << 5;
@@ -130,7 +130,6 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         client: Default::default(),
         timer_fast: false,
         timer: None,
-        hook_checked_at: std::time::Instant::now(),
         cluster: is_cluster,
         slots: Default::default(),
     });
@@ -143,13 +142,6 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     cluster::register(ctx, is_cluster);
     // SAFETY: OnLoad, valid context; these are plain registrations.
     unsafe {
-        if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
-            let ev = raw::RedisModuleEvent {
-                id: raw::REDISMODULE_EVENT_LOADING,
-                dataver: 1,
-            };
-            sub(ctx.ctx, ev, Some(on_loading));
-        }
         if is_valkey_9(ctx) {
             if let Some(set) = raw::RedisModule_SetModuleOptions {
                 set(ctx.ctx, HANDLE_ATOMIC_SLOT_MIGRATION);
@@ -169,22 +161,28 @@ pub fn refuse_unload(_ctx: &Context) -> Status {
     Status::Err
 }
 
-extern "C" fn on_loading(
-    _ctx: *mut raw::RedisModuleCtx,
-    _eid: raw::RedisModuleEvent,
-    subevent: u64,
-    _data: *mut c_void,
-) {
+/// The server starts or ends loading its data: events seen while loading
+/// are not new, and what was loaded may hold a fallback list.
+#[redis_module_macros::loading_event_handler]
+fn on_loading(_ctx: &Context, ev: LoadingSubevent) {
     guard::run("loading event", || {
-        let ended = subevent == raw::REDISMODULE_SUBEVENT_LOADING_ENDED
-            || subevent == raw::REDISMODULE_SUBEVENT_LOADING_FAILED;
+        let ended = matches!(ev, LoadingSubevent::Ended | LoadingSubevent::Failed);
         state::with(|st| {
             st.engine.loading = !ended;
             if ended {
-                // What was loaded may hold a backlog: read its length next tick.
                 st.engine.list.forget();
             }
         });
+    });
+}
+
+/// A config changed: the SHUTDOWN hook follows the persistence settings.
+#[redis_module_macros::config_changed_event_handler]
+fn on_config_changed(ctx: &Context, names: &[&str]) {
+    guard::run("config change", || {
+        if names.iter().any(|n| matches!(*n, "appendonly" | "save")) {
+            shutdown::sync_shutdown_hook(ctx);
+        }
     });
 }
 

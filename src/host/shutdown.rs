@@ -15,7 +15,7 @@ static FILTER: AtomicPtr<raw::RedisModuleCommandFilter> = AtomicPtr::new(std::pt
 /// Keeps the SHUTDOWN hook registered exactly while the server persists its
 /// data (AOF on, or RDB save points): without persistence the list dies with
 /// the process anyway, and the hook would only cost every command a call.
-/// Called at load and about once a second.
+/// Called at load and whenever `appendonly` or `save` change.
 pub fn sync_shutdown_hook(ctx: &Context) {
     let persists = ctx
         .get_flags()

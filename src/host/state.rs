@@ -28,8 +28,6 @@ pub struct State {
     pub timer_fast: bool,
     /// The armed timer, if any.
     pub timer: Option<u64>,
-    /// When the SHUTDOWN hook was last matched to the persistence settings.
-    pub hook_checked_at: std::time::Instant,
     /// This node runs in cluster mode.
     pub cluster: bool,
     /// Cluster only: slot ownership and backlogs found in owned slots.

@@ -9,22 +9,18 @@ use crate::engine::{Limits, Notice};
 use crate::host::guard;
 use crate::host::list::{writes_paused, RedisList};
 use crate::host::state::{self, State};
-use redis_module::{raw, Context};
-use std::os::raw::c_void;
+use redis_module::Context;
 use std::time::{Duration, Instant};
 
 /// Timer period while there is nothing to do.
 const IDLE_INTERVAL_MS: i64 = 100;
-/// How often the SHUTDOWN hook is matched to the persistence settings.
-const HOOK_CHECK: Duration = Duration::from_secs(1);
 
-extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
+fn on_timer(ctx: &Context, _: ()) {
     guard::run("timer", || {
-        let ctx = Context::new(ctx);
         state::with(|st| {
             st.timer = None;
-            tick(&ctx, st);
-            arm(&ctx, st);
+            tick(ctx, st);
+            arm(ctx, st);
         });
     });
 }
@@ -52,12 +48,8 @@ pub fn arm(ctx: &Context, st: &mut State) {
         IDLE_INTERVAL_MS
     };
     st.timer_fast = busy;
-    // SAFETY: called on the main thread with a valid context.
-    let id = unsafe {
-        raw::RedisModule_CreateTimer
-            .map(|f| f(ctx.ctx, period, Some(on_timer), std::ptr::null_mut()))
-    };
-    st.timer = id;
+    let period = Duration::from_millis(period.unsigned_abs());
+    st.timer = Some(ctx.create_timer(period, on_timer, ()));
 }
 
 /// Brings the timer forward after the first event lands in an empty queue.
@@ -69,12 +61,8 @@ pub fn hurry(ctx: &Context, st: &mut State) {
     // Measure the event rate from this first event on, not from an idle tick.
     st.engine.mark_rate(Instant::now());
     if let Some(id) = st.timer.take() {
-        // SAFETY: main thread; the id came from CreateTimer.
-        unsafe {
-            if let Some(stop) = raw::RedisModule_StopTimer {
-                stop(ctx.ctx, id, std::ptr::null_mut());
-            }
-        }
+        // Fails only if the timer already fired; then nothing is armed.
+        let _ = ctx.stop_timer::<()>(id);
     }
     arm(ctx, st);
 }
@@ -111,10 +99,6 @@ pub fn tick(ctx: &Context, st: &mut State) {
     }
     st.chunk = BATCH_SIZE.get_usize().max(1);
     if st.engine.master && !st.engine.loading {
-        if now.duration_since(st.hook_checked_at) >= HOOK_CHECK {
-            st.hook_checked_at = now;
-            crate::host::shutdown::sync_shutdown_hook(ctx);
-        }
         crate::host::cluster::refresh(ctx, st, false);
         if !writes_paused() {
             if let Some(records) = crate::host::cluster::adopt(ctx, st) {
