@@ -123,7 +123,9 @@ impl Default for Settings {
 const TEXT_MAX: usize = 255;
 const TOO_LONG: &str = "too long (255 bytes at most)";
 
-fn text(name: &'static str, v: &[u8], max: usize) -> Result<String, ConfigError> {
+/// A text argument: UTF-8, no NUL, at most [`TEXT_MAX`] bytes (the one
+/// limit [`TOO_LONG`] names).
+fn text(name: &'static str, v: &[u8]) -> Result<String, ConfigError> {
     let invalid = |reason| ConfigError::Invalid {
         name,
         value: if name == "password" {
@@ -137,7 +139,7 @@ fn text(name: &'static str, v: &[u8], max: usize) -> Result<String, ConfigError>
     if s.contains('\0') {
         return Err(invalid("must not contain NUL bytes"));
     }
-    if s.len() > max {
+    if s.len() > TEXT_MAX {
         return Err(invalid(TOO_LONG));
     }
     Ok(s.to_owned())
@@ -172,7 +174,7 @@ impl Settings {
             let v = arg.as_ref();
             match i {
                 0 => {
-                    s.amqp.host = text("host", v, TEXT_MAX)?;
+                    s.amqp.host = text("host", v)?;
                     if s.amqp.host.is_empty() {
                         return Err(ConfigError::Invalid {
                             name: "host",
@@ -191,11 +193,11 @@ impl Settings {
                         }
                     })?;
                 }
-                2 => s.amqp.user = text("user", v, TEXT_MAX)?,
-                3 => s.amqp.password = Secret::new(text("password", v, TEXT_MAX)?),
+                2 => s.amqp.user = text("user", v)?,
+                3 => s.amqp.password = Secret::new(text("password", v)?),
                 4 => s.amqp.heartbeat = number("heartbeat", v, "must be 0..65535 seconds")?,
-                5 => s.amqp.exchange = text("exchange", v, TEXT_MAX)?,
-                6 => s.amqp.routing_key = text("routing_key", v, TEXT_MAX)?,
+                5 => s.amqp.exchange = text("exchange", v)?,
+                6 => s.amqp.routing_key = text("routing_key", v)?,
                 7 => {
                     s.amqp.delivery_mode = match v {
                         b"1" => 1,

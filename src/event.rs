@@ -37,8 +37,14 @@ pub mod flags {
 
 /// An invalid event-type string.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("unknown event type letter '{0}' (use g $ l s h z x e t n m A)")]
-pub struct BadEventType(pub char);
+pub enum BadEventType {
+    /// A letter that names no class.
+    #[error("unknown event type letter '{0}' (use g $ l s h z x e t n m A)")]
+    Unknown(char),
+    /// No letter at all.
+    #[error("no event type given (use one or more of g $ l s h z x e t n m A)")]
+    Empty,
+}
 
 /// The event classes the module subscribes to, fixed at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +68,11 @@ impl EventTypes {
                 b'm' => flags::KEY_MISS,
                 b'n' => flags::NEW,
                 b'A' => flags::ALL,
-                other => return Err(BadEventType(other as char)),
+                other => return Err(BadEventType::Unknown(char::from(other))),
             };
         }
         if mask == 0 {
-            return Err(BadEventType(' '));
+            return Err(BadEventType::Empty);
         }
         Ok(Self(mask))
     }
@@ -258,7 +264,8 @@ mod tests {
         assert_eq!(EventTypes::parse(b"A").unwrap().0, flags::ALL);
         assert_eq!(EventTypes::parse(b"A").unwrap().to_string(), "g$lshzxe");
         assert_eq!(EventTypes::parse(b"tnm").unwrap().to_string(), "tnm");
-        assert_eq!(EventTypes::parse(b"xq"), Err(BadEventType('q')));
+        assert_eq!(EventTypes::parse(b"xq"), Err(BadEventType::Unknown('q')));
+        assert_eq!(EventTypes::parse(b""), Err(BadEventType::Empty));
         assert!(EventTypes::parse(b"").is_err());
     }
 

