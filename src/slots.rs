@@ -33,7 +33,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
 }
 
 /// For every slot, the smallest number whose decimal form hashes to it.
-/// Every node computes the same table, so the backlog key of any slot is known.
+/// Every node computes the same table, so the fallback key of any slot is known.
 pub fn canonical_tags() -> Vec<u32> {
     let mut tags = vec![u32::MAX; SLOTS];
     let mut left = SLOTS;
@@ -49,24 +49,18 @@ pub fn canonical_tags() -> Vec<u32> {
     tags
 }
 
-/// The backlog key for `slot`: `<base>{<tag>}`.
-pub fn backlog_key(base: &str, tags: &[u32], slot: u16) -> String {
+/// The fallback key for `slot`: `<base>{<tag>}`.
+pub fn fallback_key(base: &str, tags: &[u32], slot: u16) -> String {
     format!("{base}{{{}}}", tags[usize::from(slot)])
 }
 
-/// The slots owned by the `myself` line of `CLUSTER NODES`, sorted.
-pub fn owned_slots(cluster_nodes: &str) -> Vec<u16> {
-    let Some(line) = cluster_nodes.lines().find(|l| {
-        l.split(' ')
-            .nth(2)
-            .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
-    }) else {
-        return Vec::new();
-    };
+/// The slots one `CLUSTER NODES` line gives its node, sorted; slots being
+/// migrated or imported (`[...]`) are not counted.
+pub fn line_slots(line: &str) -> Vec<u16> {
     let mut out = Vec::new();
     for field in line.split(' ').skip(8) {
         if field.starts_with('[') {
-            continue; // a slot being migrated or imported: not ours yet
+            continue;
         }
         let (a, b) = field.split_once('-').unwrap_or((field, field));
         if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
@@ -76,6 +70,19 @@ pub fn owned_slots(cluster_nodes: &str) -> Vec<u16> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// The slots owned by the `myself` line of `CLUSTER NODES`, sorted.
+pub fn owned_slots(cluster_nodes: &str) -> Vec<u16> {
+    cluster_nodes
+        .lines()
+        .find(|l| {
+            l.split(' ')
+                .nth(2)
+                .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+        })
+        .map(line_slots)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -95,7 +102,7 @@ mod tests {
     fn every_slot_has_a_tag() {
         let tags = canonical_tags();
         for (slot, tag) in tags.iter().enumerate().step_by(97) {
-            let key = backlog_key("key_evt_amqp:fallback", &tags, slot as u16);
+            let key = fallback_key("key_evt_amqp:fallback", &tags, slot as u16);
             assert_eq!(
                 usize::from(key_slot(key.as_bytes())),
                 slot,

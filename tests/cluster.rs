@@ -4,8 +4,10 @@
 mod common;
 
 use common::amqp::Sink;
-use common::cluster::{text, Cluster};
-use common::server::{module_args, Kind, Server};
+use common::args::ModuleArgs;
+use common::cluster::text;
+use common::server::Kind;
+use common::topology::Topology;
 use common::{amqp_port, free_port, wait_for};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,14 +28,12 @@ fn counts(sink: &Sink) -> HashMap<String, usize> {
 }
 
 fn cluster_args(sink: &Sink, port: u16) -> Vec<String> {
-    let mut a = module_args("$", port, &sink.exchange, &sink.routing_key, &["ALL"]);
-    a[5] = "2".into();
-    a
+    ModuleArgs::new(sink).port(port).heartbeat(2).build()
 }
 
 fn basic(kind: Kind) {
     let mut sink = Sink::new(amqp_port());
-    let c = Cluster::start(kind, 3, &cluster_args(&sink, sink.port));
+    let c = Topology::cluster(kind, 3, &cluster_args(&sink, sink.port));
     let written = c.set_keys(&keys("k", 3000));
     assert_eq!(written.len(), 3000);
     sink.expect_at_least(3000, T);
@@ -84,7 +84,7 @@ fn each_set_is_forwarded_once_on_valkey() {
 #[test]
 fn commands_are_broadcast_to_every_node() {
     let sink = Sink::new(amqp_port());
-    let c = Cluster::start(Kind::Redis, 3, &cluster_args(&sink, sink.port));
+    let c = Topology::cluster(Kind::Redis, 3, &cluster_args(&sink, sink.port));
     c.nodes[0]
         .cmd(&["key_evt_amqp.keymask_set", "^user:", "bin\x00ary"])
         .unwrap();
@@ -140,7 +140,7 @@ fn commands_are_broadcast_to_every_node() {
 #[test]
 fn manual_failover_under_write_load_delivers_everything() {
     let mut sink = Sink::new(amqp_port());
-    let c = Cluster::start(Kind::Redis, 3, &cluster_args(&sink, sink.port));
+    let c = Topology::cluster(Kind::Redis, 3, &cluster_args(&sink, sink.port));
     let m = c.masters()[0];
     let r = c.replica_of(m);
     let first = c.set_keys(&keys("a", 2000));
@@ -175,7 +175,7 @@ fn manual_failover_under_write_load_delivers_everything() {
 #[test]
 fn master_killed_then_automatic_failover_loses_at_most_the_window() {
     let mut sink = Sink::new(amqp_port());
-    let mut c = Cluster::start(Kind::Redis, 3, &cluster_args(&sink, sink.port));
+    let mut c = Topology::cluster(Kind::Redis, 3, &cluster_args(&sink, sink.port));
     let m = c.masters()[0];
     let r = c.replica_of(m);
     let first = c.set_keys(&keys("a", 3000));
@@ -219,7 +219,7 @@ fn master_killed_then_automatic_failover_loses_at_most_the_window() {
 fn resharding_moves_the_backlog_and_it_is_delivered() {
     let mut sink = Sink::new(amqp_port());
     // The broker is "down" for the cluster: the module points at a closed port.
-    let c = Cluster::start(Kind::Redis, 3, &cluster_args(&sink, free_port()));
+    let c = Topology::cluster(Kind::Redis, 3, &cluster_args(&sink, free_port()));
     let written = c.set_keys(&keys("k", 1500));
     let masters = c.masters();
     let (a, b) = (masters[0], masters[1]);
@@ -258,7 +258,7 @@ fn resharding_moves_the_backlog_and_it_is_delivered() {
     }
     eprintln!("moved slot {slot} holding {stored_a} events of '{key}' from node {a} to node {b}");
     wait_for("b adopts the backlog", T, || {
-        c.nodes[b].stat("backlogs_found") == 0 && c.nodes[b].stat("fallback_len") > 0
+        c.nodes[b].stat("fallback_lists_found") == 0 && c.nodes[b].stat("fallback_len") > 0
     });
     wait_for("a moves its backlog key to a slot it still owns", T, || {
         c.nodes[a].field("fallback_key") != key
@@ -283,15 +283,7 @@ fn resharding_moves_the_backlog_and_it_is_delivered() {
 fn master_replica_without_cluster_follows_the_role() {
     let mut sink = Sink::new(amqp_port());
     let args = cluster_args(&sink, sink.port);
-    let a = Server::start(Kind::Redis, &args, &[]);
-    let b = Server::start(
-        Kind::Redis,
-        &args,
-        &[("replicaof", &format!("127.0.0.1 {}", a.port))],
-    );
-    wait_for("replica linked", T, || {
-        text(&b, &["INFO", "replication"]).contains("master_link_status:up")
-    });
+    let (a, b) = Topology::replicated(Kind::Redis, &args, &[]);
     a.set_keys(&keys("a", 100));
     sink.expect_at_least(100, T);
     assert_eq!(b.field("role"), "replica");

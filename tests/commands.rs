@@ -3,7 +3,8 @@
 mod common;
 
 use common::amqp::{check_sequence, Sink};
-use common::server::{module_args, module_path, Kind, Server};
+use common::args::ModuleArgs;
+use common::server::{module_path, Kind, Server};
 use common::{amqp_port, wait_for};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ const T: Duration = Duration::from_secs(30);
 fn start(kind: Kind, sink: &Sink, masks: &[&str]) -> Server {
     Server::start(
         kind,
-        &module_args("$g", sink.port, &sink.exchange, &sink.routing_key, masks),
+        &ModuleArgs::new(sink).types("$g").masks(masks).build(),
         &[],
     )
 }

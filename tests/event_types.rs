@@ -3,7 +3,8 @@
 mod common;
 
 use common::amqp::Sink;
-use common::server::{module_args, Kind, Server};
+use common::args::ModuleArgs;
+use common::server::{Kind, Server};
 use common::{amqp_port, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -63,17 +64,7 @@ fn provoke(srv: &Server) {
 
 fn events_for(kind: Kind, types: &str) -> BTreeSet<String> {
     let mut sink = Sink::new(amqp_port());
-    let srv = Server::start(
-        kind,
-        &module_args(
-            types,
-            sink.port,
-            &sink.exchange,
-            &sink.routing_key,
-            &["ALL"],
-        ),
-        &[],
-    );
+    let srv = Server::start(kind, &ModuleArgs::new(&sink).types(types).build(), &[]);
     provoke(&srv);
     wait_for("all confirmed", T, || {
         let i = srv.info();

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::args::ModuleArgs;
+
 use common::amqp::{check_sequence, Sink};
 use common::proxy::Proxy;
 use common::server::{Kind, Server};
@@ -13,12 +15,13 @@ const T: Duration = Duration::from_secs(60);
 const KEY: &str = "key_evt_amqp:fallback";
 
 fn args(port: u16, sink: &Sink, cap: &str) -> Vec<String> {
-    let mut a = vec!["$".to_string()];
-    a.extend(sink.args(2));
-    a[2] = port.to_string();
-    a[5] = "1".into();
-    a.extend([cap.to_string(), "^k".to_string()]);
-    a
+    ModuleArgs::new(sink)
+        .port(port)
+        .heartbeat(1)
+        .delivery_mode(2)
+        .fallback_size(cap)
+        .masks(&["^k"])
+        .build()
 }
 
 fn keys(from: usize, to: usize) -> Vec<String> {
@@ -110,10 +113,12 @@ fn fallback_key_vanishing_is_counted_as_lost() {
 #[test]
 fn events_about_the_fallback_key_are_never_forwarded() {
     let mut sink = Sink::new(amqp_port());
-    let mut a = args(amqp_port(), &sink, "0");
-    a[0] = "A".into();
-    *a.last_mut().unwrap() = "ALL".into();
-    let srv = Server::start(Kind::Redis, &a, &[]);
+    let a = ModuleArgs::new(&sink)
+        .types("A")
+        .heartbeat(1)
+        .delivery_mode(2)
+        .fallback_size("0");
+    let srv = Server::start(Kind::Redis, &a.build(), &[]);
     srv.cmd(&["key_evt_amqp.disconnect"]).unwrap();
     srv.set_keys(&keys(0, 10));
     wait_for("stored", T, || srv.stat("fallback_len") == 10);
@@ -133,14 +138,8 @@ fn backlog_survives_a_restart_with_aof() {
         srv.set_keys(&keys(0, 300));
         wait_for("stored", T, || srv.stat("fallback_len") == 300);
         srv.kill();
-        // Same arguments: the broker port was wrong, so restart pointing at the real one.
-        srv = {
-            let dir = srv.dir.clone();
-            std::mem::forget(srv);
-            let mut a = args(sink.port, &sink, "0");
-            a[2] = sink.port.to_string();
-            Server::start_in(kind, &a, &aof, dir)
-        };
+        // The broker port was wrong: restart on the same data, pointing at the real one.
+        srv.restart_with(&args(sink.port, &sink, "0"));
         let msgs = sink.expect_at_least(300, T).to_vec();
         assert_eq!(check_sequence(&msgs, "k", 300), 0, "{kind:?}");
         wait_for("drained", T, || srv.stat("fallback_len") == 0);
@@ -153,9 +152,13 @@ fn shutdown_writes_memory_to_the_backlog() {
         let mut sink = Sink::new(amqp_port());
         let proxy = Proxy::new(amqp_port());
         let aof = [("appendonly", "yes"), ("appendfsync", "always")];
-        let mut a = args(proxy.port, &sink, "0");
-        a[5] = "30".into();
-        let srv = Server::start(kind, &a, &aof);
+        let a = ModuleArgs::new(&sink)
+            .port(proxy.port)
+            .heartbeat(30)
+            .delivery_mode(2)
+            .fallback_size("0")
+            .masks(&["^k"]);
+        let mut srv = Server::start(kind, &a.build(), &aof);
         srv.set_keys(&["k0"]);
         sink.expect_at_least(1, T);
         // The broker stops answering: events sit in flight and in memory, not in the list.
@@ -166,16 +169,11 @@ fn shutdown_writes_memory_to_the_backlog() {
         });
         let in_list = srv.stat("fallback_len");
         let _ = srv.cmd(&["SHUTDOWN"]);
-        let dir = srv.dir.clone();
-        let mut srv = srv;
         srv.reap();
-        std::mem::forget(srv);
         // Drop what the stalled proxy holds, so only the backlog can deliver these events.
         proxy.cut();
         proxy.stall(false);
-        let mut a = args(sink.port, &sink, "0");
-        a[2] = sink.port.to_string();
-        let srv = Server::start_in(kind, &a, &aof, dir);
+        srv.restart_with(&args(sink.port, &sink, "0"));
         eprintln!(
             "{kind:?}: {in_list} in the list before SHUTDOWN, {} after restart",
             srv.llen(KEY)

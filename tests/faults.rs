@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::args::ModuleArgs;
+
 use common::amqp::{check_sequence, Sink};
 use common::proxy::Proxy;
 use common::server::{Kind, Server};
@@ -14,18 +16,15 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(60);
 
 /// Module arguments: all string events, ALL keys, persistent messages, 1 s heartbeat.
-fn args(_port: u16, sink: &Sink) -> Vec<String> {
-    let mut a = vec!["$".to_string()];
-    a.extend(sink.args(2));
-    a[5] = "1".into();
-    a.extend(["10000000".to_string(), "ALL".to_string()]);
-    a
+fn args(port: u16, sink: &Sink) -> ModuleArgs {
+    ModuleArgs::new(sink)
+        .port(port)
+        .heartbeat(1)
+        .delivery_mode(2)
 }
 
 fn start(port: u16, sink: &Sink, config: &[(&str, &str)]) -> Server {
-    let mut a = args(port, sink);
-    a[2] = port.to_string();
-    Server::start(Kind::Redis, &a, config)
+    Server::start(Kind::Redis, &args(port, sink).build(), config)
 }
 
 /// Writes `k{from}..k{to}` in small pipelines spread over `over`.
@@ -201,9 +200,8 @@ fn proxy_half_close() {
 #[test]
 fn wrong_credentials_then_right_ones() {
     let mut sink = Sink::new(amqp_port());
-    let mut a = args(amqp_port(), &sink);
-    a[4] = "wrong-password".into();
-    let srv = Server::start(Kind::Redis, &a, &[]);
+    let a = args(amqp_port(), &sink).password("wrong-password");
+    let srv = Server::start(Kind::Redis, &a.build(), &[]);
     srv.set_keys(&(0..100).map(|i| format!("k{i}")).collect::<Vec<_>>());
     wait_for("stored", T, || srv.stat("fallback_len") == 100);
     assert!(!srv.log().contains("wrong-password"), "password logged");

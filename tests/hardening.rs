@@ -6,8 +6,9 @@
 mod common;
 
 use common::amqp::{check_sequence, Sink};
+use common::args::ModuleArgs;
 use common::proxy::Proxy;
-use common::server::{module_args, Kind, Server};
+use common::server::{Kind, Server};
 use common::{amqp_port, wait_for};
 use redis::{Connection, Value};
 use std::collections::HashMap;
@@ -20,11 +21,7 @@ const KEY: &str = "key_evt_amqp:fallback";
 
 /// A server forwarding every key (`ALL`) of the string class to `sink`.
 fn start_all(kind: Kind, sink: &Sink, config: &[(&str, &str)]) -> Server {
-    Server::start(
-        kind,
-        &module_args("$", sink.port, &sink.exchange, &sink.routing_key, &["ALL"]),
-        config,
-    )
+    Server::start(kind, &ModuleArgs::new(sink).build(), config)
 }
 
 /// A server error as `CODE detail` (e.g. `NOPERM User limited has no permissions ...`).
@@ -368,11 +365,7 @@ fn assert_all_denied(srv: &Server, user: &str, rules: &[&str]) {
 
 /// A server with mask `^a`, connected to `sink`.
 fn start_connected(kind: Kind, sink: &Sink) -> Server {
-    let srv = Server::start(
-        kind,
-        &module_args("$", sink.port, &sink.exchange, &sink.routing_key, &["^a"]),
-        &[],
-    );
+    let srv = Server::start(kind, &ModuleArgs::new(sink).masks(&["^a"]).build(), &[]);
     // The module connects once there is something to send.
     srv.set_keys(&["a1"]);
     wait_for("connected", T, || srv.field("connection") == "connected");
@@ -492,11 +485,7 @@ fn has_number_in(text: &str, range: std::ops::RangeInclusive<u64>) -> bool {
 fn mask_limits_and_linear_matching() {
     for kind in Kind::ALL {
         let mut sink = Sink::new(amqp_port());
-        let srv = Server::start(
-            kind,
-            &module_args("$", sink.port, &sink.exchange, &sink.routing_key, &["^a"]),
-            &[],
-        );
+        let srv = Server::start(kind, &ModuleArgs::new(&sink).masks(&["^a"]).build(), &[]);
         let mut c = srv.conn();
 
         // One mask: 1024 bytes at most.
@@ -605,8 +594,11 @@ impl Stalled {
     fn start(kind: Kind) -> Self {
         let mut sink = Sink::new(amqp_port());
         let proxy = Proxy::new(amqp_port());
-        let mut args = module_args("$", proxy.port, &sink.exchange, &sink.routing_key, &["^k"]);
-        args[5] = "30".into();
+        let args = ModuleArgs::new(&sink)
+            .port(proxy.port)
+            .heartbeat(30)
+            .masks(&["^k"])
+            .build();
         let config = [
             ("appendonly", "yes"),
             ("appendfsync", "always"),

@@ -5,8 +5,10 @@
 mod common;
 
 use common::amqp::{check_sequence, Sink};
-use common::cluster::{text, Cluster};
-use common::server::{module_args, Kind, Server};
+use common::args::ModuleArgs;
+use common::cluster::text;
+use common::server::{Kind, Server};
+use common::topology::Topology;
 use common::{amqp_port, wait_for};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -20,7 +22,7 @@ fn keys(prefix: &str, from: usize, to: usize) -> Vec<String> {
 }
 
 fn args(sink: &Sink) -> Vec<String> {
-    module_args("$", sink.port, &sink.exchange, &sink.routing_key, &["ALL"])
+    ModuleArgs::new(sink).build()
 }
 
 /// Builds a backlog of `n` events with the broker link closed, then reconnects.
@@ -66,15 +68,7 @@ fn failover_while_the_backlog_drains() {
     for kind in Kind::ALL {
         let mut sink = Sink::new(amqp_port());
         let aof = ("appendonly", "yes");
-        let a = Server::start(kind, &args(&sink), &[aof]);
-        let b = Server::start(
-            kind,
-            &args(&sink),
-            &[aof, ("replicaof", &format!("127.0.0.1 {}", a.port))],
-        );
-        wait_for("replica linked", T, || {
-            text(&b, &["INFO", "replication"]).contains("master_link_status:up")
-        });
+        let (a, b) = Topology::replicated(kind, &args(&sink), &[aof]);
         backlog_then_connect(&a, BACKLOG);
         a.cmd(&["FAILOVER", "TIMEOUT", "5000"]).unwrap();
         wait_for("b is master", T, || b.field("role") == "master");
@@ -95,7 +89,7 @@ fn failover_while_the_backlog_drains() {
 #[test]
 fn cluster_failover_while_backlogs_drain() {
     let mut sink = Sink::new(amqp_port());
-    let c = Cluster::start(Kind::Redis, 3, &args(&sink));
+    let c = Topology::cluster(Kind::Redis, 3, &args(&sink));
     for n in &c.nodes {
         text(n, &["CONFIG", "SET", "appendonly", "yes"]);
     }

@@ -6,8 +6,9 @@
 mod common;
 
 use common::amqp::{check_sequence, Sink};
+use common::args::ModuleArgs;
 use common::proxy::Proxy;
-use common::server::{module_args, Kind, Server};
+use common::server::{Kind, Server};
 use common::{amqp_port, wait_for};
 use std::time::Duration;
 
@@ -19,9 +20,11 @@ fn keys(from: usize, to: usize) -> Vec<String> {
 }
 
 fn start(kind: Kind, sink: &Sink, port: u16, config: &[(&str, &str)]) -> Server {
-    let mut a = module_args("$", port, &sink.exchange, &sink.routing_key, &["^k"]);
-    a[5] = "30".into();
-    Server::start(kind, &a, config)
+    let a = ModuleArgs::new(sink)
+        .port(port)
+        .heartbeat(30)
+        .masks(&["^k"]);
+    Server::start(kind, &a.build(), config)
 }
 
 #[test]
@@ -92,8 +95,12 @@ fn a_value_of_another_type_under_the_fallback_key_is_moved_aside() {
 fn a_broker_that_never_confirms_recycles_the_connection() {
     let mut sink = Sink::new(amqp_port());
     let proxy = Proxy::new(amqp_port());
-    let mut a = module_args("$", proxy.port, &sink.exchange, &sink.routing_key, &["^k"]);
-    a[5] = "0".into(); // no heartbeats: only the confirm timeout can notice
+    // No heartbeats: only the confirm timeout can notice.
+    let a = ModuleArgs::new(&sink)
+        .port(proxy.port)
+        .heartbeat(0)
+        .masks(&["^k"])
+        .build();
     let srv = Server::start(
         Kind::Redis,
         &a,

@@ -6,7 +6,7 @@ use crate::queue::Records;
 
 impl Engine {
     /// Appends records at the tail of the list (adoption of a moved
-    /// backlog), or drops and counts them by the rules.
+    /// fallback list), or drops and counts them by the rules.
     pub fn store_tail(&mut self, store: &mut dyn Storage, records: Records) {
         self.store(store, records, At::Tail);
     }

@@ -127,7 +127,7 @@ pub struct SlotView {
     pub tags: Vec<u32>,
     /// Slots this node owns, sorted.
     pub owned: Vec<u16>,
-    /// Backlog keys of this module found in owned slots, other than our own.
+    /// Fallback keys of this module found in owned slots, other than our own.
     pub found: Vec<String>,
     /// When to look at `CLUSTER NODES` again.
     pub next_check: Option<std::time::Instant>,
@@ -136,7 +136,7 @@ pub struct SlotView {
 /// How often slot ownership is re-read.
 const SLOT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Records moved from a found backlog into ours per tick.
+/// Records moved from a found fallback list into ours per tick.
 const ADOPT_CHUNK: usize = 1000;
 
 fn call_text(ctx: &Context, cmd: &str, args: &[&str]) -> Option<String> {
@@ -153,8 +153,8 @@ fn exists(ctx: &Context, key: &str) -> bool {
     matches!(ctx.call_ext::<_, CallResult>("EXISTS", &read_opts(), &[key]), Ok(CallReply::I64(n)) if n.to_i64() > 0)
 }
 
-/// Cluster masters: re-reads slot ownership, picks the backlog key in an owned
-/// slot, and lists the backlogs (of any node) that sit in owned slots.
+/// Cluster masters: re-reads slot ownership, picks the fallback key in an owned
+/// slot, and lists the fallback lists (of any node) that sit in owned slots.
 pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
     if !st.cluster || !st.engine.master {
         return;
@@ -176,7 +176,7 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
         st.slots.owned = owned;
         let mut found = Vec::new();
         for &slot in &st.slots.owned {
-            let key = slots::backlog_key(&base, &st.slots.tags, slot);
+            let key = slots::fallback_key(&base, &st.slots.tags, slot);
             if exists(ctx, &key) {
                 found.push(key);
             }
@@ -184,7 +184,7 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
         st.slots.found = found;
     }
     let wanted = match st.slots.owned.first() {
-        Some(&slot) => slots::backlog_key(&base, &st.slots.tags, slot),
+        Some(&slot) => slots::fallback_key(&base, &st.slots.tags, slot),
         None => String::new(),
     };
     // Switch keys only while no record read from the list is in flight.
@@ -198,7 +198,7 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
     st.slots.found.retain(|k| *k != own);
 }
 
-/// Moves a chunk of the first found backlog to the tail of ours; the records
+/// Moves a chunk of the first found fallback list to the tail of ours; the records
 /// are then drained like our own. Pop and push run in one timer tick, so they
 /// reach the AOF and the replicas together.
 pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
@@ -219,7 +219,7 @@ pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
     }
     if records.len() < ADOPT_CHUNK {
         st.slots.found.remove(0);
-        crate::host::log::notice(&format!("key_evt_amqp: adopted the backlog '{key}'"));
+        crate::host::log::notice(&format!("key_evt_amqp: adopted the fallback list '{key}'"));
     }
     Some(records)
 }

@@ -27,8 +27,8 @@ pub struct Snapshot {
     pub fallback_key: String,
     /// The SHUTDOWN hook is registered (the server persists data).
     pub shutdown_hook: bool,
-    /// Other nodes' backlogs found in this node's slots, still to drain.
-    pub backlogs_found: usize,
+    /// Other nodes' fallback lists found in this node's slots, still to drain.
+    pub fallback_lists_found: usize,
     /// The fallback cap.
     pub fallback_size: i64,
     /// The subscribed event types.
@@ -95,7 +95,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("queue_bytes", s.queue_bytes as u64),
         ("inflight", s.inflight as u64),
         ("fallback_len", s.fallback_len),
-        ("backlogs_found", s.backlogs_found as u64),
+        ("fallback_lists_found", s.fallback_lists_found as u64),
         ("reconnects", st.reconnects),
         ("confirm_timeouts", st.confirm_timeouts),
         ("supervisor_restarts", st.supervisor_restarts),

@@ -204,7 +204,7 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         fallback_len: st.engine.list.len,
         fallback_key: st.list_key.key.clone(),
         shutdown_hook: shutdown::hook_registered(),
-        backlogs_found: st.slots.found.len(),
+        fallback_lists_found: st.slots.found.len(),
         fallback_size: st.engine.settings.fallback_size,
         event_types: st.types.to_string(),
         keymasks: st.engine.settings.masks.describe(),

@@ -20,7 +20,7 @@ pub fn subscribe(ctx: &Context, types: i32) -> bool {
 
 /// True for the fallback list of any node (`<prefix>` or `<prefix>{tag}`).
 #[inline]
-fn is_backlog_key(key: &[u8], prefix: &[u8]) -> bool {
+fn is_fallback_key(key: &[u8], prefix: &[u8]) -> bool {
     // Comparing the first byte first keeps a library call off the common path.
     key.first() == prefix.first() && key.starts_with(prefix)
 }
@@ -58,7 +58,7 @@ extern "C" fn on_keyspace_event(
                 return;
             }
             st.engine.stats.seen += 1;
-            if is_backlog_key(key, st.list_key.key_prefix.as_bytes()) {
+            if is_fallback_key(key, st.list_key.key_prefix.as_bytes()) {
                 // Never forward the module's own list (a loop).
                 st.engine.stats.skipped += 1;
                 return;

@@ -30,7 +30,7 @@ pub struct State {
     pub timer: Option<u64>,
     /// This node runs in cluster mode.
     pub cluster: bool,
-    /// Cluster only: slot ownership and backlogs found in owned slots.
+    /// Cluster only: slot ownership and fallback lists found in owned slots.
     pub slots: crate::host::cluster::SlotView,
 }
 

@@ -128,16 +128,8 @@ impl Cluster {
             let Some(idx) = self.nodes.iter().position(|n| n.port == port) else {
                 continue;
             };
-            for r in &f[8..] {
-                if r.starts_with('[') {
-                    continue;
-                }
-                let (a, b) = r.split_once('-').unwrap_or((r, r));
-                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
-                    for s in map.iter_mut().take(b + 1).skip(a) {
-                        *s = idx;
-                    }
-                }
+            for slot in redis_keyspace_amqp::slots::line_slots(line) {
+                map[usize::from(slot)] = idx;
             }
         }
         map

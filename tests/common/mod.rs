@@ -5,9 +5,11 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod args;
 pub mod cluster;
 pub mod proxy;
 pub mod server;
+pub mod topology;
 
 use std::time::{Duration, Instant};
 

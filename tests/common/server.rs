@@ -68,33 +68,6 @@ pub struct Server {
     args: Vec<String>,
 }
 
-/// Module arguments that point at broker `port` with the given exchange and routing key.
-pub fn module_args(
-    types: &str,
-    port: u16,
-    exchange: &str,
-    rk: &str,
-    masks: &[&str],
-) -> Vec<String> {
-    let mut a: Vec<String> = [
-        types,
-        "127.0.0.1",
-        &port.to_string(),
-        "guest",
-        "guest",
-        "5",
-        exchange,
-        rk,
-        "1",
-        "10000000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(masks.iter().map(|s| s.to_string()));
-    a
-}
-
 impl Server {
     /// Starts a server with the module and `module_args`, plus extra `--name value` config.
     pub fn start(kind: Kind, module_args: &[String], config: &[(&str, &str)]) -> Self {
@@ -195,6 +168,19 @@ impl Server {
         self.reap();
         let port = self.port;
         self.spawn(port);
+    }
+
+    /// Starts the server again on the same port and data, with other module
+    /// arguments (after [`Server::kill`] or SHUTDOWN).
+    pub fn restart_with(&mut self, module_args: &[String]) {
+        let at = self
+            .args
+            .iter()
+            .position(|a| a == "--loadmodule")
+            .expect("started with the module");
+        self.args.truncate(at + 2);
+        self.args.extend(module_args.iter().cloned());
+        self.restart();
     }
 
     /// Waits for the process to exit on its own (after SHUTDOWN).
