@@ -7,7 +7,9 @@
 pub mod amqp;
 pub mod args;
 pub mod cluster;
+pub mod conn;
 pub mod proxy;
+pub mod scripted;
 pub mod server;
 pub mod topology;
 

@@ -25,24 +25,19 @@ impl Kind {
     fn binary(self) -> PathBuf {
         match self {
             Kind::Redis => PathBuf::from("redis-server"),
-            Kind::Redis8 => std::env::var("KEA_REDIS8_SERVER")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    PathBuf::from(concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/.deps/redis8/redis-server"
-                    ))
-                }),
-            Kind::Valkey => std::env::var("KEA_VALKEY_SERVER")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    PathBuf::from(concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/.deps/valkey/valkey-server"
-                    ))
-                }),
+            Kind::Redis8 => dep("KEA_REDIS8_SERVER", "redis8/redis-server"),
+            Kind::Valkey => dep("KEA_VALKEY_SERVER", "valkey/valkey-server"),
         }
     }
+}
+
+/// A binary that `scripts/setup` put under `.deps/`, unless `env` names another.
+fn dep(env: &str, path: &str) -> PathBuf {
+    std::env::var(env).map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(".deps")
+            .join(path)
+    })
 }
 
 /// Path of the built module.

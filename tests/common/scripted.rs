@@ -1,0 +1,168 @@
+//! A scripted broker for the model test: it holds published batches until
+//! the test acks, nacks or loses them, and records what reached the
+//! consumer. Plus a counter of later events that overtook an earlier one.
+
+use redis_keyspace_amqp::amqp::{deliverable, Batch, Outcome, Request, Settled};
+use redis_keyspace_amqp::engine::Broker;
+use redis_keyspace_amqp::event::split;
+use std::collections::VecDeque;
+
+/// What the scripted broker holds and what reached the consumer.
+#[derive(Default)]
+pub struct Scripted {
+    /// Batches published and not settled, oldest first.
+    pub unsettled: VecDeque<Batch>,
+    pub outcomes: VecDeque<Outcome>,
+    /// A connect was asked for and not answered yet.
+    pub connect_asked: bool,
+    pub connected: bool,
+    pub generation: u64,
+    /// Event ids as they reached the consumer.
+    pub delivered: Vec<u64>,
+}
+
+impl Broker for Scripted {
+    fn send(&mut self, req: Request) {
+        match req {
+            Request::Connect(_) => {
+                self.connect_asked = true;
+                // Already connected with the same settings: the real side
+                // answers at once with the current generation.
+                if self.connected {
+                    let generation = self.generation;
+                    self.outcomes.push_back(Outcome::Connected { generation });
+                }
+            }
+            Request::Disconnect => {
+                self.fail_all(0);
+                self.connected = false;
+                self.connect_asked = false;
+                self.outcomes.push_back(Outcome::Closed);
+            }
+            Request::Publish(b) => {
+                if self.connected && b.generation == self.generation {
+                    self.unsettled.push_back(b);
+                } else {
+                    self.outcomes.push_back(Outcome::Settled(Settled {
+                        id: b.id,
+                        acked: 0,
+                        nacked: 0,
+                        rejected: 0,
+                        error: Some("not connected".into()),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn poll(&mut self) -> Option<Outcome> {
+        self.outcomes.pop_front()
+    }
+
+    fn alive(&self) -> bool {
+        true
+    }
+}
+
+pub fn event_id(record: &[u8]) -> Option<u64> {
+    let p = split(record)?;
+    let key = p.body.rsplit(|b| *b == b'\n').next()?;
+    std::str::from_utf8(key.strip_prefix(b"k")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl Scripted {
+    /// The broker takes the first `k` records of the oldest batch (acked,
+    /// or rejected when they can never be delivered), and `nack`s the rest.
+    pub fn settle_oldest(&mut self, k: usize, nack: bool, error: Option<String>) -> bool {
+        let Some(b) = self.unsettled.pop_front() else {
+            return false;
+        };
+        let k = k.min(b.records.len());
+        let mut rejected = 0;
+        for r in b.records.iter().take(k) {
+            match deliverable(r, usize::MAX).and_then(|_| event_id(r)) {
+                Some(id) => self.delivered.push(id),
+                None => rejected += 1,
+            }
+        }
+        let nacked = if nack { b.records.len() - k } else { 0 };
+        self.outcomes.push_back(Outcome::Settled(Settled {
+            id: b.id,
+            acked: k,
+            nacked,
+            rejected,
+            error,
+        }));
+        true
+    }
+
+    /// The connection breaks: the broker had routed the first `extra`
+    /// unconfirmed records (they arrive, and will arrive again).
+    pub fn lose(&mut self, extra: usize) {
+        let mut left = extra;
+        for b in &self.unsettled {
+            for r in b.records.iter() {
+                if left == 0 {
+                    break;
+                }
+                if let Some(id) = event_id(r) {
+                    self.delivered.push(id);
+                }
+                left -= 1;
+            }
+        }
+        self.fail_all(0);
+        if self.connected || self.connect_asked {
+            self.outcomes.push_back(Outcome::Down {
+                error: "connection lost".into(),
+                retry_in_ms: 10,
+                confirm_timeout: false,
+            });
+        }
+        self.connected = false;
+    }
+
+    pub fn fail_all(&mut self, acked: usize) {
+        while let Some(b) = self.unsettled.pop_front() {
+            self.outcomes.push_back(Outcome::Settled(Settled {
+                id: b.id,
+                acked,
+                nacked: 0,
+                rejected: 0,
+                error: Some("connection lost".into()),
+            }));
+        }
+    }
+}
+
+/// Counts ids seen so far above a given one.
+pub struct Fenwick(Vec<usize>, usize);
+
+impl Fenwick {
+    pub fn new(n: usize) -> Self {
+        Self(vec![0; n + 1], 0)
+    }
+
+    pub fn add(&mut self, i: usize) {
+        self.1 += 1;
+        let mut j = i + 1;
+        while j < self.0.len() {
+            self.0[j] += 1;
+            j += j & j.wrapping_neg();
+        }
+    }
+
+    /// How many added ids are greater than `i`.
+    pub fn count_above(&self, i: usize) -> usize {
+        let mut upto = 0;
+        let mut j = i + 1;
+        while j > 0 {
+            upto += self.0[j];
+            j -= j & j.wrapping_neg();
+        }
+        self.1 - upto
+    }
+}
