@@ -141,13 +141,10 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         slots: Default::default(),
     });
     cluster::register(ctx, is_cluster);
-    // SAFETY: OnLoad, valid context; these are plain registrations.
-    unsafe {
-        if is_valkey_9(ctx) {
-            if let Some(set) = raw::RedisModule_SetModuleOptions {
-                set(ctx.ctx, HANDLE_ATOMIC_SLOT_MIGRATION);
-            }
-        }
+    if is_valkey_9(ctx) {
+        ctx.set_module_options(raw::ModuleOptions::from_bits_retain(
+            HANDLE_ATOMIC_SLOT_MIGRATION,
+        ));
     }
     shutdown::register(ctx);
     state::with(|st| timer::arm(ctx, st));

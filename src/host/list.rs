@@ -48,6 +48,8 @@ pub fn select(ctx: &Context) -> Result<(), String> {
 
 /// True when the server asks modules not to write (CLIENT PAUSE WRITE,
 /// FAILOVER, CLUSTER FAILOVER): a propagated write then fails an assertion.
+/// Raw, because the crate's `avoid_replication_traffic` needs a `Context`
+/// and INFO has none; the server function takes no argument.
 pub fn writes_paused() -> bool {
     // SAFETY: takes no arguments; called on the main thread.
     unsafe { redis_module::raw::RedisModule_AvoidReplicaTraffic.is_some_and(|f| f() == 1) }
