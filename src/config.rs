@@ -283,6 +283,32 @@ pub static INFLIGHT_MAX: Tunable = Tunable::new("inflight-max", 8192, 1, 1_000_0
 /// `key_evt_amqp.reconnect-max-ms`: the cap of the reconnect backoff.
 pub static RECONNECT_MAX_MS: Tunable = Tunable::new("reconnect-max-ms", 5000, 100, 600_000);
 
+/// What to do with an event the broker returns as unroutable (no queue
+/// bound for its routing key): `key_evt_amqp.on-unroutable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unroutable {
+    /// Back to the fallback list, sent again later: a missing binding is an
+    /// outage, not a success (the default).
+    #[default]
+    Store,
+    /// Dropped, and counted in `events_dropped_unroutable`.
+    Drop,
+    /// Counted in `events_returned` only, and treated as delivered.
+    Count,
+}
+
+impl Unroutable {
+    /// Every value with its config name.
+    pub const ALL: [(Self, &'static str); 3] = [
+        (Self::Store, "store"),
+        (Self::Drop, "drop"),
+        (Self::Count, "count"),
+    ];
+}
+
+/// `key_evt_amqp.on-unroutable` (see [`Unroutable`]).
+pub static ON_UNROUTABLE: Mutex<Unroutable> = Mutex::new(Unroutable::Store);
+
 /// `key_evt_amqp.burst-rate`: events per second above which forwarding waits while the
 /// queue is less than half full (0: never wait).
 pub static BURST_RATE: Tunable = Tunable::new("burst-rate", 100_000, 0, 1_000_000_000);

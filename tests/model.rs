@@ -1,13 +1,14 @@
 //! The delivery engine against a model, without Redis: random sequences of
-//! events, acks, nacks, partial acks, connection losses, blocks, spills,
+//! events, acks, nacks, returns, partial acks, connection losses, blocks, spills,
 //! paused and refused writes, role flips, shutdowns, and foreign pushes and
 //! pops on the list, driven through an in-memory list and a scripted broker.
 //! After every step it checks the three promises:
 //!
 //! 1. nothing is lost silently: every accepted event is delivered, held
 //!    (memory or list), or covered by the dropped and lost counters;
-//! 2. first deliveries are in order; only a nack lets the batches behind it
-//!    (one in-flight window) through first, as the README says;
+//! 2. first deliveries are in order; only a nack or a return lets the
+//!    batches behind it (one in-flight window) through first, as the README
+//!    says;
 //! 3. duplicates stay within one in-flight window per disruption.
 //!
 //! `KEA_MODEL_CASES` sets the case count (default 10,000).
@@ -35,6 +36,7 @@ enum Op {
     AckAll,
     PartialAck(u8),
     Nack(u8),
+    Return(u8),
     Lose(u8),
     Block(bool),
     Pause(bool),
@@ -55,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::AckAll),
         1 => (0u8..10).prop_map(Op::PartialAck),
         1 => (0u8..10).prop_map(Op::Nack),
+        1 => (0u8..10).prop_map(Op::Return),
         1 => (0u8..20).prop_map(Op::Lose),
         1 => any::<bool>().prop_map(Op::Block),
         1 => any::<bool>().prop_map(Op::Pause),
@@ -100,6 +103,7 @@ impl World {
                 queue_max_events: 1000,
                 queue_max_bytes: 1 << 20,
                 burst_rate: 0,
+                on_unroutable: Default::default(),
             },
             next_id: 0,
             now: Instant::now(),
@@ -164,6 +168,13 @@ impl World {
             Op::Nack(k) => {
                 let n = self.broker.unsettled.front().map_or(0, |b| b.records.len());
                 if (k as usize) < n && self.broker.settle_oldest(k as usize, true, None) {
+                    self.disruptions += 1;
+                    self.nacks += 1;
+                }
+            }
+            Op::Return(k) => {
+                if self.broker.return_oldest(k as usize) {
+                    // Like a nack: the batches behind it may arrive first.
                     self.disruptions += 1;
                     self.nacks += 1;
                 }

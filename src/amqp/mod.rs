@@ -81,6 +81,12 @@ pub struct Settled {
     /// Of `acked`: records never sent because they can never be delivered
     /// (not a record, message id over 255 bytes, body over the size limit).
     pub rejected: usize,
+    /// Records the broker returned as unroutable (`mandatory`): inside
+    /// `acked`, except with `on-unroutable store`, where the batch stops at
+    /// the first one (which is not counted in `acked`).
+    pub returned: usize,
+    /// Index in the batch of the first returned record.
+    pub first_returned: Option<usize>,
     /// The first error, if any.
     pub error: Option<String>,
 }
@@ -192,6 +198,8 @@ fn fail_batch(batch: Batch, error: &str) -> Outcome {
         acked: 0,
         nacked: 0,
         rejected: 0,
+        returned: 0,
+        first_returned: None,
         error: Some(error.to_string()),
     })
 }

@@ -60,8 +60,12 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
         let (ex, rk) = (target.exchange.clone(), target.routing_key.clone());
         let mut fut: PublishFuture = Box::pin(async move {
             let body = buf.get(i).map_or(&[][..], |r| &r[skip..]);
-            ch.basic_publish(ex, rk, BasicPublishOptions::default(), body, props)
-                .await
+            // Mandatory: an unroutable message comes back instead of vanishing.
+            let opts = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            ch.basic_publish(ex, rk, opts, body, props).await
         });
         // The first poll pushes the frames onto the channel: this fixes the order.
         if let Poll::Ready(done) = fut.as_mut().poll(&mut cx) {
@@ -77,6 +81,8 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
                 acked: 0,
                 nacked: 0,
                 rejected: 0,
+                returned: 0,
+                first_returned: None,
                 error: Some("connection lost before the broker confirmed".into()),
             }
         })
@@ -103,8 +109,13 @@ pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
         acked: 0,
         nacked: 0,
         rejected: 0,
+        returned: 0,
+        first_returned: None,
         error: None,
     };
+    let store_returns = crate::config::ON_UNROUTABLE
+        .lock()
+        .map_or(true, |p| *p == crate::config::Unroutable::Store);
     let mut confirms = Vec::with_capacity(sent.len());
     let mut write_error = None;
     for s in sent {
@@ -127,7 +138,17 @@ pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
             continue;
         };
         match c.await {
-            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
+            Ok(Confirmation::Ack(Some(_))) => {
+                settled.returned += 1;
+                settled.first_returned.get_or_insert(settled.acked);
+                if store_returns {
+                    // Unroutable, and to be kept: the batch fails here.
+                    settled.error = Some("returned by the broker as unroutable".into());
+                    break;
+                }
+                settled.acked += 1;
+            }
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
             Ok(Confirmation::Nack(_)) => {
                 settled.nacked += 1;
                 settled.error = Some("nacked by the broker".into());

@@ -26,7 +26,7 @@ mod settle;
 mod store;
 
 use crate::amqp::{Request, Settled};
-use crate::config::Settings;
+use crate::config::{Settings, Unroutable};
 use crate::queue::{EventQueue, Records};
 pub use broker::{Broker, LazyClient};
 pub use list::ListView;
@@ -35,6 +35,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use storage::{MemList, Storage, StoreError};
+
+/// How long forwarding waits after the broker returned records as
+/// unroutable (they went back to the list), before trying again.
+const UNROUTABLE_RETRY: Duration = Duration::from_secs(1);
 
 /// How often the real list length is read: while records are stored, and while none are.
 const SYNC_BUSY: Duration = Duration::from_millis(100);
@@ -92,6 +96,8 @@ pub struct Limits {
     pub queue_max_bytes: usize,
     /// Events per second above which forwarding waits (`burst-rate`, 0 = off).
     pub burst_rate: i64,
+    /// What to do with records the broker returns as unroutable.
+    pub on_unroutable: Unroutable,
 }
 
 /// A line for the server log; the host writes it.
@@ -158,6 +164,11 @@ pub struct Engine {
     next_batch: u64,
     rate_mark: (Instant, u64),
     notices: Vec<Notice>,
+    /// Records came back unroutable: forwarding waits until then.
+    retry_at: Option<Instant>,
+    /// A settle just stored returned records (see `retry_at`).
+    just_returned: bool,
+    on_unroutable: Unroutable,
 }
 
 impl Engine {
@@ -182,6 +193,9 @@ impl Engine {
             next_batch: 1,
             rate_mark: (Instant::now(), 0),
             notices: Vec::new(),
+            retry_at: None,
+            just_returned: false,
+            on_unroutable: Unroutable::Store,
         }
     }
 
@@ -301,6 +315,8 @@ impl Engine {
                 acked: 0,
                 nacked: 0,
                 rejected: 0,
+                returned: 0,
+                first_returned: None,
                 error: Some("the AMQP task stopped".into()),
             });
         }
@@ -319,8 +335,16 @@ impl Engine {
         limits: &Limits,
         now: Instant,
     ) {
+        self.on_unroutable = limits.on_unroutable;
         self.collect(broker);
         self.settle(store);
+        if std::mem::take(&mut self.just_returned) {
+            self.retry_at = Some(now + UNROUTABLE_RETRY);
+        }
+        let waiting = self.retry_at.is_some_and(|t| now < t);
+        if !waiting {
+            self.retry_at = None;
+        }
         if !self.master {
             self.send_from_memory_when_demoted(broker, limits);
             return;
@@ -334,7 +358,7 @@ impl Engine {
             self.connect(broker);
         }
         let burst = self.in_burst(now, limits);
-        if self.link == Link::Up && !self.halted && !burst {
+        if self.link == Link::Up && !self.halted && !burst && !waiting {
             self.forward(store, broker, limits);
         }
         let over = self

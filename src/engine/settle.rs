@@ -2,6 +2,7 @@
 
 use super::{At, Broker, Drop, Engine, Link, Storage};
 use crate::amqp::{Outcome, Settled};
+use crate::config::Unroutable;
 
 impl Engine {
     /// Takes every outcome the broker side reported.
@@ -74,6 +75,7 @@ impl Engine {
                 acked,
                 nacked,
                 rejected,
+                returned,
                 error,
                 ..
             }) = b.settled.take()
@@ -81,7 +83,28 @@ impl Engine {
                 break;
             };
             self.inflight_events -= b.count;
-            self.stats.confirmed += (acked - rejected) as u64;
+            self.stats.returned += returned as u64;
+            // Of `acked`, what the broker did not take: rejected records, and
+            // returned ones unless they count as delivered.
+            let mut not_taken = rejected;
+            if returned > 0 {
+                match self.on_unroutable {
+                    Unroutable::Count => {}
+                    Unroutable::Drop => {
+                        self.stats.drop(Drop::Unroutable, returned as u64);
+                        not_taken += returned;
+                    }
+                    Unroutable::Store => {
+                        // The AMQP side stopped the batch at the first returned
+                        // record (outside `acked`): it goes back to the list.
+                        self.just_returned = true;
+                        self.set_error(
+                            "the broker returned events as unroutable (no queue bound); they wait in the fallback list",
+                        );
+                    }
+                }
+            }
+            self.stats.confirmed += acked.saturating_sub(not_taken) as u64;
             self.stats.nacked += nacked as u64;
             self.stats.drop(Drop::Rejected, rejected as u64);
             let failed = acked < b.count;

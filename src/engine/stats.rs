@@ -18,6 +18,8 @@ pub enum Drop {
     /// record, a message id over 255 bytes, or a record over `max-record-bytes`
     /// (or over the broker's `max_message_size`).
     Rejected,
+    /// Returned by the broker as unroutable, with `on-unroutable drop`.
+    Unroutable,
 }
 
 /// Event counters since load. Every accepted event ends up in exactly one
@@ -48,6 +50,10 @@ pub struct Stats {
     pub dropped_overflow: u64,
     /// Of `dropped`: records that can never be delivered (see [`Drop::Rejected`]).
     pub rejected: u64,
+    /// Of `dropped`: records returned as unroutable (`on-unroutable drop`).
+    pub dropped_unroutable: u64,
+    /// Records the broker returned as unroutable (every policy).
+    pub returned: u64,
     /// Times the AMQP task died and was started again.
     pub supervisor_restarts: u64,
     /// Connections recycled because the broker did not confirm in time.
@@ -73,6 +79,7 @@ impl Stats {
             Drop::Unwritable => &mut self.dropped_unwritable,
             Drop::Overflow => &mut self.dropped_overflow,
             Drop::Rejected => &mut self.rejected,
+            Drop::Unroutable => &mut self.dropped_unroutable,
         } += n;
     }
 }

@@ -89,6 +89,8 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("events_dropped_unwritable", st.dropped_unwritable),
         ("events_dropped_overflow", st.dropped_overflow),
         ("events_rejected", st.rejected),
+        ("events_returned", st.returned),
+        ("events_dropped_unroutable", st.dropped_unroutable),
         ("events_lost", st.lost),
         ("events_skipped", st.skipped),
         ("queue_len", s.queue_len as u64),

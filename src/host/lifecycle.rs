@@ -1,6 +1,8 @@
 //! Load, unload, server events (loading, shutdown) and the INFO snapshot.
 
-use crate::config::{Settings, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, TUNABLES};
+use crate::config::{
+    Settings, Unroutable, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, ON_UNROUTABLE, TUNABLES,
+};
 use crate::engine::Engine;
 use crate::event::Encoder;
 use crate::host::info::{self, Snapshot};
@@ -8,7 +10,8 @@ use crate::host::list::ListKey;
 use crate::host::state::{self, State};
 use crate::host::{cluster, guard, notify, shutdown, timer};
 use redis_module::configuration::{
-    register_i64_configuration, register_string_configuration, ConfigurationFlags,
+    register_enum_configuration, register_i64_configuration, register_string_configuration,
+    ConfigurationFlags, EnumConfigurationValue,
 };
 use redis_module::server_events::LoadingSubevent;
 use redis_module::{raw, Context, ContextFlags, InfoContext, RedisResult, RedisString, Status};
@@ -26,6 +29,39 @@ fn node_tag() -> String {
     );
     h.write_u32(std::process::id());
     format!("{:016x}", h.finish())
+}
+
+impl TryFrom<i32> for Unroutable {
+    type Error = redis_module::RedisError;
+
+    fn try_from(v: i32) -> Result<Self, Self::Error> {
+        usize::try_from(v)
+            .ok()
+            .and_then(|i| Unroutable::ALL.get(i))
+            .map(|(u, _)| *u)
+            .ok_or(redis_module::RedisError::Str(
+                "ERR invalid on-unroutable value",
+            ))
+    }
+}
+
+impl From<Unroutable> for i32 {
+    fn from(u: Unroutable) -> i32 {
+        Unroutable::ALL
+            .iter()
+            .position(|(v, _)| *v == u)
+            .and_then(|i| i32::try_from(i).ok())
+            .unwrap_or(0)
+    }
+}
+
+impl EnumConfigurationValue for Unroutable {
+    fn get_options(&self) -> (Vec<String>, Vec<i32>) {
+        Unroutable::ALL
+            .iter()
+            .map(|(u, name)| (name.to_string(), i32::from(*u)))
+            .unzip()
+    }
 }
 
 fn register_configs(ctx: &Context) {
@@ -49,6 +85,14 @@ fn register_configs(ctx: &Context) {
         FALLBACK_DB.min,
         FALLBACK_DB.max,
         ConfigurationFlags::IMMUTABLE,
+        None,
+    );
+    register_enum_configuration(
+        ctx,
+        "on-unroutable",
+        &ON_UNROUTABLE,
+        Unroutable::Store,
+        ConfigurationFlags::DEFAULT,
         None,
     );
     register_string_configuration(

@@ -123,6 +123,22 @@ impl Sink {
         .expect("declare exchange");
     }
 
+    /// Removes the queue's binding: publishes become unroutable.
+    pub fn unbind(&self) {
+        block(async {
+            let (conn, ch) = channel(self.port).await?;
+            ch.queue_unbind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                self.routing_key.as_str().into(),
+                FieldTable::default(),
+            )
+            .await?;
+            conn.close(200, "ok".into()).await
+        })
+        .expect("unbind queue");
+    }
+
     /// Deletes the exchange (to make the broker refuse publishes with 404).
     pub fn delete_exchange(&self) {
         block(async {

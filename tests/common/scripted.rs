@@ -48,6 +48,8 @@ impl Broker for Scripted {
                         acked: 0,
                         nacked: 0,
                         rejected: 0,
+                        returned: 0,
+                        first_returned: None,
                         error: Some("not connected".into()),
                     }));
                 }
@@ -94,7 +96,41 @@ impl Scripted {
             acked: k,
             nacked,
             rejected,
+            returned: 0,
+            first_returned: None,
             error,
+        }));
+        true
+    }
+
+    /// The broker routes the first `k` records of the oldest batch and
+    /// returns record `k` as unroutable; the batch stops there (the module's
+    /// `on-unroutable store`).
+    pub fn return_oldest(&mut self, k: usize) -> bool {
+        let Some(n) = self.unsettled.front().map(|b| b.records.len()) else {
+            return false;
+        };
+        if k >= n {
+            return false;
+        }
+        let Some(b) = self.unsettled.pop_front() else {
+            return false;
+        };
+        let mut rejected = 0;
+        for r in b.records.iter().take(k) {
+            match deliverable(r, usize::MAX).and_then(|_| event_id(r)) {
+                Some(id) => self.delivered.push(id),
+                None => rejected += 1,
+            }
+        }
+        self.outcomes.push_back(Outcome::Settled(Settled {
+            id: b.id,
+            acked: k,
+            nacked: 0,
+            rejected,
+            returned: 1,
+            first_returned: Some(k),
+            error: Some("returned by the broker as unroutable".into()),
         }));
         true
     }
@@ -132,6 +168,8 @@ impl Scripted {
                 acked,
                 nacked: 0,
                 rejected: 0,
+                returned: 0,
+                first_returned: None,
                 error: Some("connection lost".into()),
             }));
         }
