@@ -53,6 +53,8 @@ pub struct AmqpSettings {
     pub routing_key: String,
     /// 1 non-persistent, 2 persistent.
     pub delivery_mode: u8,
+    /// This node's name for the broker (connection name, `node` header).
+    pub node: String,
 }
 
 /// A password: shown as `***` by `Debug` and `Display`, everywhere.
@@ -94,6 +96,7 @@ impl Default for AmqpSettings {
             exchange: "amq.direct".into(),
             routing_key: "redis_keyspace_events".into(),
             delivery_mode: 1,
+            node: String::new(),
         }
     }
 }

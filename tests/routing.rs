@@ -7,7 +7,7 @@ mod common;
 use common::amqp::{check_sequence, Sink};
 use common::args::ModuleArgs;
 use common::server::{Kind, Server};
-use common::{amqp_port, wait_for};
+use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl, wait_for};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -65,4 +65,45 @@ fn on_unroutable_drop_and_count_are_explicit() {
     });
     assert_eq!(srv.stat("events_returned"), 80);
     assert_eq!(srv.stat("fallback_len"), 0);
+}
+
+#[test]
+fn headers_app_id_and_a_routing_key_template() {
+    for kind in Kind::ALL {
+        // Bound for `kea.set.0.user` only: the template must produce it.
+        let mut sink = Sink::topic(amqp_port(), "kea.set.0.user");
+        let mut args = ModuleArgs::new(&sink);
+        args.routing_key = "kea.{event}.{db}.{prefix:1}".into();
+        let srv = Server::start(kind, &args.build(), &[]);
+        srv.set_keys(&["user:1:name", "order:9"]);
+        srv.set_keys(&["user:2"]);
+        let msgs = sink.expect_keys(&["user:1:name", "user:2"], T).to_vec();
+        // `order:9` routes to `kea.set.0.order`: returned, kept in the list.
+        wait_for("order:9 returned", T, || srv.stat("events_returned") > 0);
+        for m in &msgs {
+            assert_eq!(m.routing_key, "kea.set.0.user", "{kind:?}");
+            assert_eq!(m.app_id, "key_evt_amqp", "{kind:?}");
+            assert_eq!(m.headers["event"], "set", "{kind:?}");
+            assert_eq!(m.headers["db"], "0", "{kind:?}");
+            assert_eq!(m.headers["key"], m.key(), "{kind:?}");
+            assert!(m.headers["node"].starts_with(&format!("{}/", srv.port)));
+            // The body is exactly as specified.
+            assert_eq!(m.body, format!("0\nset\n{}", m.key()).into_bytes());
+        }
+    }
+}
+
+#[test]
+fn each_node_names_its_connection() {
+    let _g = fault_lock();
+    let (port, node) = fault_broker();
+    let mut sink = Sink::new(port);
+    let srv = Server::start(Kind::Redis, &ModuleArgs::new(&sink).build(), &[]);
+    srv.set_keys(&["k0"]);
+    sink.expect_at_least(1, T);
+    let list = rabbitmqctl(&node, &["list_connections", "client_properties"]);
+    assert!(
+        list.contains(&format!("key_evt_amqp {}/", srv.port)),
+        "connection name not found in: {list}"
+    );
 }

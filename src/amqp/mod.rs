@@ -165,7 +165,9 @@ fn uri(s: &AmqpSettings) -> AMQPUri {
 }
 
 async fn open(s: &AmqpSettings) -> Result<(Connection, Channel), lapin::Error> {
-    let props = ConnectionProperties::default().with_connection_name("key_evt_amqp".into());
+    // A name per node, so the broker's management UI tells nodes apart.
+    let name = format!("key_evt_amqp {}", s.node);
+    let props = ConnectionProperties::default().with_connection_name(name.as_str().into());
     let conn = Connection::connect_uri(uri(s), props).await?;
     let channel = conn.create_channel().await?;
     channel
@@ -218,6 +220,7 @@ fn lower_priority() {
 }
 
 mod publish;
+pub mod route;
 mod serve;
 
 pub use publish::deliverable;

@@ -9,7 +9,9 @@ pub(super) type PublishFuture =
 /// Where and how the records of a batch are published.
 pub(super) struct Target<'a> {
     pub(super) exchange: &'a lapin::types::ShortString,
-    pub(super) routing_key: &'a lapin::types::ShortString,
+    pub(super) routing_key: &'a route::RoutingKey,
+    /// This node's name, for the `node` header.
+    pub(super) node: &'a str,
     pub(super) base: &'a BasicProperties,
     /// Largest body sent; larger records are rejected.
     pub(super) limit: usize,
@@ -54,10 +56,11 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
             .base
             .clone()
             .with_message_id(p.message_id.into())
-            .with_timestamp(p.timestamp);
+            .with_timestamp(p.timestamp)
+            .with_headers(route::headers(p.body, target.node));
         let skip = record.len() - p.body.len();
         let (ch, buf) = (channel.clone(), Arc::clone(&batch.records));
-        let (ex, rk) = (target.exchange.clone(), target.routing_key.clone());
+        let (ex, rk) = (target.exchange.clone(), target.routing_key.render(p.body));
         let mut fut: PublishFuture = Box::pin(async move {
             let body = buf.get(i).map_or(&[][..], |r| &r[skip..]);
             // Mandatory: an unroutable message comes back instead of vanishing.

@@ -154,9 +154,10 @@ pub(super) async fn serve(
     // The first failure a batch saw on this connection, to explain a channel close.
     let last_error: Arc<Mutex<Option<String>>> = Arc::default();
     let exchange: lapin::types::ShortString = settings.exchange.as_str().into();
-    let routing_key: lapin::types::ShortString = settings.routing_key.as_str().into();
+    let routing_key = route::RoutingKey::parse(&settings.routing_key);
     let base = BasicProperties::default()
         .with_content_type("text/plain".into())
+        .with_app_id("key_evt_amqp".into())
         .with_delivery_mode(settings.delivery_mode);
     loop {
         let wake = future::or(
@@ -217,6 +218,7 @@ pub(super) async fn serve(
                     Target {
                         exchange: &exchange,
                         routing_key: &routing_key,
+                        node: &settings.node,
                         base: &base,
                         limit,
                     },

@@ -19,6 +19,19 @@ use redis_module::{raw, Context, ContextFlags, InfoContext, RedisResult, RedisSt
 /// Module option that Valkey 9 needs for atomic slot migration.
 const HANDLE_ATOMIC_SLOT_MIGRATION: i32 = 1 << 5;
 
+/// `<port>/<tag>`: the server's port tells nodes apart in the broker's UI.
+fn node_name(ctx: &Context, tag: &str) -> String {
+    let port = match ctx.call("CONFIG", &["GET", "port"]) {
+        Ok(redis_module::RedisValue::Array(v)) => match v.get(1) {
+            Some(redis_module::RedisValue::SimpleString(p))
+            | Some(redis_module::RedisValue::BulkString(p)) => p.clone(),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    format!("{port}/{tag}")
+}
+
 fn node_tag() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -128,7 +141,7 @@ fn is_valkey_9(ctx: &Context) -> bool {
 pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     guard::install_panic_hook();
     let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-    let (types, settings) = match Settings::from_load_args(&raw_args) {
+    let (types, mut settings) = match Settings::from_load_args(&raw_args) {
         Ok(v) => v,
         Err(e) => {
             crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
@@ -159,6 +172,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         base.clone()
     };
     let tag = node_tag();
+    settings.amqp.node = node_name(ctx, &tag);
     crate::host::log::notice(&format!(
         "key_evt_amqp: loaded; events '{types}', broker {}:{}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
         settings.amqp.host, settings.amqp.port, settings.amqp.exchange, settings.amqp.routing_key

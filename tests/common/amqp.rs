@@ -26,6 +26,10 @@ pub struct Msg {
     pub delivery_mode: u8,
     /// The routing key it was published with.
     pub routing_key: String,
+    /// `app_id` property.
+    pub app_id: String,
+    /// Headers, as text (numbers in decimal).
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Msg {
@@ -60,6 +64,30 @@ fn to_msg(d: &lapin::message::Delivery) -> Msg {
             .unwrap_or_default(),
         delivery_mode: p.delivery_mode().unwrap_or(0),
         routing_key: d.routing_key.to_string(),
+        app_id: p
+            .app_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        headers: p
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            lapin::types::AMQPValue::LongString(s) => {
+                                String::from_utf8_lossy(s.as_bytes()).into_owned()
+                            }
+                            lapin::types::AMQPValue::LongInt(n) => n.to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        (k.to_string(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -99,6 +127,35 @@ impl Sink {
             received: Vec::new(),
         };
         s.declare_exchange();
+        s.declare_queue();
+        s
+    }
+
+    /// A topic exchange bound with `binding` (for routing-key templates).
+    pub fn topic(port: u16, binding: &str) -> Self {
+        let s = Self {
+            port,
+            exchange: super::unique("kea-tx"),
+            queue: super::unique("kea-q"),
+            routing_key: binding.to_string(),
+            received: Vec::new(),
+        };
+        block(async {
+            let (conn, ch) = channel(port).await?;
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            ch.exchange_declare(
+                s.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+            conn.close(200, "ok".into()).await
+        })
+        .expect("declare topic exchange");
         s.declare_queue();
         s
     }
