@@ -55,6 +55,8 @@ pub struct AmqpSettings {
     pub delivery_mode: u8,
     /// This node's name for the broker (connection name, `node` header).
     pub node: String,
+    /// The broker's virtual host.
+    pub vhost: String,
 }
 
 /// A password: shown as `***` by `Debug` and `Display`, everywhere.
@@ -97,6 +99,7 @@ impl Default for AmqpSettings {
             routing_key: "redis_keyspace_events".into(),
             delivery_mode: 1,
             node: String::new(),
+            vhost: "/".into(),
         }
     }
 }
@@ -128,7 +131,7 @@ const TOO_LONG: &str = "too long (255 bytes at most)";
 
 /// A text argument: UTF-8, no NUL, at most [`TEXT_MAX`] bytes (the one
 /// limit [`TOO_LONG`] names).
-fn text(name: &'static str, v: &[u8]) -> Result<String, ConfigError> {
+pub(crate) fn text(name: &'static str, v: &[u8]) -> Result<String, ConfigError> {
     let invalid = |reason| ConfigError::Invalid {
         name,
         value: if name == "password" {

@@ -207,6 +207,15 @@ impl KeyMasks {
         }
     }
 
+    /// Every mask as given (`ALL` for all keys).
+    pub fn sources(&self) -> Vec<Vec<u8>> {
+        match self {
+            Self::None => Vec::new(),
+            Self::All => vec![b"ALL".to_vec()],
+            Self::Some(masks) => masks.iter().map(|m| m.source().to_vec()).collect(),
+        }
+    }
+
     /// The first few masks as given, and how many more there are, for INFO.
     pub fn describe(&self) -> String {
         match self {

@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod keymask;
 pub mod queue;
+pub mod setting;
 pub mod slots;
 
 /// The module name registered with Redis.

@@ -155,7 +155,7 @@ fn uri(s: &AmqpSettings) -> AMQPUri {
             host: s.host.clone(),
             port: s.port,
         },
-        vhost: "/".into(),
+        vhost: s.vhost.clone(),
         query: AMQPQueryString {
             heartbeat: Some(s.heartbeat),
             connection_timeout: Some(10_000),

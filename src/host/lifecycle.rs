@@ -1,18 +1,12 @@
 //! Load, unload, server events (loading, shutdown) and the INFO snapshot.
 
-use crate::config::{
-    Settings, Unroutable, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, ON_UNROUTABLE, TUNABLES,
-};
+use crate::config::{Settings, FALLBACK_KEY, FALLBACK_KEY_DEFAULT};
 use crate::engine::Engine;
 use crate::event::Encoder;
 use crate::host::info::{self, Snapshot};
 use crate::host::list::ListKey;
 use crate::host::state::{self, State};
-use crate::host::{cluster, guard, notify, shutdown, timer};
-use redis_module::configuration::{
-    register_enum_configuration, register_i64_configuration, register_string_configuration,
-    ConfigurationFlags, EnumConfigurationValue,
-};
+use crate::host::{cluster, configs, guard, notify, shutdown, timer};
 use redis_module::server_events::LoadingSubevent;
 use redis_module::{raw, Context, ContextFlags, InfoContext, RedisResult, RedisString, Status};
 
@@ -44,86 +38,6 @@ fn node_tag() -> String {
     format!("{:016x}", h.finish())
 }
 
-impl TryFrom<i32> for Unroutable {
-    type Error = redis_module::RedisError;
-
-    fn try_from(v: i32) -> Result<Self, Self::Error> {
-        usize::try_from(v)
-            .ok()
-            .and_then(|i| Unroutable::ALL.get(i))
-            .map(|(u, _)| *u)
-            .ok_or(redis_module::RedisError::Str(
-                "ERR invalid on-unroutable value",
-            ))
-    }
-}
-
-impl From<Unroutable> for i32 {
-    fn from(u: Unroutable) -> i32 {
-        Unroutable::ALL
-            .iter()
-            .position(|(v, _)| *v == u)
-            .and_then(|i| i32::try_from(i).ok())
-            .unwrap_or(0)
-    }
-}
-
-impl EnumConfigurationValue for Unroutable {
-    fn get_options(&self) -> (Vec<String>, Vec<i32>) {
-        Unroutable::ALL
-            .iter()
-            .map(|(u, name)| (name.to_string(), i32::from(*u)))
-            .unzip()
-    }
-}
-
-fn register_configs(ctx: &Context) {
-    for t in TUNABLES {
-        register_i64_configuration(
-            ctx,
-            t.name,
-            &t.value,
-            t.default,
-            t.min,
-            t.max,
-            ConfigurationFlags::DEFAULT,
-            None,
-        );
-    }
-    register_i64_configuration(
-        ctx,
-        FALLBACK_DB.name,
-        &FALLBACK_DB.value,
-        FALLBACK_DB.default,
-        FALLBACK_DB.min,
-        FALLBACK_DB.max,
-        ConfigurationFlags::IMMUTABLE,
-        None,
-    );
-    register_enum_configuration(
-        ctx,
-        "on-unroutable",
-        &ON_UNROUTABLE,
-        Unroutable::Store,
-        ConfigurationFlags::DEFAULT,
-        None,
-    );
-    register_string_configuration(
-        ctx,
-        "fallback-key",
-        &FALLBACK_KEY,
-        FALLBACK_KEY_DEFAULT,
-        ConfigurationFlags::IMMUTABLE,
-        None,
-    );
-    // SAFETY: OnLoad, valid context.
-    unsafe {
-        if let Some(load) = raw::RedisModule_LoadConfigs {
-            load(ctx.ctx);
-        }
-    }
-}
-
 fn is_valkey_9(ctx: &Context) -> bool {
     let info = match ctx.call("INFO", &["server"]) {
         Ok(redis_module::RedisValue::SimpleString(s))
@@ -148,7 +62,10 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
             return Status::Err;
         }
     };
-    register_configs(ctx);
+    if let Err(e) = configs::register(ctx, &mut settings) {
+        crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
+        return Status::Err;
+    }
     if let Err(e) = crate::host::list::select(ctx) {
         crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
         return Status::Err;

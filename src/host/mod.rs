@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod commands;
+pub mod configs;
 pub mod guard;
 pub mod info;
 pub mod lifecycle;

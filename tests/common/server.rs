@@ -61,6 +61,8 @@ pub struct Server {
     pub dir: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    /// A config file given first on the command line (for `CONFIG REWRITE`).
+    conf: Option<PathBuf>,
 }
 
 impl Server {
@@ -101,9 +103,49 @@ impl Server {
             dir,
             child: None,
             args,
+            conf: None,
         };
         s.spawn(super::free_server_port());
         s
+    }
+
+    /// Starts a server from a config file holding the `loadmodule` line and
+    /// `config`, so that `CONFIG REWRITE` has a file to write and a restart
+    /// reads it back.
+    pub fn start_with_file(kind: Kind, module_args: &[String], config: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(super::unique("kea-redis"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        let mut text = String::from("save \"\"\nenable-module-command yes\n");
+        text.push_str(&format!("loadmodule {}", module_path()));
+        for a in module_args {
+            text.push(' ');
+            text.push_str(&quote(a));
+        }
+        text.push('\n');
+        for (k, v) in config {
+            text.push_str(&format!("{k} {}\n", quote(v)));
+        }
+        let conf = dir.join("redis.conf");
+        std::fs::write(&conf, text).expect("write redis.conf");
+        let mut s = Self {
+            kind,
+            port: 0,
+            dir,
+            child: None,
+            args: Vec::new(),
+            conf: Some(conf),
+        };
+        s.spawn(super::free_server_port());
+        s
+    }
+
+    /// The config file, if the server was started from one.
+    pub fn conf_text(&self) -> String {
+        self.conf
+            .as_ref()
+            .and_then(|c| std::fs::read_to_string(c).ok())
+            .unwrap_or_default()
     }
 
     /// Starts a server without the module (for MODULE LOAD tests).
@@ -115,6 +157,7 @@ impl Server {
             port: 0,
             dir,
             child: None,
+            conf: None,
             args: ["--save", "", "--enable-module-command", "yes"]
                 .map(String::from)
                 .to_vec(),
@@ -126,7 +169,11 @@ impl Server {
     fn spawn(&mut self, port: u16) {
         self.port = port;
         let log = self.dir.join("server.log");
-        let child = Command::new(self.kind.binary())
+        let mut cmd = Command::new(self.kind.binary());
+        if let Some(conf) = &self.conf {
+            cmd.arg(conf);
+        }
+        let child = cmd
             .arg("--port")
             .arg(port.to_string())
             .arg("--bind")

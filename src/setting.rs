@@ -1,0 +1,197 @@
+//! Every broker setting as a named module config (`key_evt_amqp.<name>`):
+//! read from and written to the same [`Settings`] that the positional load
+//! arguments and the commands change. Pure: no Redis import.
+
+use crate::config::{text, ConfigError, Settings};
+use crate::keymask::KeyMasks;
+
+/// One setting, exposed as a module config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// `host`
+    Host,
+    /// `port`
+    Port,
+    /// `vhost`
+    Vhost,
+    /// `user`
+    User,
+    /// `password` (hidden from `CONFIG GET` patterns, redacted in logs)
+    Password,
+    /// `heartbeat`
+    Heartbeat,
+    /// `exchange`
+    Exchange,
+    /// `routing-key` (a fixed key or a template)
+    RoutingKey,
+    /// `delivery-mode`
+    DeliveryMode,
+    /// `fallback-size`
+    FallbackSize,
+    /// `keymasks`: space-separated; `ALL` for every key
+    Keymasks,
+}
+
+/// A setting's value: text (binary-safe) or a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A text config.
+    Text(Vec<u8>),
+    /// A numeric config.
+    Number(i64),
+}
+
+impl Setting {
+    /// Every setting, in the order of the README's table.
+    pub const ALL: [Setting; 11] = [
+        Self::Host,
+        Self::Port,
+        Self::Vhost,
+        Self::User,
+        Self::Password,
+        Self::Heartbeat,
+        Self::Exchange,
+        Self::RoutingKey,
+        Self::DeliveryMode,
+        Self::FallbackSize,
+        Self::Keymasks,
+    ];
+
+    /// The config name, without the module prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Port => "port",
+            Self::Vhost => "vhost",
+            Self::User => "user",
+            Self::Password => "password",
+            Self::Heartbeat => "heartbeat",
+            Self::Exchange => "exchange",
+            Self::RoutingKey => "routing-key",
+            Self::DeliveryMode => "delivery-mode",
+            Self::FallbackSize => "fallback-size",
+            Self::Keymasks => "keymasks",
+        }
+    }
+
+    /// The bounds of a numeric setting; `None` for text.
+    pub fn range(self) -> Option<(i64, i64)> {
+        match self {
+            Self::Port => Some((1, 65535)),
+            Self::Heartbeat => Some((0, 65535)),
+            Self::DeliveryMode => Some((1, 2)),
+            Self::FallbackSize => Some((i64::MIN, i64::MAX)),
+            _ => None,
+        }
+    }
+
+    /// Position among the positional arguments (host first), if it has one.
+    fn position(self) -> Option<usize> {
+        match self {
+            Self::Host => Some(0),
+            Self::Port => Some(1),
+            Self::User => Some(2),
+            Self::Password => Some(3),
+            Self::Heartbeat => Some(4),
+            Self::Exchange => Some(5),
+            Self::RoutingKey => Some(6),
+            Self::DeliveryMode => Some(7),
+            Self::FallbackSize => Some(8),
+            Self::Vhost | Self::Keymasks => None,
+        }
+    }
+
+    /// The value in `s`.
+    pub fn get(self, s: &Settings) -> Value {
+        let a = &s.amqp;
+        let t = |x: &str| Value::Text(x.as_bytes().to_vec());
+        match self {
+            Self::Host => t(&a.host),
+            Self::Port => Value::Number(a.port.into()),
+            Self::Vhost => t(&a.vhost),
+            Self::User => t(&a.user),
+            Self::Password => t(a.password.expose()),
+            Self::Heartbeat => Value::Number(a.heartbeat.into()),
+            Self::Exchange => t(&a.exchange),
+            Self::RoutingKey => t(&a.routing_key),
+            Self::DeliveryMode => Value::Number(a.delivery_mode.into()),
+            Self::FallbackSize => Value::Number(s.fallback_size),
+            Self::Keymasks => Value::Text(s.masks.sources().join(&b' ')),
+        }
+    }
+
+    /// A copy of `s` with this setting changed to `v`, checked exactly as
+    /// the positional argument is; on error nothing changes.
+    pub fn set(self, s: &Settings, v: &Value) -> Result<Settings, ConfigError> {
+        let bytes = match v {
+            Value::Text(b) => b.clone(),
+            Value::Number(n) => n.to_string().into_bytes(),
+        };
+        if let Some(i) = self.position() {
+            let mut args = positional(s);
+            args[i] = bytes;
+            return s.with_args(&args);
+        }
+        let mut out = s.clone();
+        match self {
+            Self::Vhost => out.amqp.vhost = text("vhost", &bytes)?,
+            _ => {
+                let masks: Vec<&[u8]> = bytes
+                    .split(|b| *b == b' ')
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                out.masks = KeyMasks::from_args(&masks)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The positional arguments (host to fallback size) that give `s`.
+fn positional(s: &Settings) -> Vec<Vec<u8>> {
+    let a = &s.amqp;
+    [
+        a.host.clone(),
+        a.port.to_string(),
+        a.user.clone(),
+        a.password.expose().to_string(),
+        a.heartbeat.to_string(),
+        a.exchange.clone(),
+        a.routing_key.clone(),
+        a.delivery_mode.to_string(),
+        s.fallback_size.to_string(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_round_trips_and_bad_values_change_nothing() {
+        let s = Settings::default();
+        for f in Setting::ALL {
+            let v = f.get(&s);
+            assert_eq!(f.set(&s, &v).map(|n| f.get(&n)), Ok(v), "{f:?}");
+        }
+        let s2 = Setting::Host
+            .set(&s, &Value::Text(b"broker".to_vec()))
+            .unwrap();
+        assert_eq!(s2.amqp.host, "broker");
+        assert_eq!(s2.amqp.port, s.amqp.port);
+        assert!(Setting::Host.set(&s, &Value::Text(Vec::new())).is_err());
+        assert!(Setting::DeliveryMode.set(&s, &Value::Number(3)).is_err());
+        let m = Setting::Keymasks
+            .set(&s, &Value::Text(b"^a ^b".to_vec()))
+            .unwrap();
+        assert_eq!(Setting::Keymasks.get(&m), Value::Text(b"^a ^b".to_vec()));
+        let e = Setting::Port
+            .set(&s, &Value::Number(0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port") && !e.contains("guest"), "{e}");
+    }
+}
