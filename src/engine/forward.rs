@@ -24,6 +24,15 @@ impl Engine {
                 Ok(lost) => self.count_lost(lost),
                 Err(e) => self.set_error(format!("fallback read: {e}")),
             }
+            // The age of the oldest record, for INFO.
+            self.metrics.oldest_record_ts = if self.list.len > 0 {
+                store
+                    .read(0, 1)
+                    .ok()
+                    .and_then(|r| r.get(0).and_then(crate::event::split).map(|p| p.timestamp))
+            } else {
+                None
+            };
         }
     }
 
@@ -88,6 +97,7 @@ impl Engine {
             records: (!from_list).then(|| Arc::clone(&records)),
             stored: false,
             settled: None,
+            sent_at: self.now,
         });
         broker.send(Request::Publish(Batch {
             id,

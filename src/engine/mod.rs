@@ -17,6 +17,7 @@
 
 pub mod broker;
 pub mod list;
+pub mod metrics;
 pub mod stats;
 pub mod storage;
 
@@ -130,6 +131,8 @@ struct InFlight {
     /// Written to the list already (on shutdown): never store again.
     stored: bool,
     settled: Option<Settled>,
+    /// When it was handed over (for the confirm latency).
+    sent_at: Instant,
 }
 
 /// The delivery engine of one node.
@@ -153,6 +156,10 @@ pub struct Engine {
     pub last_error: String,
     /// A list write failed: the host should look at slot ownership again.
     pub want_slot_refresh: bool,
+    /// Latency, uptime and the list's oldest record, for INFO.
+    pub metrics: metrics::Metrics,
+    /// The time of the current tick.
+    now: Instant,
     /// Demoted with an empty list and no list records in flight: what is
     /// held in memory can be sent without overtaking older records.
     memory_may_go: bool,
@@ -184,6 +191,8 @@ impl Engine {
             loading: false,
             last_error: String::new(),
             want_slot_refresh: false,
+            metrics: metrics::Metrics::default(),
+            now: Instant::now(),
             memory_may_go: false,
             inflight: VecDeque::new(),
             inflight_events: 0,
@@ -282,6 +291,7 @@ impl Engine {
     pub fn disconnect(&mut self, broker: &mut dyn Broker) {
         broker.send(Request::Disconnect);
         self.link = Link::Closed;
+        self.metrics.connected_at = None;
     }
 
     /// Applies a role change. Either way the list's head is someone else's
@@ -336,6 +346,7 @@ impl Engine {
         now: Instant,
     ) {
         self.on_unroutable = limits.on_unroutable;
+        self.now = now;
         self.collect(broker);
         self.settle(store);
         if std::mem::take(&mut self.just_returned) {

@@ -16,6 +16,7 @@ impl Engine {
                     }
                     if self.link != Link::Up {
                         self.log_link("connected");
+                        self.metrics.connected_at = Some(self.now);
                     }
                     self.link = Link::Up;
                 }
@@ -25,6 +26,7 @@ impl Engine {
                     confirm_timeout,
                 } => {
                     self.stats.reconnects += 1;
+                    self.metrics.connected_at = None;
                     if confirm_timeout {
                         self.stats.confirm_timeouts += 1;
                     }
@@ -39,6 +41,7 @@ impl Engine {
                     self.set_error(error);
                 }
                 Outcome::Closed => {
+                    self.metrics.connected_at = None;
                     if self.link == Link::Closed {
                         self.log_link("disconnected on request");
                     }
@@ -83,6 +86,9 @@ impl Engine {
                 break;
             };
             self.inflight_events -= b.count;
+            if acked > 0 {
+                self.metrics.confirmed(b.sent_at, self.now);
+            }
             self.stats.returned += returned as u64;
             // Of `acked`, what the broker did not take: rejected records, and
             // returned ones unless they count as delivered.

@@ -45,6 +45,12 @@ pub struct Snapshot {
     pub broker: String,
     /// The last error, if any.
     pub last_error: String,
+    /// Seconds since the oldest record in the fallback list happened.
+    pub fallback_oldest_age_seconds: u64,
+    /// Confirm latency over the last minute, p50 and p99, in ms (0: none).
+    pub confirm_latency_ms: (u64, u64),
+    /// Seconds the broker connection has been up.
+    pub connection_uptime_seconds: u64,
 }
 
 /// Writes the section; field names get the `key_evt_amqp_` prefix from Redis.
@@ -103,6 +109,10 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("supervisor_restarts", st.supervisor_restarts),
         ("keymask_count", s.keymask_count as u64),
         ("fallback_moved_aside", s.fallback_moved_aside),
+        ("fallback_oldest_age_seconds", s.fallback_oldest_age_seconds),
+        ("confirm_latency_p50_ms", s.confirm_latency_ms.0),
+        ("confirm_latency_p99_ms", s.confirm_latency_ms.1),
+        ("connection_uptime_seconds", s.connection_uptime_seconds),
     ];
     for (name, value) in numbers {
         section = section.field(name, value)?;

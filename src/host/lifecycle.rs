@@ -187,6 +187,18 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
             "{}:{}",
             st.engine.settings.amqp.host, st.engine.settings.amqp.port
         ),
+        fallback_oldest_age_seconds: st.engine.metrics.oldest_age(crate::event::now_secs()),
+        confirm_latency_ms: {
+            let now = std::time::Instant::now();
+            let ms = |p| {
+                st.engine
+                    .metrics
+                    .latency_percentile(now, p)
+                    .map_or(0, |d| d.as_millis() as u64)
+            };
+            (ms(50), ms(99))
+        },
+        connection_uptime_seconds: st.engine.metrics.uptime(std::time::Instant::now()),
         last_error: st.engine.last_error.clone(),
     })
     .unwrap_or_default();
