@@ -159,3 +159,25 @@ fn module_loadex_keeps_the_password_out_of_module_list() {
     assert!(!srv.log().contains(SECRET), "the log shows the password");
     rabbitmqctl(&node, &["delete_user", user]);
 }
+
+#[test]
+fn events_flow_into_a_vhost() {
+    let _g = fault_lock();
+    let (port, node) = fault_broker();
+    let vhost = format!("kea-vh-{}", std::process::id());
+    rabbitmqctl(&node, &["add_vhost", &vhost]);
+    rabbitmqctl(
+        &node,
+        &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"],
+    );
+    let mut sink = Sink::in_vhost(port, &vhost);
+    let srv = Server::start(
+        Kind::Redis,
+        &ModuleArgs::new(&sink).build(),
+        &[("key_evt_amqp.vhost", vhost.as_str())],
+    );
+    srv.set_keys(&["k0", "k1"]);
+    sink.expect_sequence("k", 2, T);
+    drop(sink);
+    rabbitmqctl(&node, &["delete_vhost", &vhost]);
+}

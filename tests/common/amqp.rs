@@ -103,14 +103,17 @@ pub struct Sink {
     pub routing_key: String,
     /// Everything received so far, in order.
     pub received: Vec<Msg>,
+    /// The broker's virtual host.
+    pub vhost: String,
 }
 
 fn block<T>(f: impl std::future::Future<Output = T>) -> T {
     async_global_executor::block_on(f)
 }
 
-async fn channel(port: u16) -> lapin::Result<(Connection, Channel)> {
-    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f?connection_timeout=5000");
+async fn channel(port: u16, vhost: &str) -> lapin::Result<(Connection, Channel)> {
+    let vhost = vhost.replace('/', "%2f");
+    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/{vhost}?connection_timeout=5000");
     let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     Ok((conn, ch))
@@ -125,6 +128,22 @@ impl Sink {
             queue: super::unique("kea-q"),
             routing_key: super::unique("rk"),
             received: Vec::new(),
+            vhost: "/".into(),
+        };
+        s.declare_exchange();
+        s.declare_queue();
+        s
+    }
+
+    /// Like [`Sink::new`], in a virtual host (which must exist).
+    pub fn in_vhost(port: u16, vhost: &str) -> Self {
+        let s = Self {
+            port,
+            exchange: super::unique("kea-x"),
+            queue: super::unique("kea-q"),
+            routing_key: super::unique("rk"),
+            received: Vec::new(),
+            vhost: vhost.to_string(),
         };
         s.declare_exchange();
         s.declare_queue();
@@ -139,9 +158,10 @@ impl Sink {
             queue: super::unique("kea-q"),
             routing_key: binding.to_string(),
             received: Vec::new(),
+            vhost: "/".into(),
         };
         block(async {
-            let (conn, ch) = channel(port).await?;
+            let (conn, ch) = channel(port, &s.vhost).await?;
             let durable = ExchangeDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -163,7 +183,7 @@ impl Sink {
     /// Declares (or re-declares) the exchange.
     pub fn declare_exchange(&self) {
         block(async {
-            let (conn, ch) = channel(self.port).await?;
+            let (conn, ch) = channel(self.port, &self.vhost).await?;
             let opts = ExchangeDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -183,7 +203,7 @@ impl Sink {
     /// Removes the queue's binding: publishes become unroutable.
     pub fn unbind(&self) {
         block(async {
-            let (conn, ch) = channel(self.port).await?;
+            let (conn, ch) = channel(self.port, &self.vhost).await?;
             ch.queue_unbind(
                 self.queue.as_str().into(),
                 self.exchange.as_str().into(),
@@ -199,7 +219,7 @@ impl Sink {
     /// Deletes the exchange (to make the broker refuse publishes with 404).
     pub fn delete_exchange(&self) {
         block(async {
-            let (conn, ch) = channel(self.port).await?;
+            let (conn, ch) = channel(self.port, &self.vhost).await?;
             ch.exchange_delete(
                 self.exchange.as_str().into(),
                 ExchangeDeleteOptions::default(),
@@ -213,7 +233,7 @@ impl Sink {
     /// Declares the queue and binds it.
     pub fn declare_queue(&self) {
         block(async {
-            let (conn, ch) = channel(self.port).await?;
+            let (conn, ch) = channel(self.port, &self.vhost).await?;
             let opts = QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -239,7 +259,7 @@ impl Sink {
     pub fn drain(&mut self) -> usize {
         let got = block(async {
             let mut out = Vec::new();
-            let Ok((conn, ch)) = channel(self.port).await else {
+            let Ok((conn, ch)) = channel(self.port, &self.vhost).await else {
                 return out;
             };
             let passive = QueueDeclareOptions {
@@ -385,7 +405,7 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         let _ = block(async {
-            let (conn, ch) = channel(self.port).await?;
+            let (conn, ch) = channel(self.port, &self.vhost).await?;
             ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
                 .await?;
             ch.exchange_delete(
