@@ -19,6 +19,7 @@ pub mod keymask;
 pub mod queue;
 pub mod setting;
 pub mod slots;
+pub mod tunables;
 
 /// The module name registered with Redis.
 pub const MODULE_NAME: &str = "key_evt_amqp";

@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::amqp::{check_sequence, Sink};
+use common::amqp::Sink;
 use common::args::ModuleArgs;
+use common::msg::check_sequence;
 use common::server::{module_path, Kind, Server};
 use common::{amqp_port, wait_for};
 use std::time::Duration;

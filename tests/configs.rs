@@ -178,6 +178,17 @@ fn events_flow_into_a_vhost() {
     );
     srv.set_keys(&["k0", "k1"]);
     sink.expect_sequence("k", 2, T);
+    // Back to `/` at run time: the module reconnects there.
+    let mut root = Sink::new(port);
+    for (k, v) in [
+        ("key_evt_amqp.vhost", "/"),
+        ("key_evt_amqp.exchange", root.exchange.as_str()),
+        ("key_evt_amqp.routing-key", root.routing_key.as_str()),
+    ] {
+        srv.cmd(&["CONFIG", "SET", k, v]).unwrap();
+    }
+    srv.set_keys(&["r0"]);
+    assert_eq!(root.expect_at_least(1, T)[0].key(), "r0");
     drop(sink);
     rabbitmqctl(&node, &["delete_vhost", &vhost]);
 }

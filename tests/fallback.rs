@@ -5,7 +5,8 @@ mod common;
 
 use common::args::ModuleArgs;
 
-use common::amqp::{check_sequence, Sink};
+use common::amqp::Sink;
+use common::msg::check_sequence;
 use common::proxy::Proxy;
 use common::server::{Kind, Server};
 use common::{amqp_port, free_port, wait_for};

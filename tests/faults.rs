@@ -6,7 +6,8 @@ mod common;
 
 use common::args::ModuleArgs;
 
-use common::amqp::{check_sequence, Sink};
+use common::amqp::Sink;
+use common::msg::check_sequence;
 use common::proxy::Proxy;
 use common::server::{Kind, Server};
 use common::{amqp_port, broker_pid, fault_broker, fault_lock, rabbitmqctl, wait_for};

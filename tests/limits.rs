@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::amqp::{check_sequence, Sink};
+use common::amqp::Sink;
 use common::args::ModuleArgs;
 use common::conn::*;
+use common::msg::check_sequence;
 use common::proxy::Proxy;
 use common::server::{Kind, Server};
 use common::{amqp_port, wait_for};

@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::amqp::{check_sequence, Sink};
+use common::amqp::Sink;
 use common::args::ModuleArgs;
 use common::cluster::text;
+use common::msg::check_sequence;
 use common::server::{Kind, Server};
 use common::topology::Topology;
 use common::{amqp_port, wait_for};

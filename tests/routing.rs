@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::amqp::{check_sequence, Sink};
+use common::amqp::Sink;
 use common::args::ModuleArgs;
+use common::msg::check_sequence;
 use common::server::{Kind, Server};
 use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl, wait_for};
 use std::time::Duration;

@@ -11,41 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::time::{Duration, Instant};
 
-/// One consumed message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Msg {
-    /// The body.
-    pub body: Vec<u8>,
-    /// `message_id` property.
-    pub message_id: String,
-    /// `timestamp` property.
-    pub timestamp: u64,
-    /// `content_type` property.
-    pub content_type: String,
-    /// `delivery_mode` property.
-    pub delivery_mode: u8,
-    /// The routing key it was published with.
-    pub routing_key: String,
-    /// `app_id` property.
-    pub app_id: String,
-    /// Headers, as text (numbers in decimal).
-    pub headers: std::collections::BTreeMap<String, String>,
-}
-
-impl Msg {
-    /// The body as (db, event, key).
-    pub fn parts(&self) -> (String, String, Vec<u8>) {
-        let mut it = self.body.splitn(3, |b| *b == b'\n');
-        let db = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
-        let ev = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
-        (db, ev, it.next().unwrap_or_default().to_vec())
-    }
-
-    /// The key as text.
-    pub fn key(&self) -> String {
-        String::from_utf8_lossy(&self.parts().2).into_owned()
-    }
-}
+pub use super::msg::Msg;
 
 fn to_msg(d: &lapin::message::Delivery) -> Msg {
     let p = &d.properties;
@@ -427,39 +393,4 @@ async fn ack_through(ch: &Channel, tag: Option<u64>) -> bool {
             .is_ok(),
         None => true,
     }
-}
-
-/// Checks an ordered, at-least-once stream of numbered keys `prefix0..prefixN`:
-/// every number arrives, first arrivals are in order; returns the duplicates.
-pub fn check_sequence(msgs: &[Msg], prefix: &str, n: usize) -> usize {
-    let mut seen = vec![false; n];
-    let mut last: Option<usize> = None;
-    let mut dups = 0;
-    for m in msgs {
-        let key = m.key();
-        let Some(i) = key
-            .strip_prefix(prefix)
-            .and_then(|s| s.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        assert!(i < n, "unexpected key {key}");
-        if seen[i] {
-            dups += 1;
-            continue;
-        }
-        if let Some(l) = last {
-            assert!(i > l, "order broken: {key} arrived after {prefix}{l}");
-        }
-        seen[i] = true;
-        last = Some(i);
-    }
-    let missing: Vec<usize> = (0..n).filter(|i| !seen[*i]).collect();
-    assert!(
-        missing.is_empty(),
-        "{} events missing, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    dups
 }

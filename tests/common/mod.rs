@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod args;
 pub mod cluster;
 pub mod conn;
+pub mod msg;
 pub mod proxy;
 pub mod scripted;
 pub mod server;

@@ -1,0 +1,117 @@
+//! The tuning knobs, each a module config held in an atomic (read without a
+//! lock on every tick), and the fixed configs read at load. Pure: the host
+//! registers them.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+/// A tunable held in an atomic and exposed as a module config.
+pub struct Tunable {
+    /// Config name without the module prefix.
+    pub name: &'static str,
+    /// Current value.
+    pub value: AtomicI64,
+    /// Default.
+    pub default: i64,
+    /// Smallest accepted value.
+    pub min: i64,
+    /// Largest accepted value.
+    pub max: i64,
+}
+
+impl Tunable {
+    const fn new(name: &'static str, default: i64, min: i64, max: i64) -> Self {
+        Self {
+            name,
+            value: AtomicI64::new(default),
+            default,
+            min,
+            max,
+        }
+    }
+
+    /// Current value.
+    #[inline]
+    pub fn get(&self) -> i64 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// Current value as a count.
+    #[inline]
+    pub fn get_usize(&self) -> usize {
+        usize::try_from(self.get()).unwrap_or(0)
+    }
+}
+
+/// `key_evt_amqp.flush-interval-ms`: how often the timer runs while there is work.
+pub static FLUSH_INTERVAL_MS: Tunable = Tunable::new("flush-interval-ms", 5, 1, 1000);
+/// `key_evt_amqp.queue-max-events`: in-memory queue bound in events; past it, spill to the list.
+pub static QUEUE_MAX_EVENTS: Tunable = Tunable::new("queue-max-events", 1_000_000, 1, 100_000_000);
+/// `key_evt_amqp.queue-max-bytes`: in-memory queue bound in bytes; past it, spill to the list.
+pub static QUEUE_MAX_BYTES: Tunable = Tunable::new("queue-max-bytes", 64 << 20, 1024, 16 << 30);
+/// `key_evt_amqp.batch-size`: events handed to the AMQP side in one batch.
+pub static BATCH_SIZE: Tunable = Tunable::new("batch-size", 1024, 1, 100_000);
+/// `key_evt_amqp.inflight-max`: events published and not yet confirmed, at most.
+pub static INFLIGHT_MAX: Tunable = Tunable::new("inflight-max", 8192, 1, 1_000_000);
+
+/// `key_evt_amqp.reconnect-max-ms`: the cap of the reconnect backoff.
+pub static RECONNECT_MAX_MS: Tunable = Tunable::new("reconnect-max-ms", 5000, 100, 600_000);
+
+/// What to do with an event the broker returns as unroutable (no queue
+/// bound for its routing key): `key_evt_amqp.on-unroutable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unroutable {
+    /// Back to the fallback list, sent again later: a missing binding is an
+    /// outage, not a success (the default).
+    #[default]
+    Store,
+    /// Dropped, and counted in `events_dropped_unroutable`.
+    Drop,
+    /// Counted in `events_returned` only, and treated as delivered.
+    Count,
+}
+
+impl Unroutable {
+    /// Every value with its config name.
+    pub const ALL: [(Self, &'static str); 3] = [
+        (Self::Store, "store"),
+        (Self::Drop, "drop"),
+        (Self::Count, "count"),
+    ];
+}
+
+/// `key_evt_amqp.on-unroutable` (see [`Unroutable`]).
+pub static ON_UNROUTABLE: Mutex<Unroutable> = Mutex::new(Unroutable::Store);
+
+/// `key_evt_amqp.burst-rate`: events per second above which forwarding waits while the
+/// queue is less than half full (0: never wait).
+pub static BURST_RATE: Tunable = Tunable::new("burst-rate", 100_000, 0, 1_000_000_000);
+
+/// `key_evt_amqp.confirm-timeout-ms`: a publish the broker has not confirmed after this
+/// long recycles the connection; the unconfirmed records go back to the list.
+pub static CONFIRM_TIMEOUT_MS: Tunable = Tunable::new("confirm-timeout-ms", 30_000, 100, 3_600_000);
+
+/// `key_evt_amqp.max-record-bytes`: a record (message) larger than this is never
+/// sent; it is counted in `events_rejected` and dropped.
+pub static MAX_RECORD_BYTES: Tunable = Tunable::new("max-record-bytes", 16 << 20, 1024, 512 << 20);
+
+/// `key_evt_amqp.fallback-db` (immutable): the database that holds the fallback list.
+pub static FALLBACK_DB: Tunable = Tunable::new("fallback-db", 0, 0, 1_000_000);
+
+/// All mutable integer tunables, for registration.
+pub static TUNABLES: [&Tunable; 9] = [
+    &BURST_RATE,
+    &CONFIRM_TIMEOUT_MS,
+    &MAX_RECORD_BYTES,
+    &FLUSH_INTERVAL_MS,
+    &QUEUE_MAX_EVENTS,
+    &QUEUE_MAX_BYTES,
+    &BATCH_SIZE,
+    &INFLIGHT_MAX,
+    &RECONNECT_MAX_MS,
+];
+
+/// `key_evt_amqp.fallback-key` (immutable): the fallback list key (a hash tag is added in cluster mode).
+pub static FALLBACK_KEY: Mutex<String> = Mutex::new(String::new());
+/// Default of [`FALLBACK_KEY`].
+pub const FALLBACK_KEY_DEFAULT: &str = "key_evt_amqp:fallback";
