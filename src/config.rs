@@ -57,6 +57,11 @@ pub struct AmqpSettings {
     pub node: String,
     /// The broker's virtual host.
     pub vhost: String,
+    /// Connect with TLS (`amqps`).
+    pub tls: bool,
+    /// PEM file of the CA(s) that sign the broker's certificate; empty:
+    /// the system's trusted roots.
+    pub tls_ca_file: String,
 }
 
 /// A password: shown as `***` by `Debug` and `Display`, everywhere.
@@ -100,6 +105,8 @@ impl Default for AmqpSettings {
             delivery_mode: 1,
             node: String::new(),
             vhost: "/".into(),
+            tls: false,
+            tls_ca_file: String::new(),
         }
     }
 }

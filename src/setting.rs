@@ -30,6 +30,10 @@ pub enum Setting {
     FallbackSize,
     /// `keymasks`: space-separated; `ALL` for every key
     Keymasks,
+    /// `tls`: `yes` connects with `amqps`
+    Tls,
+    /// `tls-ca-file`: PEM file of the broker's CA (empty: system roots)
+    TlsCaFile,
 }
 
 /// A setting's value: text (binary-safe) or a number.
@@ -43,7 +47,7 @@ pub enum Value {
 
 impl Setting {
     /// Every setting, in the order of the README's table.
-    pub const ALL: [Setting; 11] = [
+    pub const ALL: [Setting; 13] = [
         Self::Host,
         Self::Port,
         Self::Vhost,
@@ -55,6 +59,8 @@ impl Setting {
         Self::DeliveryMode,
         Self::FallbackSize,
         Self::Keymasks,
+        Self::Tls,
+        Self::TlsCaFile,
     ];
 
     /// The config name, without the module prefix.
@@ -71,6 +77,8 @@ impl Setting {
             Self::DeliveryMode => "delivery-mode",
             Self::FallbackSize => "fallback-size",
             Self::Keymasks => "keymasks",
+            Self::Tls => "tls",
+            Self::TlsCaFile => "tls-ca-file",
         }
     }
 
@@ -97,7 +105,7 @@ impl Setting {
             Self::RoutingKey => Some(6),
             Self::DeliveryMode => Some(7),
             Self::FallbackSize => Some(8),
-            Self::Vhost | Self::Keymasks => None,
+            Self::Vhost | Self::Keymasks | Self::Tls | Self::TlsCaFile => None,
         }
     }
 
@@ -117,6 +125,8 @@ impl Setting {
             Self::DeliveryMode => Value::Number(a.delivery_mode.into()),
             Self::FallbackSize => Value::Number(s.fallback_size),
             Self::Keymasks => Value::Text(s.masks.sources().join(&b' ')),
+            Self::Tls => t(if a.tls { "yes" } else { "no" }),
+            Self::TlsCaFile => t(&a.tls_ca_file),
         }
     }
 
@@ -135,6 +145,20 @@ impl Setting {
         let mut out = s.clone();
         match self {
             Self::Vhost => out.amqp.vhost = text("vhost", &bytes)?,
+            Self::Tls => {
+                out.amqp.tls = match bytes.as_slice() {
+                    b"yes" => true,
+                    b"no" => false,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            name: "tls",
+                            value: crate::keymask::printable(&bytes),
+                            reason: "must be yes or no",
+                        })
+                    }
+                }
+            }
+            Self::TlsCaFile => out.amqp.tls_ca_file = text("tls-ca-file", &bytes)?,
             _ => {
                 let masks: Vec<&[u8]> = bytes
                     .split(|b| *b == b' ')

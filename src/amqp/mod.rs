@@ -164,15 +164,29 @@ fn uri(s: &AmqpSettings) -> AMQPUri {
     }
 }
 
-async fn open(s: &AmqpSettings) -> Result<(Connection, Channel), lapin::Error> {
+async fn open(s: &AmqpSettings) -> Result<(Connection, Channel), String> {
     // A name per node, so the broker's management UI tells nodes apart.
     let name = format!("key_evt_amqp {}", s.node);
     let props = ConnectionProperties::default().with_connection_name(name.as_str().into());
-    let conn = Connection::connect_uri(uri(s), props).await?;
-    let channel = conn.create_channel().await?;
+    let mut u = uri(s);
+    let mut tls = lapin::tcp::OwnedTLSConfig::default();
+    if s.tls {
+        u.scheme = AMQPScheme::AMQPS;
+        if !s.tls_ca_file.is_empty() {
+            let pem = std::fs::read_to_string(&s.tls_ca_file)
+                .map_err(|e| format!("tls-ca-file '{}': {e}", s.tls_ca_file))?;
+            tls.cert_chain = Some(pem);
+        }
+    }
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    let conn = Connection::connect_uri_with_config(u, props, tls, runtime)
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((conn, channel))
 }
 

@@ -22,7 +22,7 @@ static LOADING: Mutex<Option<Settings>> = Mutex::new(None);
 /// One broker setting as a module config.
 pub struct SettingConfig(Setting);
 
-static SETTINGS: [SettingConfig; 11] = [
+static SETTINGS: [SettingConfig; 13] = [
     SettingConfig(Setting::Host),
     SettingConfig(Setting::Port),
     SettingConfig(Setting::Vhost),
@@ -34,6 +34,8 @@ static SETTINGS: [SettingConfig; 11] = [
     SettingConfig(Setting::DeliveryMode),
     SettingConfig(Setting::FallbackSize),
     SettingConfig(Setting::Keymasks),
+    SettingConfig(Setting::Tls),
+    SettingConfig(Setting::TlsCaFile),
 ];
 
 fn register_setting(ctx: &Context, c: &'static SettingConfig) {

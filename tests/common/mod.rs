@@ -12,6 +12,7 @@ pub mod msg;
 pub mod proxy;
 pub mod scripted;
 pub mod server;
+pub mod tls;
 pub mod topology;
 
 use std::time::{Duration, Instant};
