@@ -1,6 +1,7 @@
-//! `amqps`: events flow over TLS with the broker verified against a CA
-//! file; a wrong CA gives a clear `last_error` and the events wait in the
-//! fallback list; fixing the CA, and later reconnects, keep working.
+//! `amqps` into a vhost: events flow over TLS with the broker verified
+//! against a CA file; a wrong CA gives a clear `last_error` and the events
+//! wait in the fallback list; fixing the CA, and later reconnects, keep
+//! working.
 
 mod common;
 
@@ -19,9 +20,19 @@ fn keys(from: usize, to: usize) -> Vec<String> {
 }
 
 #[test]
-fn events_flow_over_tls_and_a_wrong_ca_is_reported() {
+fn events_flow_over_tls_into_a_vhost_and_a_wrong_ca_is_reported() {
     let broker = TlsBroker::start();
-    let mut sink = Sink::new(broker.port);
+    broker.ctl(&["add_vhost", "kea-tls"]);
+    broker.ctl(&[
+        "set_permissions",
+        "-p",
+        "kea-tls",
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let mut sink = Sink::in_vhost(broker.port, "kea-tls");
     let mut args = ModuleArgs::new(&sink).port(broker.tls_port).heartbeat(2);
     args.host = "localhost".into();
     let wrong = broker.wrong_ca();
@@ -30,6 +41,7 @@ fn events_flow_over_tls_and_a_wrong_ca_is_reported() {
         &args.build(),
         &[
             ("key_evt_amqp.tls", "yes"),
+            ("key_evt_amqp.vhost", "kea-tls"),
             ("key_evt_amqp.tls-ca-file", wrong.as_str()),
         ],
     );

@@ -132,6 +132,11 @@ impl TlsBroker {
         }
     }
 
+    /// Runs `rabbitmqctl` against this node.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        super::rabbitmqctl(&self.name, args)
+    }
+
     /// The CA that signed the server's certificate.
     pub fn ca(&self) -> String {
         self.dir.join("ca.pem").display().to_string()
