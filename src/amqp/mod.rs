@@ -70,7 +70,7 @@ pub enum Outcome {
 }
 
 /// The fate of one batch.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Settled {
     /// The batch id.
     pub id: u64,
@@ -85,10 +85,23 @@ pub struct Settled {
     /// `acked`, except with `on-unroutable store`, where the batch stops at
     /// the first one (which is not counted in `acked`).
     pub returned: usize,
-    /// Index in the batch of the first returned record.
-    pub first_returned: Option<usize>,
     /// The first error, if any.
     pub error: Option<String>,
+}
+
+impl Settled {
+    /// A batch of which nothing was confirmed, for `error`: every record of
+    /// it is sent again.
+    pub fn failed(id: u64, error: impl Into<String>) -> Self {
+        Self {
+            id,
+            acked: 0,
+            nacked: 0,
+            rejected: 0,
+            returned: 0,
+            error: Some(error.into()),
+        }
+    }
 }
 
 /// Handle held by the main thread.
@@ -209,15 +222,7 @@ async fn sleep_ms(ms: u64) {
 }
 
 fn fail_batch(batch: Batch, error: &str) -> Outcome {
-    Outcome::Settled(Settled {
-        id: batch.id,
-        acked: 0,
-        nacked: 0,
-        rejected: 0,
-        returned: 0,
-        first_returned: None,
-        error: Some(error.to_string()),
-    })
+    Outcome::Settled(Settled::failed(batch.id, error))
 }
 
 /// Nice value of the AMQP threads, so that under load they yield the CPU to

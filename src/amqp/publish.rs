@@ -79,15 +79,7 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
     async_global_executor::spawn(async move {
         let settled = future::or(confirm_all(id, sent), async {
             let _ = watch.gone.recv().await;
-            Settled {
-                id,
-                acked: 0,
-                nacked: 0,
-                rejected: 0,
-                returned: 0,
-                first_returned: None,
-                error: Some("connection lost before the broker confirmed".into()),
-            }
+            Settled::failed(id, "connection lost before the broker confirmed")
         })
         .await;
         if let Some(e) = &settled.error {
@@ -109,12 +101,7 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
 pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
     let mut settled = Settled {
         id,
-        acked: 0,
-        nacked: 0,
-        rejected: 0,
-        returned: 0,
-        first_returned: None,
-        error: None,
+        ..Settled::default()
     };
     let store_returns = crate::config::ON_UNROUTABLE
         .lock()
@@ -143,7 +130,6 @@ pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
         match c.await {
             Ok(Confirmation::Ack(Some(_))) => {
                 settled.returned += 1;
-                settled.first_returned.get_or_insert(settled.acked);
                 if store_returns {
                     // Unroutable, and to be kept: the batch fails here.
                     settled.error = Some("returned by the broker as unroutable".into());

@@ -320,15 +320,7 @@ impl Engine {
         self.warning("key_evt_amqp: the AMQP task stopped unexpectedly; starting a new one".into());
         self.set_error("the AMQP task stopped unexpectedly");
         for b in self.inflight.iter_mut().filter(|b| b.settled.is_none()) {
-            b.settled = Some(Settled {
-                id: b.id,
-                acked: 0,
-                nacked: 0,
-                rejected: 0,
-                returned: 0,
-                first_returned: None,
-                error: Some("the AMQP task stopped".into()),
-            });
+            b.settled = Some(Settled::failed(b.id, "the AMQP task stopped"));
         }
         if self.link != Link::Closed {
             self.link = Link::Idle;

@@ -34,7 +34,7 @@ impl Broker for Scripted {
                 }
             }
             Request::Disconnect => {
-                self.fail_all(0);
+                self.fail_all();
                 self.connected = false;
                 self.connect_asked = false;
                 self.outcomes.push_back(Outcome::Closed);
@@ -43,15 +43,8 @@ impl Broker for Scripted {
                 if self.connected && b.generation == self.generation {
                     self.unsettled.push_back(b);
                 } else {
-                    self.outcomes.push_back(Outcome::Settled(Settled {
-                        id: b.id,
-                        acked: 0,
-                        nacked: 0,
-                        rejected: 0,
-                        returned: 0,
-                        first_returned: None,
-                        error: Some("not connected".into()),
-                    }));
+                    self.outcomes
+                        .push_back(Outcome::Settled(Settled::failed(b.id, "not connected")));
                 }
             }
         }
@@ -97,7 +90,6 @@ impl Scripted {
             nacked,
             rejected,
             returned: 0,
-            first_returned: None,
             error,
         }));
         true
@@ -129,7 +121,6 @@ impl Scripted {
             nacked: 0,
             rejected,
             returned: 1,
-            first_returned: Some(k),
             error: Some("returned by the broker as unroutable".into()),
         }));
         true
@@ -150,7 +141,7 @@ impl Scripted {
                 left -= 1;
             }
         }
-        self.fail_all(0);
+        self.fail_all();
         if self.connected || self.connect_asked {
             self.outcomes.push_back(Outcome::Down {
                 error: "connection lost".into(),
@@ -161,17 +152,10 @@ impl Scripted {
         self.connected = false;
     }
 
-    pub fn fail_all(&mut self, acked: usize) {
+    pub fn fail_all(&mut self) {
         while let Some(b) = self.unsettled.pop_front() {
-            self.outcomes.push_back(Outcome::Settled(Settled {
-                id: b.id,
-                acked,
-                nacked: 0,
-                rejected: 0,
-                returned: 0,
-                first_returned: None,
-                error: Some("connection lost".into()),
-            }));
+            self.outcomes
+                .push_back(Outcome::Settled(Settled::failed(b.id, "connection lost")));
         }
     }
 }
