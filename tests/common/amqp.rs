@@ -88,17 +88,7 @@ async fn channel(port: u16, vhost: &str) -> lapin::Result<(Connection, Channel)>
 impl Sink {
     /// Declares a fresh exchange, queue and binding on the broker at `port`.
     pub fn new(port: u16) -> Self {
-        let s = Self {
-            port,
-            exchange: super::unique("kea-x"),
-            queue: super::unique("kea-q"),
-            routing_key: super::unique("rk"),
-            received: Vec::new(),
-            vhost: "/".into(),
-        };
-        s.declare_exchange();
-        s.declare_queue();
-        s
+        Self::in_vhost(port, "/")
     }
 
     /// Like [`Sink::new`], in a virtual host (which must exist).
@@ -126,28 +116,17 @@ impl Sink {
             received: Vec::new(),
             vhost: "/".into(),
         };
-        block(async {
-            let (conn, ch) = channel(port, &s.vhost).await?;
-            let durable = ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            ch.exchange_declare(
-                s.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-            conn.close(200, "ok".into()).await
-        })
-        .expect("declare topic exchange");
+        s.declare_exchange_of(ExchangeKind::Topic);
         s.declare_queue();
         s
     }
 
     /// Declares (or re-declares) the exchange.
     pub fn declare_exchange(&self) {
+        self.declare_exchange_of(ExchangeKind::Direct);
+    }
+
+    fn declare_exchange_of(&self, kind: ExchangeKind) {
         block(async {
             let (conn, ch) = channel(self.port, &self.vhost).await?;
             let opts = ExchangeDeclareOptions {
@@ -156,7 +135,7 @@ impl Sink {
             };
             ch.exchange_declare(
                 self.exchange.as_str().into(),
-                ExchangeKind::Direct,
+                kind,
                 opts,
                 FieldTable::default(),
             )
