@@ -38,6 +38,18 @@ pub enum LinkAction {
     Disconnect,
 }
 
+impl LinkAction {
+    /// What a change of settings from `old` to `new` asks of the
+    /// connection: a reconnect when the broker settings changed.
+    pub fn after(old: &Settings, new: &Settings) -> Self {
+        if new.amqp != old.amqp {
+            Self::Reconnect
+        } else {
+            Self::Keep
+        }
+    }
+}
+
 impl Command {
     /// Every command name, in the order of the bus index.
     pub const NAMES: [&'static str; 7] = bus::NAMES;
@@ -108,11 +120,7 @@ impl Command {
         let action = match self {
             Self::ConfigSet(args) => {
                 new = settings.with_args(args)?;
-                if new.amqp != settings.amqp {
-                    LinkAction::Reconnect
-                } else {
-                    LinkAction::Keep
-                }
+                LinkAction::after(settings, &new)
             }
             Self::Connect(args) => {
                 new = settings.with_args(args)?;

@@ -3,6 +3,7 @@
 //! in cluster mode broadcast to every node.
 
 use crate::command::{Command, LinkAction};
+use crate::config::Settings;
 use crate::host::state::{Link, State};
 use crate::host::{cluster, guard, state, timer};
 use redis_module::{
@@ -18,22 +19,28 @@ fn err(e: impl std::fmt::Display) -> String {
 pub fn apply(ctx: &Context, cmd: &Command) -> Result<(), String> {
     with_state(|st| {
         let (settings, action) = cmd.apply(&st.engine.settings).map_err(err)?;
-        st.engine.settings = settings;
-        match action {
-            LinkAction::Keep => {}
-            LinkAction::Connect if st.engine.master => timer::request_connect(st),
-            // A replica connects when promoted.
-            LinkAction::Connect => st.engine.link = Link::Idle,
-            LinkAction::Reconnect => {
-                if st.engine.master && st.engine.link.active() {
-                    timer::request_connect(st);
-                }
-            }
-            LinkAction::Disconnect => timer::request_disconnect(st),
-        }
+        use_settings(st, settings, action);
         timer::arm(ctx, st);
         Ok(())
     })
+}
+
+/// Puts `settings` in force and does what `action` asks of the connection
+/// (commands and `CONFIG SET` both come here).
+pub fn use_settings(st: &mut State, settings: Settings, action: LinkAction) {
+    st.engine.settings = settings;
+    match action {
+        LinkAction::Keep => {}
+        LinkAction::Connect if st.engine.master => timer::request_connect(st),
+        // A replica connects when promoted.
+        LinkAction::Connect => st.engine.link = Link::Idle,
+        LinkAction::Reconnect => {
+            if st.engine.master && st.engine.link.active() {
+                timer::request_connect(st);
+            }
+        }
+        LinkAction::Disconnect => timer::request_disconnect(st),
+    }
 }
 
 fn with_state(f: impl FnOnce(&mut State) -> Result<(), String>) -> Result<(), String> {

@@ -4,10 +4,11 @@
 //! configs read and write the same settings the positional arguments and
 //! the commands change.
 
+use crate::command::LinkAction;
 use crate::config::{
     Settings, Unroutable, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, ON_UNROUTABLE, TUNABLES,
 };
-use crate::host::{guard, state, timer};
+use crate::host::{commands, guard, state};
 use crate::setting::{Setting, Value};
 use redis_module::configuration::{
     register_enum_configuration, register_i64_configuration, register_string_configuration,
@@ -100,11 +101,8 @@ impl SettingConfig {
                     .0
                     .set(&st.engine.settings, &v)
                     .map_err(|e| e.to_string())?;
-                let amqp_changed = new.amqp != st.engine.settings.amqp;
-                st.engine.settings = new;
-                if amqp_changed && st.engine.master && st.engine.link.active() {
-                    timer::request_connect(st);
-                }
+                let action = LinkAction::after(&st.engine.settings, &new);
+                commands::use_settings(st, new, action);
                 Ok(())
             })
             .unwrap_or_else(|| Err("module state is busy".to_string()))
