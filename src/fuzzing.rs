@@ -7,7 +7,7 @@ use crate::amqp::deliverable;
 use crate::bus::{decode, encode, loggable, NAMES};
 use crate::config::Settings;
 use crate::event::{split, Encoder};
-use crate::keymask::KeyMask;
+use crate::keymask::{KeyMask, KeyMasks};
 use lapin::types::ShortString;
 
 /// Work budget of the reference matcher, in steps; inputs that need more
@@ -85,6 +85,58 @@ pub fn matcher(data: &[u8]) {
             String::from_utf8_lossy(key)
         );
     }
+}
+
+/// A mask set's automaton agrees with the reference on every mask: any
+/// match is a match. Input: a count byte (1 to 4 masks), then each mask as a
+/// length byte (0 to 15) and its bytes, then the key. Masks and keys hold any
+/// byte, NUL and `\n` included.
+pub fn mask_set(data: &[u8]) {
+    let Some((&count, mut rest)) = data.split_first() else {
+        return;
+    };
+    let mut masks: Vec<&[u8]> = Vec::new();
+    for _ in 0..1 + count % 4 {
+        let Some((&len, tail)) = rest.split_first() else {
+            break;
+        };
+        let len = usize::from(len % 16).min(tail.len());
+        masks.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    if masks.is_empty() || masks.contains(&&b"ALL"[..]) {
+        return;
+    }
+    let key = rest;
+    let Ok(KeyMasks::Some(set)) = KeyMasks::from_args(&masks) else {
+        panic!("masks under the limits are a set: {masks:?}");
+    };
+    let automaton = set.build_now().expect("a small set builds");
+    let got = automaton.is_match(key).expect("the lazy DFA answers");
+    let mut want = Some(false);
+    for m in &masks {
+        match reference_match(m, key) {
+            Some(true) => {
+                want = Some(true);
+                break;
+            }
+            Some(false) => {}
+            None => want = None,
+        }
+    }
+    if let Some(want) = want {
+        assert_eq!(
+            got,
+            want,
+            "masks {:?} key {:?}",
+            masks
+                .iter()
+                .map(|m| String::from_utf8_lossy(m))
+                .collect::<Vec<_>>(),
+            String::from_utf8_lossy(key)
+        );
+    }
+    assert_eq!(got, set.linear_matches(key), "automaton and linear matcher");
 }
 
 /// Every payload that decodes encodes back to the same bytes; commands built

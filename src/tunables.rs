@@ -87,6 +87,10 @@ pub static ON_UNROUTABLE: Mutex<Unroutable> = Mutex::new(Unroutable::Store);
 /// queue is less than half full (0: never wait).
 pub static BURST_RATE: Tunable = Tunable::new("burst-rate", 100_000, 0, 1_000_000_000);
 
+/// `key_evt_amqp.burst-max-ms`: the longest forwarding waits in one burst; past
+/// it, forwarding runs at full speed while the rate stays above `burst-rate`.
+pub static BURST_MAX_MS: Tunable = Tunable::new("burst-max-ms", 30_000, 0, 3_600_000);
+
 /// `key_evt_amqp.confirm-timeout-ms`: a publish the broker has not confirmed after this
 /// long recycles the connection; the unconfirmed records go back to the list.
 pub static CONFIRM_TIMEOUT_MS: Tunable = Tunable::new("confirm-timeout-ms", 30_000, 100, 3_600_000);
@@ -95,11 +99,19 @@ pub static CONFIRM_TIMEOUT_MS: Tunable = Tunable::new("confirm-timeout-ms", 30_0
 /// sent; it is counted in `events_rejected` and dropped.
 pub static MAX_RECORD_BYTES: Tunable = Tunable::new("max-record-bytes", 16 << 20, 1024, 512 << 20);
 
+/// `key_evt_amqp.keymask-max-bytes`: memory for the automaton of the key masks
+/// (its NFA and its cache of DFA states). A set whose NFA needs more is matched
+/// by the linear matcher instead. Read when a set is built.
+pub static KEYMASK_MAX_BYTES: Tunable =
+    Tunable::new("keymask-max-bytes", 128 << 20, 1 << 20, 16 << 30);
+
 /// `key_evt_amqp.fallback-db` (immutable): the database that holds the fallback list.
 pub static FALLBACK_DB: Tunable = Tunable::new("fallback-db", 0, 0, 1_000_000);
 
 /// All mutable integer tunables, for registration.
-pub static TUNABLES: [&Tunable; 9] = [
+pub static TUNABLES: [&Tunable; 11] = [
+    &KEYMASK_MAX_BYTES,
+    &BURST_MAX_MS,
     &BURST_RATE,
     &CONFIRM_TIMEOUT_MS,
     &MAX_RECORD_BYTES,

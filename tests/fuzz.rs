@@ -18,6 +18,11 @@ fn cases() -> u32 {
 
 /// Runs `check` on the kept corpus, then on `cases()` generated inputs.
 fn fuzz(target: &str, strategy: impl Strategy<Value = Vec<u8>>, check: fn(&[u8])) {
+    fuzz_n(target, strategy, check, cases());
+}
+
+/// [`fuzz`] with `n` generated inputs.
+fn fuzz_n(target: &str, strategy: impl Strategy<Value = Vec<u8>>, check: fn(&[u8]), n: u32) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
         .join(target);
@@ -30,7 +35,7 @@ fn fuzz(target: &str, strategy: impl Strategy<Value = Vec<u8>>, check: fn(&[u8])
     }
     assert!(kept > 0, "no corpus in {}", dir.display());
     let mut runner = TestRunner::new(Config {
-        cases: cases(),
+        cases: n,
         failure_persistence: None,
         ..Config::default()
     });
@@ -64,6 +69,29 @@ fn matcher_agrees_with_the_reference() {
 #[test]
 fn matcher_on_raw_bytes() {
     fuzz("matcher", vec(any::<u8>(), 0..64), fuzzing::matcher);
+}
+
+#[test]
+fn mask_sets_agree_with_the_reference() {
+    // One automaton per case: a tenth of the cases of the other properties.
+    let mask = vec(mask_byte(), 0..10);
+    let input = (
+        vec(mask, 1..5),
+        vec(
+            prop_oneof![4 => mask_byte(), 1 => Just(b'\n'), 1 => Just(0u8)],
+            0..24,
+        ),
+    )
+        .prop_map(|(masks, key)| {
+            let mut v = vec![(masks.len() - 1) as u8];
+            for m in masks {
+                v.push(m.len() as u8);
+                v.extend(m);
+            }
+            v.extend(key);
+            v
+        });
+    fuzz_n("mask_set", input, fuzzing::mask_set, cases() / 10);
 }
 
 #[test]

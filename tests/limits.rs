@@ -76,6 +76,20 @@ fn mask_limits_and_linear_matching() {
         run(&mut c, "SET", &["t77777:x", "v"]).unwrap();
         let keys = wait_for_key(&mut sink, "t77777:x");
         assert_eq!(keys, ["t77777:x"], "{kind:?}");
+        // The first key asked for the automaton, built off the main thread;
+        // once it answers, the same keys give the same answers.
+        wait_for("the automaton", T, || {
+            srv.field("keymask_matcher") == "automaton"
+        });
+        assert!(srv.stat("keymask_bytes") > 1_000_000, "{kind:?}");
+        run(&mut c, "SET", &["u2", "v"]).unwrap();
+        run(&mut c, "SET", &["t99999:y", "v"]).unwrap();
+        let keys = wait_for_key(&mut sink, "t99999:y");
+        assert_eq!(
+            keys,
+            ["t77777:x", "t99999:y"],
+            "{kind:?}: u2 is not forwarded"
+        );
 
         // A mask that backtracking matchers take exponential time on.
         let evil = format!("{}b", "a*".repeat(200));

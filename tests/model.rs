@@ -46,6 +46,8 @@ enum Op {
     ForeignPush,
     ForeignPop,
     SmallQueue(bool),
+    /// Bursts on: more than 20 events/s holds forwarding, for at most 400 ms.
+    Burst(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -67,6 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ForeignPush),
         1 => Just(Op::ForeignPop),
         1 => any::<bool>().prop_map(Op::SmallQueue),
+        1 => any::<bool>().prop_map(Op::Burst),
     ]
 }
 
@@ -103,6 +106,7 @@ impl World {
                 queue_max_events: 1000,
                 queue_max_bytes: 1 << 20,
                 burst_rate: 0,
+                burst_max: Duration::ZERO,
                 on_unroutable: Default::default(),
             },
             next_id: 0,
@@ -215,6 +219,10 @@ impl World {
             }
             Op::SmallQueue(small) => {
                 self.limits.queue_max_events = if small { 3 } else { 1000 };
+            }
+            Op::Burst(on) => {
+                self.limits.burst_rate = if on { 20 } else { 0 };
+                self.limits.burst_max = Duration::from_millis(if on { 400 } else { 0 });
             }
         }
     }

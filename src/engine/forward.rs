@@ -7,6 +7,9 @@ use crate::queue::Records;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The span over which the event rate is measured.
+const RATE_SPAN: Duration = Duration::from_millis(100);
+
 impl Engine {
     pub(super) fn sync_when_due(&mut self, store: &mut dyn Storage, now: Instant) {
         let every = if self.list.len > 0 {
@@ -37,7 +40,8 @@ impl Engine {
     }
 
     /// Hands batches over up to the window: the list first while it holds
-    /// anything (newer events queue behind it there), else the queue.
+    /// anything (newer events wait behind it in memory, and in the list only
+    /// past the queue's bounds), else the queue.
     pub(super) fn forward(
         &mut self,
         store: &mut dyn Storage,
@@ -47,7 +51,6 @@ impl Engine {
         let window = limits.window;
         let batch = limits.batch.max(1);
         if self.list.len > 0 || self.list_in_flight() {
-            self.spill(store);
             // Read the length before reading at an offset: a client may have
             // pushed or popped since the last look, which moves the head.
             if self.list.unread() > 0 {
@@ -106,19 +109,34 @@ impl Engine {
         }));
     }
 
-    /// True while events arrive faster than `burst-rate` and the queue still
-    /// has room: forwarding then waits, so that the AMQP threads and the
-    /// broker do not take CPU from Redis in the middle of a burst.
-    pub(super) fn in_burst(&mut self, now: Instant, limits: &Limits) -> bool {
+    /// True while events arrive faster than `burst-rate`, for at most
+    /// `burst-max-ms` in a row, and what arrives has somewhere to wait (room
+    /// in the queue, or a fallback list that takes the overflow): forwarding
+    /// then waits, so that the AMQP threads and the broker do not take CPU
+    /// from Redis in the middle of a burst. Past `burst-max-ms` forwarding
+    /// runs at full speed whatever the rate, so a load that never ends is
+    /// still delivered.
+    pub(super) fn in_burst(&mut self, store: &dyn Storage, now: Instant, limits: &Limits) -> bool {
         let (at, accepted) = self.rate_mark;
         let elapsed = now.duration_since(at);
-        if elapsed < Duration::from_millis(1) {
-            return false;
+        // Over shorter spans one slow tick (a spill) would look like a lull.
+        if elapsed < RATE_SPAN {
+            return self.burst_since.is_some();
         }
         let rate = (self.stats.accepted - accepted) as f64 / elapsed.as_secs_f64();
         self.rate_mark = (now, self.stats.accepted);
+        if limits.burst_rate <= 0 || rate <= limits.burst_rate as f64 {
+            self.burst_since = None;
+            return false;
+        }
+        let since = *self.burst_since.get_or_insert(now);
         let room = self.queue.len() < limits.queue_max_events / 2
             && self.queue.bytes() < limits.queue_max_bytes / 2;
-        limits.burst_rate > 0 && rate > limits.burst_rate as f64 && room
+        let cap = u64::try_from(self.settings.fallback_size).unwrap_or(0);
+        let list_takes = self.settings.fallback_size >= 0
+            && store.usable()
+            && !store.writes_paused()
+            && (cap == 0 || self.list.len + (self.queue.len() as u64) < cap / 2);
+        now.duration_since(since) < limits.burst_max && (room || list_takes)
     }
 }

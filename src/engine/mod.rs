@@ -6,7 +6,8 @@
 //!   named [`Drop`] reason (or lost, when the list loses it behind our back);
 //! - first deliveries are in order per node: while the list holds anything,
 //!   or list records are in flight, the list goes first and newer events
-//!   queue behind it there; records that come back unconfirmed return to the
+//!   wait behind it (in memory, and past the queue's bounds at the list's
+//!   tail); records that come back unconfirmed return to the
 //!   head in their order before anything newer is sent;
 //! - duplicates only happen inside the in-flight window.
 //!
@@ -97,6 +98,8 @@ pub struct Limits {
     pub queue_max_bytes: usize,
     /// Events per second above which forwarding waits (`burst-rate`, 0 = off).
     pub burst_rate: i64,
+    /// The longest wait of one burst (`burst-max-ms`).
+    pub burst_max: Duration,
     /// What to do with records the broker returns as unroutable.
     pub on_unroutable: Unroutable,
 }
@@ -170,6 +173,8 @@ pub struct Engine {
     generation: u64,
     next_batch: u64,
     rate_mark: (Instant, u64),
+    /// When the current burst began (events faster than `burst-rate`).
+    burst_since: Option<Instant>,
     notices: Vec<Notice>,
     /// Records came back unroutable: forwarding waits until then.
     retry_at: Option<Instant>,
@@ -201,6 +206,7 @@ impl Engine {
             generation: 0,
             next_batch: 1,
             rate_mark: (Instant::now(), 0),
+            burst_since: None,
             notices: Vec::new(),
             retry_at: None,
             just_returned: false,
@@ -360,7 +366,7 @@ impl Engine {
         if self.link == Link::Idle && has_work {
             self.connect(broker);
         }
-        let burst = self.in_burst(now, limits);
+        let burst = self.in_burst(store, now, limits);
         if self.link == Link::Up && !self.halted && !burst && !waiting {
             self.forward(store, broker, limits);
         }
@@ -369,6 +375,10 @@ impl Engine {
             .over(limits.queue_max_events, limits.queue_max_bytes);
         match self.link {
             Link::Up | Link::Connecting | Link::Idle if !over => {}
+            // The broker may take them soon: only the oldest go to the list.
+            Link::Up | Link::Connecting | Link::Idle => {
+                self.spill_excess(store, limits.queue_max_events, limits.queue_max_bytes)
+            }
             _ => self.spill(store),
         }
     }

@@ -77,6 +77,25 @@ impl Engine {
         }
     }
 
+    /// Moves the oldest records of the queue to the tail of the list until
+    /// the queue is back within its bounds: each tick pushes about what
+    /// arrived since the last one, in large multi-element pushes, and the
+    /// newest records stay in memory. The list then holds only records older
+    /// than the queue's, so the order holds.
+    pub fn spill_excess(&mut self, store: &mut dyn Storage, max_events: usize, max_bytes: usize) {
+        if store.writes_paused() && self.settings.fallback_size >= 0 {
+            return;
+        }
+        let mut out = Records::default();
+        while self.queue.over(max_events, max_bytes) {
+            let Some(records) = self.queue.take_chunk() else {
+                break;
+            };
+            out.extend(records.iter());
+        }
+        self.store(store, out, At::Tail);
+    }
+
     /// Writes everything held only in memory to the list (before SHUTDOWN).
     pub fn persist_memory(&mut self, store: &mut dyn Storage, broker: &mut dyn Broker) {
         if !self.master || self.loading || store.writes_paused() {

@@ -37,6 +37,10 @@ pub struct Snapshot {
     pub keymasks: String,
     /// Number of key masks.
     pub keymask_count: usize,
+    /// Which matcher answers (`none`, `building`, `automaton`, `linear (why)`).
+    pub keymask_matcher: String,
+    /// Bytes held by the masks and their automaton.
+    pub keymask_bytes: usize,
     /// Wrong-type values renamed away from the fallback key.
     pub fallback_moved_aside: u64,
     /// The server asks modules not to write now (paused writes, failover).
@@ -67,6 +71,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("broker", s.broker.clone()),
         ("event_types", s.event_types.clone()),
         ("keymasks", s.keymasks.clone()),
+        ("keymask_matcher", s.keymask_matcher.clone()),
         ("fallback_key", s.fallback_key.clone()),
         (
             "shutdown_hook",
@@ -108,6 +113,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("confirm_timeouts", st.confirm_timeouts),
         ("supervisor_restarts", st.supervisor_restarts),
         ("keymask_count", s.keymask_count as u64),
+        ("keymask_bytes", s.keymask_bytes as u64),
         ("fallback_moved_aside", s.fallback_moved_aside),
         ("fallback_oldest_age_seconds", s.fallback_oldest_age_seconds),
         ("confirm_latency_p50_ms", s.confirm_latency_ms.0),

@@ -181,6 +181,8 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         event_types: st.types.to_string(),
         keymasks: st.engine.settings.masks.describe(),
         keymask_count: st.engine.settings.masks.count(),
+        keymask_matcher: st.engine.settings.masks.matcher().to_string(),
+        keymask_bytes: st.engine.settings.masks.memory(),
         fallback_moved_aside: st.list_key.moved_aside,
         writes_paused: crate::host::list::writes_paused(),
         broker: format!(

@@ -3,8 +3,8 @@
 //! the AMQP client. It never waits on the network.
 
 use crate::config::{
-    Unroutable, BATCH_SIZE, BURST_RATE, FLUSH_INTERVAL_MS, INFLIGHT_MAX, ON_UNROUTABLE,
-    QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
+    Unroutable, BATCH_SIZE, BURST_MAX_MS, BURST_RATE, FLUSH_INTERVAL_MS, INFLIGHT_MAX,
+    ON_UNROUTABLE, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
 };
 use crate::engine::{Limits, Notice};
 use crate::host::guard;
@@ -34,6 +34,7 @@ pub fn limits() -> Limits {
         queue_max_events: QUEUE_MAX_EVENTS.get_usize(),
         queue_max_bytes: QUEUE_MAX_BYTES.get_usize(),
         burst_rate: BURST_RATE.get(),
+        burst_max: Duration::from_millis(BURST_MAX_MS.get().unsigned_abs()),
         on_unroutable: ON_UNROUTABLE.lock().map_or(Unroutable::Store, |p| *p),
     }
 }

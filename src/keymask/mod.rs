@@ -1,12 +1,27 @@
 //! Key masks: the small matcher from Kernighan and Pike's "The Practice of
-//! Programming", run as a linear-time state-set simulation so that no mask
-//! can make Redis spend more than `O(key length x mask length)` on a key.
+//! Programming".
 //!
 //! Syntax: `c` literal byte, `.` any byte, `*` zero or more of the previous
 //! item, `^` anchors the start (first byte only), `$` anchors the end (last
 //! byte only). Nothing else is special. Without `^` a mask matches anywhere.
+//!
+//! - [`mask`]: one mask, matched in linear time: the matcher of record.
+//! - [`automaton`]: every mask of a set in one lazy DFA, so that a key costs
+//!   the same with 1 mask or 100,000.
+//! - [`compile`]: builds that automaton on a thread of its own when a set is
+//!   first used. Until it is ready the set matches with the linear matcher:
+//!   the answers are the same, only slower.
 
-use smallvec::SmallVec;
+pub mod automaton;
+mod compile;
+pub mod mask;
+
+pub use automaton::{Automaton, BuildError};
+pub use mask::KeyMask;
+
+use crate::tunables::KEYMASK_MAX_BYTES;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
 /// Longest mask accepted, in bytes.
@@ -27,120 +42,137 @@ pub enum MaskError {
     TooMany(usize),
 }
 
-/// One item of a compiled mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Item {
-    /// `None` is `.` (any byte).
-    byte: Option<u8>,
-    /// Followed by `*`.
-    star: bool,
+/// Masks and, once built, their automaton. Clones share both.
+#[derive(Clone)]
+pub struct MaskSet(Arc<SetInner>);
+
+struct SetInner {
+    masks: Vec<KeyMask>,
+    automaton: OnceLock<Result<Automaton, BuildError>>,
+    requested: AtomicBool,
 }
 
-impl Item {
-    fn accepts(self, c: u8) -> bool {
-        self.byte.is_none_or(|b| b == c)
+impl SetInner {
+    /// Builds the automaton unless it is built; waits for a build under way.
+    fn build(&self) -> &Result<Automaton, BuildError> {
+        self.automaton.get_or_init(|| {
+            std::panic::catch_unwind(|| {
+                Automaton::build(&self.masks, KEYMASK_MAX_BYTES.get_usize())
+            })
+            .unwrap_or_else(|_| Err(BuildError::Failed("the build panicked".into())))
+        })
     }
 }
 
-/// One compiled mask.
+/// Which matcher a set uses now (INFO `keymask_matcher`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyMask {
-    source: Vec<u8>,
-    items: Vec<Item>,
-    anchored_start: bool,
-    anchored_end: bool,
+pub enum Matcher {
+    /// No mask, or `ALL`: no matching at all.
+    Trivial,
+    /// The automaton is being built; the linear matcher answers meanwhile.
+    Building,
+    /// The automaton answers.
+    Automaton,
+    /// The automaton could not be built; the linear matcher answers.
+    Linear(BuildError),
 }
 
-type Bits = SmallVec<[u64; 4]>;
-
-fn set(bits: &mut Bits, i: usize) {
-    bits[i / 64] |= 1 << (i % 64);
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Trivial => f.write_str("none"),
+            Self::Building => f.write_str("building"),
+            Self::Automaton => f.write_str("automaton"),
+            Self::Linear(e) => write!(f, "linear ({e})"),
+        }
+    }
 }
 
-fn get(bits: &Bits, i: usize) -> bool {
-    bits[i / 64] & (1 << (i % 64)) != 0
-}
-
-impl KeyMask {
-    /// Compiles a mask. Every byte string is a valid mask.
-    pub fn new(source: &[u8]) -> Self {
-        let mut rest = source;
-        let anchored_start = rest.first() == Some(&b'^');
-        if anchored_start {
-            rest = &rest[1..];
-        }
-        let anchored_end = rest.last() == Some(&b'$');
-        if anchored_end {
-            rest = &rest[..rest.len() - 1];
-        }
-        let mut items: Vec<Item> = Vec::with_capacity(rest.len());
-        let mut i = 0;
-        while i < rest.len() {
-            let byte = if rest[i] == b'.' { None } else { Some(rest[i]) };
-            let star = rest.get(i + 1) == Some(&b'*');
-            items.push(Item { byte, star });
-            i += if star { 2 } else { 1 };
-        }
-        Self {
-            source: source.to_vec(),
-            items,
-            anchored_start,
-            anchored_end,
-        }
+impl MaskSet {
+    fn new(masks: Vec<KeyMask>) -> Self {
+        Self(Arc::new(SetInner {
+            masks,
+            automaton: OnceLock::new(),
+            requested: AtomicBool::new(false),
+        }))
     }
 
-    /// The mask as given.
-    pub fn source(&self) -> &[u8] {
-        &self.source
+    /// The masks, in the order given.
+    pub fn masks(&self) -> &[KeyMask] {
+        &self.0.masks
     }
 
-    /// Adds state `i` and everything reachable from it by skipping starred items.
-    /// A state already present has its closure present too, so the walk stops
-    /// there: all closures of one step cost `O(mask length)` together.
-    fn close(&self, bits: &mut Bits, mut i: usize) {
-        loop {
-            if get(bits, i) {
-                return;
-            }
-            set(bits, i);
-            if i < self.items.len() && self.items[i].star {
-                i += 1;
-            } else {
-                return;
-            }
-        }
-    }
-
-    /// True when the mask matches `key`.
+    /// True when a mask matches `key`. The first call asks for the
+    /// automaton to be built; until it is, the linear matcher answers.
+    #[inline]
     pub fn matches(&self, key: &[u8]) -> bool {
-        let n = self.items.len();
-        let words = n / 64 + 1;
-        let mut cur: Bits = SmallVec::from_elem(0, words);
-        let mut next: Bits = SmallVec::from_elem(0, words);
-        self.close(&mut cur, 0);
-        for &c in key {
-            if !self.anchored_end && get(&cur, n) {
-                return true;
-            }
-            next.iter_mut().for_each(|w| *w = 0);
-            for i in 0..n {
-                if get(&cur, i) && self.items[i].accepts(c) {
-                    if self.items[i].star {
-                        self.close(&mut next, i);
-                    } else {
-                        self.close(&mut next, i + 1);
-                    }
+        match self.0.automaton.get() {
+            Some(Ok(a)) => {
+                if let Some(hit) = a.is_match(key) {
+                    return hit;
                 }
             }
-            if !self.anchored_start {
-                self.close(&mut next, 0);
-            } else if next.iter().all(|w| *w == 0) {
-                // No state is alive and none can start again: no match.
-                return false;
+            Some(Err(_)) => {}
+            None => {
+                if !self.0.requested.load(Ordering::Relaxed)
+                    && !self.0.requested.swap(true, Ordering::Relaxed)
+                {
+                    compile::request(&self.0);
+                }
             }
-            std::mem::swap(&mut cur, &mut next);
         }
-        get(&cur, n)
+        self.linear_matches(key)
+    }
+
+    /// The linear matcher's answer (the matcher of record).
+    pub fn linear_matches(&self, key: &[u8]) -> bool {
+        self.0.masks.iter().any(|m| m.matches(key))
+    }
+
+    /// Builds the automaton now, on this thread (tests, fuzzing, benches).
+    pub fn build_now(&self) -> Result<&Automaton, &BuildError> {
+        self.0.build().as_ref()
+    }
+
+    /// Which matcher answers now.
+    pub fn matcher(&self) -> Matcher {
+        match self.0.automaton.get() {
+            None => Matcher::Building,
+            Some(Ok(_)) => Matcher::Automaton,
+            Some(Err(e)) => Matcher::Linear(e.clone()),
+        }
+    }
+
+    /// Bytes held: the masks, and the automaton once built.
+    pub fn memory(&self) -> usize {
+        let masks: usize = self
+            .0
+            .masks
+            .iter()
+            .map(|m| std::mem::size_of::<KeyMask>() + m.source().len() * 3)
+            .sum();
+        let automaton = match self.0.automaton.get() {
+            Some(Ok(a)) => a.memory(),
+            _ => 0,
+        };
+        masks + automaton
+    }
+}
+
+impl PartialEq for MaskSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.masks == other.0.masks
+    }
+}
+
+impl Eq for MaskSet {}
+
+impl std::fmt::Debug for MaskSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskSet")
+            .field("masks", &self.0.masks.len())
+            .field("matcher", &self.matcher())
+            .finish()
     }
 }
 
@@ -153,7 +185,7 @@ pub enum KeyMasks {
     /// `ALL`: every key is forwarded.
     All,
     /// Forward a key when any mask matches it.
-    Some(Vec<KeyMask>),
+    Some(MaskSet),
 }
 
 impl KeyMasks {
@@ -172,9 +204,9 @@ impl KeyMasks {
         if let Some(long) = args.iter().find(|a| a.as_ref().len() > MAX_MASK_LEN) {
             return Err(MaskError::TooLong(long.as_ref().len()));
         }
-        Ok(Self::Some(
+        Ok(Self::Some(MaskSet::new(
             args.iter().map(|a| KeyMask::new(a.as_ref())).collect(),
-        ))
+        )))
     }
 
     /// Returns the set with `args` added (`keymask_add`); `self` is unchanged on error.
@@ -185,14 +217,14 @@ impl KeyMasks {
             (Self::None, other) => other,
             (this, Self::None) => this.clone(),
             (Self::Some(a), Self::Some(b)) => {
-                let total = a.len() + b.len();
+                let total = a.masks().len() + b.masks().len();
                 if total > MAX_MASKS {
                     return Err(MaskError::TooMany(total));
                 }
                 let mut all = Vec::with_capacity(total);
-                all.extend_from_slice(a);
-                all.extend(b);
-                Self::Some(all)
+                all.extend_from_slice(a.masks());
+                all.extend_from_slice(b.masks());
+                Self::Some(MaskSet::new(all))
             }
         })
     }
@@ -203,7 +235,23 @@ impl KeyMasks {
         match self {
             Self::None => false,
             Self::All => true,
-            Self::Some(masks) => masks.iter().any(|m| m.matches(key)),
+            Self::Some(set) => set.matches(key),
+        }
+    }
+
+    /// Which matcher answers now.
+    pub fn matcher(&self) -> Matcher {
+        match self {
+            Self::None | Self::All => Matcher::Trivial,
+            Self::Some(set) => set.matcher(),
+        }
+    }
+
+    /// Bytes held by the masks and their automaton (INFO `keymask_bytes`).
+    pub fn memory(&self) -> usize {
+        match self {
+            Self::None | Self::All => 0,
+            Self::Some(set) => set.memory(),
         }
     }
 
@@ -212,7 +260,7 @@ impl KeyMasks {
         match self {
             Self::None => Vec::new(),
             Self::All => vec![b"ALL".to_vec()],
-            Self::Some(masks) => masks.iter().map(|m| m.source().to_vec()).collect(),
+            Self::Some(set) => set.masks().iter().map(|m| m.source().to_vec()).collect(),
         }
     }
 
@@ -221,7 +269,8 @@ impl KeyMasks {
         match self {
             Self::None => String::new(),
             Self::All => "ALL".to_string(),
-            Self::Some(masks) => {
+            Self::Some(set) => {
+                let masks = set.masks();
                 let mut out = masks
                     .iter()
                     .take(DESCRIBE_FIRST)
@@ -241,7 +290,7 @@ impl KeyMasks {
         match self {
             Self::None => 0,
             Self::All => 1,
-            Self::Some(m) => m.len(),
+            Self::Some(set) => set.masks().len(),
         }
     }
 }

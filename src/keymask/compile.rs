@@ -1,0 +1,54 @@
+//! Builds automata off the Redis main thread. One thread at a time works
+//! through the requests and exits when none is left; a set replaced before
+//! its turn (nothing holds it any more) is skipped, and a newer request
+//! replaces an older one that has not started.
+
+use super::SetInner;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+struct Queue {
+    next: Option<Weak<SetInner>>,
+    running: bool,
+}
+
+static QUEUE: Mutex<Queue> = Mutex::new(Queue {
+    next: None,
+    running: false,
+});
+
+/// Asks for `set`'s automaton. Returns at once.
+pub(super) fn request(set: &Arc<SetInner>) {
+    let mut q = QUEUE.lock().unwrap_or_else(PoisonError::into_inner);
+    q.next = Some(Arc::downgrade(set));
+    if q.running {
+        return;
+    }
+    q.running = true;
+    drop(q);
+    let spawned = std::thread::Builder::new()
+        .name("kea-keymask".into())
+        .spawn(work);
+    if spawned.is_err() {
+        // No thread: build here rather than match linearly for ever.
+        QUEUE.lock().unwrap_or_else(PoisonError::into_inner).running = false;
+        let _ = set.build();
+    }
+}
+
+fn work() {
+    loop {
+        let job = {
+            let mut q = QUEUE.lock().unwrap_or_else(PoisonError::into_inner);
+            match q.next.take() {
+                Some(job) => job,
+                None => {
+                    q.running = false;
+                    return;
+                }
+            }
+        };
+        if let Some(set) = job.upgrade() {
+            let _ = set.build();
+        }
+    }
+}
