@@ -97,6 +97,16 @@ impl EventQueue {
         }
     }
 
+    /// Appends a whole chunk of records.
+    pub fn push_records(&mut self, records: Records) {
+        if records.is_empty() {
+            return;
+        }
+        self.len += records.len();
+        self.bytes += records.bytes();
+        self.chunks.push_back(records);
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.len

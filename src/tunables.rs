@@ -2,7 +2,7 @@
 //! lock on every tick), and the fixed configs read at load. Pure: the host
 //! registers them.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 
 /// A tunable held in an atomic and exposed as a module config.
@@ -78,6 +78,37 @@ impl Unroutable {
         (Self::Drop, "drop"),
         (Self::Count, "count"),
     ];
+}
+
+/// How an accepted event is held until the broker confirms it:
+/// `key_evt_amqp.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// In module memory, and in the fallback list only when it cannot go
+    /// now (the default): lost if Redis dies first.
+    #[default]
+    Memory,
+    /// Appended to the fallback list in the execution unit of the write that
+    /// caused it (a post-notification job), so the AOF and the replicas get
+    /// the write and its event together, or neither. Redis 7.2+ and Valkey.
+    Outbox,
+}
+
+impl Durability {
+    /// Every value with its config name.
+    pub const ALL: [(Self, &'static str); 2] = [(Self::Memory, "memory"), (Self::Outbox, "outbox")];
+}
+
+/// `key_evt_amqp.durability` is `outbox` (read on every event, so an atomic).
+pub static OUTBOX: AtomicBool = AtomicBool::new(false);
+
+/// The current [`Durability`].
+pub fn durability() -> Durability {
+    if OUTBOX.load(Ordering::Relaxed) {
+        Durability::Outbox
+    } else {
+        Durability::Memory
+    }
 }
 
 /// `key_evt_amqp.on-unroutable` (see [`Unroutable`]).

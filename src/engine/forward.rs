@@ -7,7 +7,7 @@ use crate::queue::Records;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The span over which the event rate is measured.
+/// How long the event rate must stay under `burst-rate` for a burst to end.
 const RATE_SPAN: Duration = Duration::from_millis(100);
 
 impl Engine {
@@ -113,19 +113,26 @@ impl Engine {
     /// `burst-max-ms` in a row, and what arrives has somewhere to wait (room
     /// in the queue, or a fallback list that takes the overflow): forwarding
     /// then waits, so that the AMQP threads and the broker do not take CPU
-    /// from Redis in the middle of a burst. Past `burst-max-ms` forwarding
-    /// runs at full speed whatever the rate, so a load that never ends is
-    /// still delivered.
+    /// from Redis in the middle of a burst. A burst starts at the first fast
+    /// tick and ends after [`RATE_SPAN`] without one, so that one slow tick (a
+    /// spill) does not look like a lull. Past `burst-max-ms` forwarding runs
+    /// at full speed whatever the rate, so a load that never ends is still
+    /// delivered.
     pub(super) fn in_burst(&mut self, store: &dyn Storage, now: Instant, limits: &Limits) -> bool {
         let (at, accepted) = self.rate_mark;
         let elapsed = now.duration_since(at);
-        // Over shorter spans one slow tick (a spill) would look like a lull.
-        if elapsed < RATE_SPAN {
-            return self.burst_since.is_some();
+        if elapsed >= Duration::from_millis(1) {
+            let rate = (self.stats.accepted - accepted) as f64 / elapsed.as_secs_f64();
+            self.rate_mark = (now, self.stats.accepted);
+            if limits.burst_rate > 0 && rate > limits.burst_rate as f64 {
+                self.last_fast = Some(now);
+                self.burst_since.get_or_insert(now);
+            }
         }
-        let rate = (self.stats.accepted - accepted) as f64 / elapsed.as_secs_f64();
-        self.rate_mark = (now, self.stats.accepted);
-        if limits.burst_rate <= 0 || rate <= limits.burst_rate as f64 {
+        let calm = self
+            .last_fast
+            .is_none_or(|t| now.duration_since(t) >= RATE_SPAN);
+        if limits.burst_rate <= 0 || calm {
             self.burst_since = None;
             return false;
         }

@@ -20,6 +20,9 @@ pub struct ListView {
     pub epoch: u64,
     /// When the real length was last read; `None` forces a read.
     pub synced_at: Option<Instant>,
+    /// Records read again because the head moved under them while they were
+    /// in flight or confirmed and not trimmed (counted in `events_resent`).
+    pub reread: u64,
 }
 
 impl ListView {
@@ -27,6 +30,7 @@ impl ListView {
     /// that their confirms trim nothing and they are read again.
     pub fn reset_head(&mut self) {
         if self.head_inflight > 0 || self.acked > 0 {
+            self.reread += (self.head_inflight + self.acked) as u64;
             self.head_inflight = 0;
             self.acked = 0;
             self.epoch += 1;

@@ -175,6 +175,8 @@ pub struct Engine {
     rate_mark: (Instant, u64),
     /// When the current burst began (events faster than `burst-rate`).
     burst_since: Option<Instant>,
+    /// The last tick that saw events faster than `burst-rate`.
+    last_fast: Option<Instant>,
     notices: Vec<Notice>,
     /// Records came back unroutable: forwarding waits until then.
     retry_at: Option<Instant>,
@@ -207,6 +209,7 @@ impl Engine {
             next_batch: 1,
             rate_mark: (Instant::now(), 0),
             burst_since: None,
+            last_fast: None,
             notices: Vec::new(),
             retry_at: None,
             just_returned: false,

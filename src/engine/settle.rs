@@ -122,6 +122,9 @@ impl Engine {
                     self.list.head_inflight = self.list.head_inflight.saturating_sub(b.count);
                     if !self.halted {
                         self.list.acked += acked;
+                    } else {
+                        // Behind a failed batch: read and sent again.
+                        self.stats.resent += acked as u64;
                     }
                 }
             } else if failed && !b.stored {
@@ -131,6 +134,8 @@ impl Engine {
             }
             if failed {
                 self.halted = true;
+                // Sent once, unconfirmed: they go out again (possibly twice).
+                self.stats.resent += b.count.saturating_sub(acked) as u64;
             }
         }
         if !self.master {

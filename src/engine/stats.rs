@@ -64,6 +64,10 @@ pub struct Stats {
     pub reconnects: u64,
     /// Events ignored while loading, on a replica, or about the fallback key.
     pub skipped: u64,
+    /// Records sent again after a send that was not confirmed (a nack, a
+    /// lost connection, a confirm timeout, a return): an upper bound of the
+    /// duplicates this node caused. See also [`super::ListView::reread`].
+    pub resent: u64,
 }
 
 impl Stats {

@@ -1,7 +1,7 @@
 //! Writing to the fallback list: spills, returns, the cap, and what is held
 //! in memory before SHUTDOWN. Every write is refused while writes are paused.
 
-use super::{At, Broker, Drop, Engine, Storage};
+use super::{At, Broker, Drop, Engine, Storage, StoreError};
 use crate::queue::Records;
 
 impl Engine {
@@ -30,25 +30,52 @@ impl Engine {
             At::Head => store.prepend(&records),
         };
         match written {
-            Ok(len) => {
-                // A prepend moves the head; a length other than expected means
-                // the list changed behind our back since it was last read.
-                let expected = self.list.len + n;
-                if matches!(at, At::Head) || len != expected {
-                    self.list.reset_head();
-                }
-                self.count_lost(expected.saturating_sub(len));
-                self.list.len = len;
-                self.stats.stored += n;
-            }
+            Ok(len) => self.written(store, at, n, len),
             Err(e) => {
                 self.stats.drop(Drop::Unwritable, n);
-                self.set_error(format!("fallback write: {e}"));
-                // A slot may have moved: the host looks again.
-                self.want_slot_refresh = true;
-                return;
+                self.write_failed(e);
             }
         }
+    }
+
+    /// Durable mode (`durability outbox`): appends the records of one
+    /// execution unit to the list's tail, in that unit, so that the write's
+    /// propagation carries them. What is still in memory goes first (it is
+    /// older). When the list cannot take them they wait in memory, like the
+    /// events of `memory` mode.
+    pub fn append_outbox(&mut self, store: &mut dyn Storage, records: Records) {
+        if records.is_empty() {
+            return;
+        }
+        if !self.master
+            || !store.usable()
+            || store.writes_paused()
+            || self.settings.fallback_size < 0
+        {
+            self.queue.push_records(records);
+            return;
+        }
+        self.spill(store);
+        match store.append(&records) {
+            Ok(len) => self.written(store, At::Tail, records.len() as u64, len),
+            Err(e) => {
+                self.write_failed(e);
+                self.queue.push_records(records);
+            }
+        }
+    }
+
+    /// Books `n` records written, the list now `len` long; applies the cap.
+    fn written(&mut self, store: &mut dyn Storage, at: At, n: u64, len: u64) {
+        // A prepend moves the head; a length other than expected means
+        // the list changed behind our back since it was last read.
+        let expected = self.list.len + n;
+        if matches!(at, At::Head) || len != expected {
+            self.list.reset_head();
+        }
+        self.count_lost(expected.saturating_sub(len));
+        self.list.len = len;
+        self.stats.stored += n;
         let cap = u64::try_from(self.settings.fallback_size).unwrap_or(0);
         if cap > 0 && self.list.len > cap {
             let excess = self.list.len - cap;
@@ -61,6 +88,12 @@ impl Engine {
                 Err(e) => self.set_error(format!("fallback cap: {e}")),
             }
         }
+    }
+
+    fn write_failed(&mut self, e: StoreError) {
+        self.set_error(format!("fallback write: {e}"));
+        // A slot may have moved: the host looks again.
+        self.want_slot_refresh = true;
     }
 
     /// Moves the whole in-memory queue to the tail of the list. While writes

@@ -6,15 +6,17 @@
 
 use crate::command::LinkAction;
 use crate::config::{
-    Settings, Unroutable, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT, ON_UNROUTABLE, TUNABLES,
+    durability, Durability, Settings, Unroutable, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT,
+    ON_UNROUTABLE, OUTBOX, TUNABLES,
 };
-use crate::host::{commands, guard, state};
+use crate::host::{commands, guard, outbox, state};
 use crate::setting::{Setting, Value};
 use redis_module::configuration::{
     register_enum_configuration, register_i64_configuration, register_string_configuration,
     ConfigurationContext, ConfigurationFlags, ConfigurationValue, EnumConfigurationValue,
 };
 use redis_module::{raw, Context, RedisError, RedisString};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 /// While the module loads, before its state exists, config values land here.
@@ -142,36 +144,64 @@ impl ConfigurationValue<i64> for SettingConfig {
     }
 }
 
-impl TryFrom<i32> for Unroutable {
-    type Error = redis_module::RedisError;
+/// The conversions an enum config needs, from a type's `ALL` table.
+macro_rules! enum_config {
+    ($t:ty, $err:literal) => {
+        impl TryFrom<i32> for $t {
+            type Error = RedisError;
 
-    fn try_from(v: i32) -> Result<Self, Self::Error> {
-        usize::try_from(v)
-            .ok()
-            .and_then(|i| Unroutable::ALL.get(i))
-            .map(|(u, _)| *u)
-            .ok_or(redis_module::RedisError::Str(
-                "ERR invalid on-unroutable value",
-            ))
-    }
+            fn try_from(v: i32) -> Result<Self, Self::Error> {
+                usize::try_from(v)
+                    .ok()
+                    .and_then(|i| <$t>::ALL.get(i))
+                    .map(|(u, _)| *u)
+                    .ok_or(RedisError::Str($err))
+            }
+        }
+
+        impl From<$t> for i32 {
+            fn from(u: $t) -> i32 {
+                <$t>::ALL
+                    .iter()
+                    .position(|(v, _)| *v == u)
+                    .and_then(|i| i32::try_from(i).ok())
+                    .unwrap_or(0)
+            }
+        }
+
+        impl EnumConfigurationValue for $t {
+            fn get_options(&self) -> (Vec<String>, Vec<i32>) {
+                <$t>::ALL
+                    .iter()
+                    .map(|(u, name)| (name.to_string(), i32::from(*u)))
+                    .unzip()
+            }
+        }
+    };
 }
 
-impl From<Unroutable> for i32 {
-    fn from(u: Unroutable) -> i32 {
-        Unroutable::ALL
-            .iter()
-            .position(|(v, _)| *v == u)
-            .and_then(|i| i32::try_from(i).ok())
-            .unwrap_or(0)
-    }
-}
+enum_config!(Unroutable, "ERR invalid on-unroutable value");
+enum_config!(Durability, "ERR invalid durability value");
 
-impl EnumConfigurationValue for Unroutable {
-    fn get_options(&self) -> (Vec<String>, Vec<i32>) {
-        Unroutable::ALL
-            .iter()
-            .map(|(u, name)| (name.to_string(), i32::from(*u)))
-            .unzip()
+/// `key_evt_amqp.durability`: `outbox` is refused where the server has no
+/// post-notification jobs (Redis 7.0), at load and by `CONFIG SET`.
+struct DurabilityConfig;
+
+static DURABILITY: DurabilityConfig = DurabilityConfig;
+
+impl ConfigurationValue<Durability> for DurabilityConfig {
+    fn get(&self, _ctx: &ConfigurationContext) -> Durability {
+        durability()
+    }
+
+    fn set(&self, _ctx: &ConfigurationContext, val: Durability) -> Result<(), RedisError> {
+        if val == Durability::Outbox && !outbox::supported() {
+            return Err(RedisError::Str(
+                "ERR durability outbox needs post-notification jobs (Redis 7.2+ or Valkey 7.2+); this server has none",
+            ));
+        }
+        OUTBOX.store(val == Durability::Outbox, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -207,6 +237,14 @@ pub fn register(ctx: &Context, settings: &mut Settings) -> Result<(), String> {
         "on-unroutable",
         &ON_UNROUTABLE,
         Unroutable::Store,
+        ConfigurationFlags::DEFAULT,
+        None,
+    );
+    register_enum_configuration(
+        ctx,
+        "durability",
+        &DURABILITY,
+        Durability::Memory,
         ConfigurationFlags::DEFAULT,
         None,
     );

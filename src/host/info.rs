@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub keymasks: String,
     /// Number of key masks.
     pub keymask_count: usize,
+    /// `memory` or `outbox`.
+    pub durability: &'static str,
     /// Which matcher answers (`none`, `building`, `automaton`, `linear (why)`).
     pub keymask_matcher: String,
     /// Bytes held by the masks and their automaton.
@@ -72,6 +74,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("event_types", s.event_types.clone()),
         ("keymasks", s.keymasks.clone()),
         ("keymask_matcher", s.keymask_matcher.clone()),
+        ("durability", s.durability.to_string()),
         ("fallback_key", s.fallback_key.clone()),
         (
             "shutdown_hook",
@@ -104,6 +107,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("events_dropped_unroutable", st.dropped_unroutable),
         ("events_lost", st.lost),
         ("events_skipped", st.skipped),
+        ("events_resent", st.resent),
         ("queue_len", s.queue_len as u64),
         ("queue_bytes", s.queue_bytes as u64),
         ("inflight", s.inflight as u64),

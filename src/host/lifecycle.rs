@@ -114,6 +114,8 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         timer: None,
         cluster: is_cluster,
         slots: Default::default(),
+        outbox: Default::default(),
+        outbox_armed: false,
     });
     cluster::register(ctx, is_cluster);
     if is_valkey_9(ctx) {
@@ -162,7 +164,10 @@ fn on_config_changed(ctx: &Context, names: &[&str]) {
 /// Fills `INFO key_evt_amqp`.
 pub fn info(ctx: &InfoContext) -> RedisResult<()> {
     let snap = state::with(|st| Snapshot {
-        stats: st.engine.stats.clone(),
+        stats: crate::engine::Stats {
+            resent: st.engine.stats.resent + st.engine.list.reread,
+            ..st.engine.stats.clone()
+        },
         connection: st.engine.link.name(),
         role: if st.engine.master {
             "master"
@@ -182,6 +187,10 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         keymasks: st.engine.settings.masks.describe(),
         keymask_count: st.engine.settings.masks.count(),
         keymask_matcher: st.engine.settings.masks.matcher().to_string(),
+        durability: match crate::config::durability() {
+            crate::config::Durability::Memory => "memory",
+            crate::config::Durability::Outbox => "outbox",
+        },
         keymask_bytes: st.engine.settings.masks.memory(),
         fallback_moved_aside: st.list_key.moved_aside,
         writes_paused: crate::host::list::writes_paused(),

@@ -93,12 +93,34 @@ impl ListKey {
 pub struct RedisList<'a> {
     ctx: &'a Context,
     key: &'a mut ListKey,
+    /// Writes are refused over `maxmemory` (all but durable-mode appends).
+    oom_check: bool,
 }
 
 impl<'a> RedisList<'a> {
     /// The list under `key`, through `ctx`.
     pub fn new(ctx: &'a Context, key: &'a mut ListKey) -> Self {
-        Self { ctx, key }
+        Self {
+            ctx,
+            key,
+            oom_check: true,
+        }
+    }
+
+    /// Writes even over `maxmemory`: durable-mode appends, whose write was
+    /// accepted already.
+    pub fn without_oom_check(mut self) -> Self {
+        self.oom_check = false;
+        self
+    }
+
+    fn write_opts(&self) -> CallOptions {
+        let b = CallOptionsBuilder::new().replicate().errors_as_replies();
+        if self.oom_check {
+            b.verify_oom().build()
+        } else {
+            b.build()
+        }
     }
 
     fn call(&self, cmd: &str, opts: &CallOptions, args: &[&[u8]]) -> Result<CallReply<'_>, String> {
@@ -214,8 +236,9 @@ impl RedisList<'_> {
             return self.read_len();
         }
         let mut len = 0;
+        let opts = self.write_opts();
         for chunk in records.chunks(CHUNK) {
-            len = self.on_key(cmd, &write_opts(), chunk)?;
+            len = self.on_key(cmd, &opts, chunk)?;
         }
         Ok(u64::try_from(len).unwrap_or(0))
     }

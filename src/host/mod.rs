@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod list;
 pub mod log;
 pub mod notify;
+pub mod outbox;
 pub mod shutdown;
 pub mod state;
 pub mod timer;

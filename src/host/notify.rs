@@ -3,7 +3,7 @@
 use crate::config::QUEUE_MAX_BYTES;
 use crate::event;
 use crate::host::info::Drop;
-use crate::host::{guard, state, timer};
+use crate::host::{guard, outbox, state, timer};
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
@@ -78,6 +78,13 @@ extern "C" fn on_keyspace_event(
             // SAFETY: valid context from Redis.
             let db = unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx)) };
             let now = event::now_secs();
+            if outbox::wanted(st) {
+                let encoder = &mut st.encoder;
+                st.outbox
+                    .push_with(|out| encoder.record_into(out, now, db, event, key));
+                outbox::arm(&Context::new(ctx), st);
+                return;
+            }
             let was_empty = st.engine.queue.is_empty();
             let encoder = &mut st.encoder;
             st.engine.queue.push_with(st.chunk, |out| {

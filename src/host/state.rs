@@ -32,6 +32,10 @@ pub struct State {
     pub cluster: bool,
     /// Cluster only: slot ownership and fallback lists found in owned slots.
     pub slots: crate::host::cluster::SlotView,
+    /// Durable mode: records of the current execution unit, for its job.
+    pub outbox: crate::queue::Records,
+    /// The current execution unit's job is armed.
+    pub outbox_armed: bool,
 }
 
 thread_local! {

@@ -101,6 +101,9 @@ pub fn tick(ctx: &Context, st: &mut State) {
         st.client.reset();
     }
     st.chunk = BATCH_SIZE.get_usize().max(1);
+    if !st.outbox.is_empty() {
+        crate::host::outbox::flush(ctx, st);
+    }
     if st.engine.master && !st.engine.loading {
         crate::host::cluster::refresh(ctx, st, false);
         if !writes_paused() {
