@@ -141,6 +141,7 @@ impl Engine {
             && self.queue.bytes() < limits.queue_max_bytes / 2;
         let cap = u64::try_from(self.settings.fallback_size).unwrap_or(0);
         let list_takes = self.settings.fallback_size >= 0
+            && !self.list_refused
             && store.usable()
             && !store.writes_paused()
             && (cap == 0 || self.list.len + (self.queue.len() as u64) < cap / 2);

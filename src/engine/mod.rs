@@ -177,6 +177,8 @@ pub struct Engine {
     burst_since: Option<Instant>,
     /// The last tick that saw events faster than `burst-rate`.
     last_fast: Option<Instant>,
+    /// The last list write was refused (e.g. over `maxmemory`).
+    list_refused: bool,
     notices: Vec<Notice>,
     /// Records came back unroutable: forwarding waits until then.
     retry_at: Option<Instant>,
@@ -210,6 +212,7 @@ impl Engine {
             rate_mark: (Instant::now(), 0),
             burst_since: None,
             last_fast: None,
+            list_refused: false,
             notices: Vec::new(),
             retry_at: None,
             just_returned: false,

@@ -67,6 +67,7 @@ impl Engine {
 
     /// Books `n` records written, the list now `len` long; applies the cap.
     fn written(&mut self, store: &mut dyn Storage, at: At, n: u64, len: u64) {
+        self.list_refused = false;
         // A prepend moves the head; a length other than expected means
         // the list changed behind our back since it was last read.
         let expected = self.list.len + n;
@@ -91,6 +92,8 @@ impl Engine {
     }
 
     fn write_failed(&mut self, e: StoreError) {
+        // Bursts stop holding events back while the list refuses them (OOM).
+        self.list_refused = true;
         self.set_error(format!("fallback write: {e}"));
         // A slot may have moved: the host looks again.
         self.want_slot_refresh = true;

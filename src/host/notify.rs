@@ -85,6 +85,12 @@ extern "C" fn on_keyspace_event(
                 outbox::arm(&Context::new(ctx), st);
                 return;
             }
+            if !st.outbox.is_empty() {
+                // Durable mode was switched off inside this execution unit:
+                // its earlier events go first.
+                let earlier = std::mem::take(&mut st.outbox);
+                st.engine.queue.push_records(earlier);
+            }
             let was_empty = st.engine.queue.is_empty();
             let encoder = &mut st.encoder;
             st.engine.queue.push_with(st.chunk, |out| {

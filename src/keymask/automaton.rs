@@ -16,6 +16,9 @@ use regex_syntax::hir::{Class, ClassBytes, ClassBytesRange, Hir, Look, Repetitio
 use std::sync::{Mutex, PoisonError};
 use thiserror::Error;
 
+/// The NFA takes at least this per mask item (measured: about 28).
+const MIN_NFA_BYTES_PER_ITEM: usize = 16;
+
 /// The lazy DFA's cache never gets less than this.
 const MIN_CACHE_BYTES: usize = 2 << 20;
 
@@ -87,6 +90,12 @@ impl Automaton {
     /// under 2 MiB). Takes tens of milliseconds for 10,000 masks: the host
     /// calls it off the main thread.
     pub fn build(masks: &[KeyMask], max_bytes: usize) -> Result<Self, BuildError> {
+        // The NFA needs at least this much; refuse before the syntax tree
+        // (several times larger) is built.
+        let items: usize = masks.iter().map(|m| m.items().len() + 2).sum();
+        if items.saturating_mul(MIN_NFA_BYTES_PER_ITEM) > max_bytes {
+            return Err(BuildError::TooBig(max_bytes));
+        }
         let hir = Hir::alternation(masks.iter().map(mask_hir).collect());
         let nfa = thompson::Compiler::new()
             .configure(
