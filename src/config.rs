@@ -179,6 +179,12 @@ pub fn parse_fallback_size(v: &[u8]) -> Result<i64, ConfigError> {
 }
 
 impl Settings {
+    /// The fallback list's cap in records; 0 when there is none (also when
+    /// the list is off: see `fallback_size`).
+    pub fn fallback_cap(&self) -> u64 {
+        u64::try_from(self.fallback_size).unwrap_or(0)
+    }
+
     /// Returns a copy with the positional arguments (host first) applied.
     /// Arguments not given keep their current value; masks given replace the old ones.
     pub fn with_args<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Self, ConfigError> {

@@ -97,6 +97,14 @@ pub enum Durability {
 impl Durability {
     /// Every value with its config name.
     pub const ALL: [(Self, &'static str); 2] = [(Self::Memory, "memory"), (Self::Outbox, "outbox")];
+
+    /// The config name of this value.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(d, _)| *d == self)
+            .map_or("memory", |(_, n)| n)
+    }
 }
 
 /// `key_evt_amqp.durability` is `outbox` (read on every event, so an atomic).

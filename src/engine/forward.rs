@@ -139,7 +139,7 @@ impl Engine {
         let since = *self.burst_since.get_or_insert(now);
         let room = self.queue.len() < limits.queue_max_events / 2
             && self.queue.bytes() < limits.queue_max_bytes / 2;
-        let cap = u64::try_from(self.settings.fallback_size).unwrap_or(0);
+        let cap = self.settings.fallback_cap();
         let list_takes = self.settings.fallback_size >= 0
             && !self.list_refused
             && store.usable()

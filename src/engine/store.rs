@@ -77,7 +77,7 @@ impl Engine {
         self.count_lost(expected.saturating_sub(len));
         self.list.len = len;
         self.stats.stored += n;
-        let cap = u64::try_from(self.settings.fallback_size).unwrap_or(0);
+        let cap = self.settings.fallback_cap();
         if cap > 0 && self.list.len > cap {
             let excess = self.list.len - cap;
             match store.trim_front(excess) {

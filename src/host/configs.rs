@@ -25,21 +25,16 @@ static LOADING: Mutex<Option<Settings>> = Mutex::new(None);
 /// One broker setting as a module config.
 pub struct SettingConfig(Setting);
 
-static SETTINGS: [SettingConfig; 13] = [
-    SettingConfig(Setting::Host),
-    SettingConfig(Setting::Port),
-    SettingConfig(Setting::Vhost),
-    SettingConfig(Setting::User),
-    SettingConfig(Setting::Password),
-    SettingConfig(Setting::Heartbeat),
-    SettingConfig(Setting::Exchange),
-    SettingConfig(Setting::RoutingKey),
-    SettingConfig(Setting::DeliveryMode),
-    SettingConfig(Setting::FallbackSize),
-    SettingConfig(Setting::Keymasks),
-    SettingConfig(Setting::Tls),
-    SettingConfig(Setting::TlsCaFile),
-];
+/// One config per setting, in [`Setting::ALL`]'s order.
+static SETTINGS: [SettingConfig; Setting::ALL.len()] = {
+    let mut out = [const { SettingConfig(Setting::Host) }; Setting::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = SettingConfig(Setting::ALL[i]);
+        i += 1;
+    }
+    out
+};
 
 fn register_setting(ctx: &Context, c: &'static SettingConfig) {
     let flags = if c.0 == Setting::Password {

@@ -187,10 +187,7 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         keymasks: st.engine.settings.masks.describe(),
         keymask_count: st.engine.settings.masks.count(),
         keymask_matcher: st.engine.settings.masks.matcher().to_string(),
-        durability: match crate::config::durability() {
-            crate::config::Durability::Memory => "memory",
-            crate::config::Durability::Outbox => "outbox",
-        },
+        durability: crate::config::durability().name(),
         keymask_bytes: st.engine.settings.masks.memory(),
         fallback_moved_aside: st.list_key.moved_aside,
         writes_paused: crate::host::list::writes_paused(),

@@ -17,11 +17,17 @@ const CHUNK: usize = 1024;
 
 /// `RedisModule_Call` options for writes: replicated (`!`), errors as replies, OOM-checked.
 pub(crate) fn write_opts() -> CallOptions {
-    CallOptionsBuilder::new()
-        .replicate()
-        .errors_as_replies()
-        .verify_oom()
-        .build()
+    write_options(true)
+}
+
+/// Write options, refused over `maxmemory` or not.
+fn write_options(verify_oom: bool) -> CallOptions {
+    let b = CallOptionsBuilder::new().replicate().errors_as_replies();
+    if verify_oom {
+        b.verify_oom().build()
+    } else {
+        b.build()
+    }
 }
 
 /// `RedisModule_Call` options for reads: errors as replies.
@@ -112,15 +118,6 @@ impl<'a> RedisList<'a> {
     pub fn without_oom_check(mut self) -> Self {
         self.oom_check = false;
         self
-    }
-
-    fn write_opts(&self) -> CallOptions {
-        let b = CallOptionsBuilder::new().replicate().errors_as_replies();
-        if self.oom_check {
-            b.verify_oom().build()
-        } else {
-            b.build()
-        }
     }
 
     fn call(&self, cmd: &str, opts: &CallOptions, args: &[&[u8]]) -> Result<CallReply<'_>, String> {
@@ -236,7 +233,7 @@ impl RedisList<'_> {
             return self.read_len();
         }
         let mut len = 0;
-        let opts = self.write_opts();
+        let opts = write_options(self.oom_check);
         for chunk in records.chunks(CHUNK) {
             len = self.on_key(cmd, &opts, chunk)?;
         }
