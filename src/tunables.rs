@@ -57,6 +57,12 @@ pub static INFLIGHT_MAX: Tunable = Tunable::new("inflight-max", 8192, 1, 1_000_0
 /// `key_evt_amqp.reconnect-max-ms`: the cap of the reconnect backoff.
 pub static RECONNECT_MAX_MS: Tunable = Tunable::new("reconnect-max-ms", 5000, 100, 600_000);
 
+/// `key_evt_amqp.connect-timeout-ms`: the longest one connection attempt may take
+/// (TCP, TLS, the AMQP handshake and the confirm-mode channel); past it the
+/// attempt counts as failed, events go to the fallback list, and the next
+/// attempt follows the backoff.
+pub static CONNECT_TIMEOUT_MS: Tunable = Tunable::new("connect-timeout-ms", 10_000, 100, 600_000);
+
 /// What to do with an event the broker returns as unroutable (no queue
 /// bound for its routing key): `key_evt_amqp.on-unroutable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -148,7 +154,7 @@ pub static KEYMASK_MAX_BYTES: Tunable =
 pub static FALLBACK_DB: Tunable = Tunable::new("fallback-db", 0, 0, 1_000_000);
 
 /// All mutable integer tunables, for registration.
-pub static TUNABLES: [&Tunable; 11] = [
+pub static TUNABLES: [&Tunable; 12] = [
     &KEYMASK_MAX_BYTES,
     &BURST_MAX_MS,
     &BURST_RATE,
@@ -160,6 +166,7 @@ pub static TUNABLES: [&Tunable; 11] = [
     &BATCH_SIZE,
     &INFLIGHT_MAX,
     &RECONNECT_MAX_MS,
+    &CONNECT_TIMEOUT_MS,
 ];
 
 /// `key_evt_amqp.fallback-key` (immutable): the fallback list key (a hash tag is added in cluster mode).

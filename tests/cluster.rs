@@ -8,7 +8,7 @@ use common::args::ModuleArgs;
 use common::cluster::text;
 use common::server::Kind;
 use common::topology::Topology;
-use common::{amqp_port, free_port, wait_for};
+use common::{amqp_port, refused_port, wait_for, wait_showing};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -219,17 +219,43 @@ fn master_killed_then_automatic_failover_loses_at_most_the_window() {
 fn resharding_moves_the_backlog_and_it_is_delivered() {
     let mut sink = Sink::new(amqp_port());
     // The broker is "down" for the cluster: the module points at a closed port.
-    let c = Topology::cluster(Kind::Redis, 3, &cluster_args(&sink, free_port()));
+    let (_closed, closed) = refused_port();
+    let c = Topology::cluster(Kind::Redis, 3, &cluster_args(&sink, closed));
     let written = c.set_keys(&keys("k", 1500));
+    // Per node: role, link, queue and list, for a failure's message.
+    let show = || {
+        c.nodes
+            .iter()
+            .map(|n| {
+                let i = n.info();
+                let get = |f: &str| i.get(f).cloned().unwrap_or_default();
+                format!(
+                    "{}: {} {} queue {} list {} error '{}'",
+                    n.port,
+                    get("role"),
+                    get("connection"),
+                    get("queue_len"),
+                    get("fallback_len"),
+                    get("last_error")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    wait_showing(
+        "backlogs stored",
+        T,
+        || {
+            c.masters()
+                .iter()
+                .map(|&m| c.nodes[m].stat("fallback_len"))
+                .sum::<i64>()
+                == 1500
+        },
+        show,
+    );
     let masters = c.masters();
     let (a, b) = (masters[0], masters[1]);
-    wait_for("backlogs stored", T, || {
-        masters
-            .iter()
-            .map(|&m| c.nodes[m].stat("fallback_len"))
-            .sum::<i64>()
-            == 1500
-    });
     let key = c.nodes[a].field("fallback_key");
     let stored_a = c.nodes[a].stat("fallback_len");
     let slot: u16 = text(&c.nodes[a], &["CLUSTER", "KEYSLOT", &key])

@@ -9,7 +9,7 @@ use common::amqp::Sink;
 use common::msg::check_sequence;
 use common::proxy::Proxy;
 use common::server::{Kind, Server};
-use common::{amqp_port, free_port, wait_for};
+use common::{amqp_port, refused_port, wait_for};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -43,7 +43,8 @@ fn repair(srv: &Server, sink: &Sink) {
 fn cap_keeps_the_newest_and_counts_drops() {
     for kind in Kind::ALL {
         let mut sink = Sink::new(amqp_port());
-        let srv = Server::start(kind, &args(free_port(), &sink, "100"), &[]);
+        let (_closed, closed) = refused_port();
+        let srv = Server::start(kind, &args(closed, &sink, "100"), &[]);
         srv.set_keys(&keys(0, 250));
         wait_for("stored", T, || srv.stat("events_stored") == 250);
         assert_eq!(srv.llen(KEY), 100);
@@ -63,7 +64,8 @@ fn cap_keeps_the_newest_and_counts_drops() {
 #[test]
 fn cap_zero_is_unlimited() {
     let mut sink = Sink::new(amqp_port());
-    let srv = Server::start(Kind::Redis, &args(free_port(), &sink, "0"), &[]);
+    let (_closed, closed) = refused_port();
+    let srv = Server::start(Kind::Redis, &args(closed, &sink, "0"), &[]);
     srv.set_keys(&keys(0, 5000));
     wait_for("stored", T, || srv.stat("fallback_len") == 5000);
     assert_eq!(srv.stat("events_dropped"), 0);
@@ -75,7 +77,8 @@ fn cap_zero_is_unlimited() {
 #[test]
 fn negative_cap_stores_nothing_new_but_delivers_what_is_stored() {
     let mut sink = Sink::new(amqp_port());
-    let srv = Server::start(Kind::Redis, &args(free_port(), &sink, "0"), &[]);
+    let (_closed, closed) = refused_port();
+    let srv = Server::start(Kind::Redis, &args(closed, &sink, "0"), &[]);
     srv.set_keys(&keys(0, 30));
     wait_for("stored", T, || srv.stat("fallback_len") == 30);
     srv.cmd(&["key_evt_amqp.fallback_storage_size_set", "-1"])
@@ -101,7 +104,8 @@ fn negative_cap_stores_nothing_new_but_delivers_what_is_stored() {
 #[test]
 fn fallback_key_vanishing_is_counted_as_lost() {
     let sink = Sink::new(amqp_port());
-    let srv = Server::start(Kind::Redis, &args(free_port(), &sink, "0"), &[]);
+    let (_closed, closed) = refused_port();
+    let srv = Server::start(Kind::Redis, &args(closed, &sink, "0"), &[]);
     srv.set_keys(&keys(0, 40));
     wait_for("stored", T, || srv.stat("fallback_len") == 40);
     srv.cmd(&["DEL", KEY]).unwrap();
@@ -135,7 +139,8 @@ fn backlog_survives_a_restart_with_aof() {
     for kind in Kind::ALL {
         let mut sink = Sink::new(amqp_port());
         let aof = [("appendonly", "yes"), ("appendfsync", "always")];
-        let mut srv = Server::start(kind, &args(free_port(), &sink, "0"), &aof);
+        let (_closed, closed) = refused_port();
+        let mut srv = Server::start(kind, &args(closed, &sink, "0"), &aof);
         srv.set_keys(&keys(0, 300));
         wait_for("stored", T, || srv.stat("fallback_len") == 300);
         srv.kill();

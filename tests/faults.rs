@@ -8,7 +8,7 @@ use common::args::ModuleArgs;
 
 use common::amqp::Sink;
 use common::msg::check_sequence;
-use common::proxy::Proxy;
+use common::proxy::{Proxy, Silent};
 use common::server::{Kind, Server};
 use common::{amqp_port, broker_pid, fault_broker, fault_lock, rabbitmqctl, wait_for};
 use std::thread::JoinHandle;
@@ -230,4 +230,54 @@ fn missing_exchange_then_created() {
     sink.declare_queue();
     srv.set_keys(&["k200"]);
     finish(&srv, &mut sink, 201);
+}
+
+/// A peer that accepts TCP and never answers (a stopped broker, a port that
+/// is not AMQP): each attempt ends after `connect-timeout-ms`, the events go
+/// to the fallback list meanwhile, and no attempt leaves its connection
+/// behind. A hanging attempt also gives way at once to new settings.
+#[test]
+fn a_silent_peer_times_out_each_attempt_and_leaves_nothing_behind() {
+    let mut sink = Sink::new(amqp_port());
+    let silent = Silent::new();
+    let srv = start(
+        silent.port,
+        &sink,
+        &[
+            ("key_evt_amqp.connect-timeout-ms", "300"),
+            ("key_evt_amqp.reconnect-max-ms", "200"),
+        ],
+    );
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    srv.set_keys(&keys);
+    wait_for("the events wait in the fallback list", T, || {
+        srv.stat("fallback_len") == 100
+    });
+    assert!(
+        srv.field("last_error").contains("timed out"),
+        "last_error: {}",
+        srv.field("last_error")
+    );
+    wait_for("several attempts timed out", T, || silent.accepted() >= 6);
+    assert!(
+        silent.open() <= 1,
+        "{} of {} timed-out connections are still open",
+        silent.open(),
+        silent.accepted()
+    );
+    // An attempt that would hang for ten minutes gives way to new settings.
+    srv.cmd(&["CONFIG", "SET", "key_evt_amqp.connect-timeout-ms", "600000"])
+        .expect("CONFIG SET");
+    let before = silent.accepted();
+    wait_for("a long attempt is under way", T, || {
+        silent.accepted() > before
+    });
+    let port = sink.port.to_string();
+    srv.cmd(&["key_evt_amqp.config_set", "127.0.0.1", &port])
+        .expect("config_set");
+    let msgs = sink.expect_sequence("k", 100, T).to_vec();
+    check_sequence(&msgs, "k", 100);
+    wait_for("the replaced attempt's connection is closed", T, || {
+        silent.open() == 0
+    });
 }

@@ -157,52 +157,6 @@ enum Next {
     Stop,
 }
 
-fn uri(s: &AmqpSettings) -> AMQPUri {
-    AMQPUri {
-        scheme: AMQPScheme::AMQP,
-        authority: AMQPAuthority {
-            userinfo: AMQPUserInfo {
-                username: s.user.clone(),
-                password: s.password.expose().to_string(),
-            },
-            host: s.host.clone(),
-            port: s.port,
-        },
-        vhost: s.vhost.clone(),
-        query: AMQPQueryString {
-            heartbeat: Some(s.heartbeat),
-            connection_timeout: Some(10_000),
-            ..AMQPQueryString::default()
-        },
-    }
-}
-
-async fn open(s: &AmqpSettings) -> Result<(Connection, Channel), String> {
-    // A name per node, so the broker's management UI tells nodes apart.
-    let name = format!("key_evt_amqp {}", s.node);
-    let props = ConnectionProperties::default().with_connection_name(name.as_str().into());
-    let mut u = uri(s);
-    let mut tls = lapin::tcp::OwnedTLSConfig::default();
-    if s.tls {
-        u.scheme = AMQPScheme::AMQPS;
-        if !s.tls_ca_file.is_empty() {
-            let pem = std::fs::read_to_string(&s.tls_ca_file)
-                .map_err(|e| format!("tls-ca-file '{}': {e}", s.tls_ca_file))?;
-            tls.cert_chain = Some(pem);
-        }
-    }
-    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-    let conn = Connection::connect_uri_with_config(u, props, tls, runtime)
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((conn, channel))
-}
-
 /// A small xorshift for backoff jitter.
 fn jitter(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
@@ -238,6 +192,7 @@ fn lower_priority() {
     }
 }
 
+mod connect;
 mod publish;
 pub mod route;
 mod serve;
@@ -247,6 +202,7 @@ use serve::supervisor;
 
 #[cfg(test)]
 mod tests {
+    use super::connect::uri;
     use super::serve::broker_size_limit;
     use super::*;
 

@@ -1,6 +1,7 @@
 //! The supervisor task: connect, serve one connection, reconnect with
 //! backoff; and the per-connection loop that hands batches to `publish`.
 
+use super::connect::{try_open, Attempt};
 use super::publish::*;
 use super::*;
 
@@ -30,8 +31,17 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             }
             continue;
         };
-        let (error, confirm_timeout) = match open(&settings).await {
-            Ok((conn, channel)) => {
+        let (error, confirm_timeout) = match try_open(&settings, &rx, &tx).await {
+            Attempt::Stop => return,
+            Attempt::Replaced(next) => {
+                if next.is_none() {
+                    let _ = tx.send(Outcome::Closed).await;
+                }
+                target = next;
+                attempt = 0;
+                continue;
+            }
+            Attempt::Open(conn, channel) => {
                 attempt = 0;
                 generation += 1;
                 let _ = tx.send(Outcome::Connected { generation }).await;
@@ -70,7 +80,7 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
                     Next::ConfirmTimeout(e) => (e, true),
                 }
             }
-            Err(e) => (e.to_string(), false),
+            Attempt::Failed(e) => (e, false),
         };
         let delay = backoff_ms(
             attempt,

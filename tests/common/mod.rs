@@ -18,13 +18,24 @@ pub mod topology;
 use std::time::{Duration, Instant};
 
 /// Waits until `f` is true, polling; panics with `what` after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    wait_showing(what, timeout, f, String::new);
+}
+
+/// [`wait_for`], and on a timeout the panic also shows what `show` says of
+/// the state then (per-node figures, say), so that a failure in CI can be
+/// read without the servers.
+pub fn wait_showing(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    show: impl Fn() -> String,
+) {
     let start = Instant::now();
     while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; {}", show());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -46,6 +57,24 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// A port where connections are refused, held for as long as the returned
+/// socket lives: it is bound and never listens, so no other test can take
+/// it and a connection cannot loop back to itself on it (as one to a port
+/// that was free a moment ago can).
+pub fn refused_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    socket.bind(&addr.into()).expect("bind");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.port())
+        .expect("bound port");
+    (socket, port)
 }
 
 /// A free port `p` for a server, with `p + 10000` (its cluster bus port) free too.

@@ -109,3 +109,53 @@ impl Proxy {
         self.ctl.refuse.store(on, Ordering::Relaxed);
     }
 }
+
+/// A peer that accepts TCP connections and never says a word, like a broker
+/// that is stopped (SIGSTOP) or a port that is not AMQP. It counts the
+/// connections it took and those still open (the other side has not closed).
+pub struct Silent {
+    /// The port to point the module at.
+    pub port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silent {
+    /// Starts listening.
+    pub fn new() -> Self {
+        use std::sync::atomic::AtomicUsize;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("silent bind");
+        let port = listener.local_addr().expect("silent addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (a, o) = (Arc::clone(&accepted), Arc::clone(&open));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                o.fetch_add(1, Ordering::SeqCst);
+                a.fetch_add(1, Ordering::SeqCst);
+                let o = Arc::clone(&o);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            port,
+            accepted,
+            open,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections the other side has not closed yet.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
