@@ -1,8 +1,9 @@
 //! AMQP helpers for `scripts/bench`:
 //!
 //! - `declare URI QUEUE EXCHANGE ROUTING_KEY [MAX_LEN]`: a queue bound to a direct exchange
-//! - `publish URI EXCHANGE ROUTING_KEY SECONDS WINDOW`: the reference publisher
-//!   (lapin, windows of WINDOW publishes joined, then their confirms awaited)
+//! - `publish URI EXCHANGE ROUTING_KEY SECONDS WINDOW [headers]`: the reference
+//!   publisher (lapin, windows of WINDOW publishes joined, then their confirms
+//!   awaited), with the module's message headers when `headers` is given
 //! - `bridge URI EXCHANGE ROUTING_KEY REDIS_PORT`: what users would otherwise run:
 //!   a Pub/Sub keyspace-notification subscriber that republishes with confirms
 //! - `write REDIS_PORT COUNT RATE`: SETs `w0..w{COUNT}` at RATE per second
@@ -16,6 +17,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use redis_keyspace_amqp::amqp::route;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -73,7 +75,14 @@ fn body(i: u64) -> Vec<u8> {
     format!("0\nset\nkey:{:012}", i % 1_000_000).into_bytes()
 }
 
-async fn publish(uri: &str, exchange: &str, rk: &str, seconds: u64, window: usize) -> Res<()> {
+async fn publish(
+    uri: &str,
+    exchange: &str,
+    rk: &str,
+    seconds: u64,
+    window: usize,
+    headers: bool,
+) -> Res<()> {
     let (conn, ch) = channel(uri).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let start = Instant::now();
@@ -83,11 +92,14 @@ async fn publish(uri: &str, exchange: &str, rk: &str, seconds: u64, window: usiz
         let mut writes = Vec::with_capacity(window);
         for _ in 0..window {
             i += 1;
-            let props = BasicProperties::default()
+            let b = body(i);
+            let mut props = BasicProperties::default()
                 .with_content_type("text/plain".into())
                 .with_message_id(format!("ref-{i}").into())
                 .with_timestamp(1);
-            let b = body(i);
+            if headers {
+                props = props.with_headers(route::headers(&b, "6379/reference"));
+            }
             let ch = ch.clone();
             let (ex, rk) = (exchange.to_string(), rk.to_string());
             let mut w = Box::pin(async move {
@@ -271,7 +283,10 @@ fn main() {
                 )
                 .await
             }
-            "publish" => publish(&get(1), &get(2), &get(3), num(4), num(5) as usize).await,
+            "publish" => {
+                let headers = get(6) == "headers";
+                publish(&get(1), &get(2), &get(3), num(4), num(5) as usize, headers).await
+            }
             "bridge" => bridge(&get(1), &get(2), &get(3), num(4) as u16).await,
             "write" => write(num(1) as u16, num(2), num(3)),
             "e2e" => {

@@ -34,6 +34,8 @@ pub enum Setting {
     Tls,
     /// `tls-ca-file`: PEM file of the broker's CA (empty: system roots)
     TlsCaFile,
+    /// `headers`: `yes` puts the `event`, `db`, `key` and `node` headers on each message
+    Headers,
 }
 
 /// A setting's value: text (binary-safe) or a number.
@@ -47,7 +49,7 @@ pub enum Value {
 
 impl Setting {
     /// Every setting, in the order of the README's table.
-    pub const ALL: [Setting; 13] = [
+    pub const ALL: [Setting; 14] = [
         Self::Host,
         Self::Port,
         Self::Vhost,
@@ -61,6 +63,7 @@ impl Setting {
         Self::Keymasks,
         Self::Tls,
         Self::TlsCaFile,
+        Self::Headers,
     ];
 
     /// The config name, without the module prefix.
@@ -79,6 +82,7 @@ impl Setting {
             Self::Keymasks => "keymasks",
             Self::Tls => "tls",
             Self::TlsCaFile => "tls-ca-file",
+            Self::Headers => "headers",
         }
     }
 
@@ -105,7 +109,7 @@ impl Setting {
             Self::RoutingKey => Some(6),
             Self::DeliveryMode => Some(7),
             Self::FallbackSize => Some(8),
-            Self::Vhost | Self::Keymasks | Self::Tls | Self::TlsCaFile => None,
+            Self::Vhost | Self::Keymasks | Self::Tls | Self::TlsCaFile | Self::Headers => None,
         }
     }
 
@@ -125,8 +129,9 @@ impl Setting {
             Self::DeliveryMode => Value::Number(a.delivery_mode.into()),
             Self::FallbackSize => Value::Number(s.fallback_size),
             Self::Keymasks => Value::Text(s.masks.sources().join(&b' ')),
-            Self::Tls => t(if a.tls { "yes" } else { "no" }),
+            Self::Tls => t(yes_no(a.tls)),
             Self::TlsCaFile => t(&a.tls_ca_file),
+            Self::Headers => t(yes_no(a.headers)),
         }
     }
 
@@ -145,20 +150,9 @@ impl Setting {
         let mut out = s.clone();
         match self {
             Self::Vhost => out.amqp.vhost = text("vhost", &bytes)?,
-            Self::Tls => {
-                out.amqp.tls = match bytes.as_slice() {
-                    b"yes" => true,
-                    b"no" => false,
-                    _ => {
-                        return Err(ConfigError::Invalid {
-                            name: "tls",
-                            value: crate::keymask::printable(&bytes),
-                            reason: "must be yes or no",
-                        })
-                    }
-                }
-            }
+            Self::Tls => out.amqp.tls = parse_yes_no("tls", &bytes)?,
             Self::TlsCaFile => out.amqp.tls_ca_file = text("tls-ca-file", &bytes)?,
+            Self::Headers => out.amqp.headers = parse_yes_no("headers", &bytes)?,
             _ => {
                 let masks: Vec<&[u8]> = bytes
                     .split(|b| *b == b' ')
@@ -168,6 +162,28 @@ impl Setting {
             }
         }
         Ok(out)
+    }
+}
+
+/// A flag as its config text.
+fn yes_no(on: bool) -> &'static str {
+    if on {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// A flag's config text: `yes` or `no`, nothing else.
+fn parse_yes_no(name: &'static str, bytes: &[u8]) -> Result<bool, ConfigError> {
+    match bytes {
+        b"yes" => Ok(true),
+        b"no" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value: crate::keymask::printable(bytes),
+            reason: "must be yes or no",
+        }),
     }
 }
 

@@ -91,6 +91,26 @@ fn headers_app_id_and_a_routing_key_template() {
             // The body is exactly as specified.
             assert_eq!(m.body, format!("0\nset\n{}", m.key()).into_bytes());
         }
+        // Without headers: same routing, same body, no table to decode.
+        // (`order:9` would hold the list's head forever: let it go.)
+        srv.cmd(&["CONFIG", "SET", "key_evt_amqp.on-unroutable", "drop"])
+            .expect("CONFIG SET on-unroutable");
+        srv.cmd(&["CONFIG", "SET", "key_evt_amqp.headers", "no"])
+            .expect("CONFIG SET headers");
+        assert!(srv
+            .cmd(&["CONFIG", "SET", "key_evt_amqp.headers", "maybe"])
+            .is_err_and(|e| e.contains("headers")));
+        srv.set_keys(&["user:3"]);
+        let m = sink
+            .expect_keys(&["user:3"], T)
+            .iter()
+            .find(|m| m.key() == "user:3")
+            .cloned()
+            .expect("user:3 arrived");
+        assert_eq!(m.routing_key, "kea.set.0.user", "{kind:?}");
+        assert_eq!(m.app_id, "key_evt_amqp", "{kind:?}");
+        assert!(m.headers.is_empty(), "{kind:?}: {:?}", m.headers);
+        assert_eq!(m.body, b"0\nset\nuser:3".to_vec());
     }
 }
 

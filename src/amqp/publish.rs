@@ -10,8 +10,8 @@ pub(super) type PublishFuture =
 pub(super) struct Target<'a> {
     pub(super) exchange: &'a lapin::types::ShortString,
     pub(super) routing_key: &'a route::RoutingKey,
-    /// This node's name, for the `node` header.
-    pub(super) node: &'a str,
+    /// This node's name, for the `node` header; `None`: no headers.
+    pub(super) node: Option<&'a str>,
     pub(super) base: &'a BasicProperties,
     /// Largest body sent; larger records are rejected.
     pub(super) limit: usize,
@@ -52,12 +52,14 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
             sent.push(Sent::Rejected);
             continue;
         };
-        let props = target
+        let mut props = target
             .base
             .clone()
             .with_message_id(p.message_id.into())
-            .with_timestamp(p.timestamp)
-            .with_headers(route::headers(p.body, target.node));
+            .with_timestamp(p.timestamp);
+        if let Some(node) = target.node {
+            props = props.with_headers(route::headers(p.body, node));
+        }
         let skip = record.len() - p.body.len();
         let (ch, buf) = (channel.clone(), Arc::clone(&batch.records));
         let (ex, rk) = (target.exchange.clone(), target.routing_key.render(p.body));

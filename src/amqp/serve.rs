@@ -228,7 +228,7 @@ pub(super) async fn serve(
                     Target {
                         exchange: &exchange,
                         routing_key: &routing_key,
-                        node: &settings.node,
+                        node: settings.headers.then_some(settings.node.as_str()),
                         base: &base,
                         limit,
                     },
