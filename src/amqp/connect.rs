@@ -108,9 +108,19 @@ async fn tcp(
     socket: &Socket,
 ) -> std::io::Result<AsyncTcpStream<async_io::Async<TcpStream>>> {
     let host = uri.authority.host.as_str();
+    let ms = crate::config::CONNECT_TIMEOUT_MS.get().unsigned_abs();
     let mut last = None;
     for addr in (host, uri.authority.port).to_socket_addrs()? {
-        match async_io::Async::<TcpStream>::connect(addr).await {
+        // Bounded here too: a SYN that gets no answer would otherwise hold
+        // lapin's I/O thread for the kernel's two minutes.
+        let connect = future::or(async_io::Async::<TcpStream>::connect(addr), async {
+            sleep_ms(ms).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("TCP connect to {addr} timed out after {ms} ms"),
+            ))
+        });
+        match connect.await {
             Ok(stream) => {
                 stream.get_ref().set_nodelay(true)?;
                 if let Ok(mut slot) = socket.lock() {
