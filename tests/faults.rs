@@ -10,7 +10,9 @@ use common::amqp::Sink;
 use common::msg::check_sequence;
 use common::proxy::{Proxy, Silent};
 use common::server::{Kind, Server};
-use common::{amqp_port, broker_pid, fault_broker, fault_lock, rabbitmqctl, wait_for};
+use common::{
+    amqp_port, broker_pid, fault_broker, fault_lock, rabbitmqctl, wait_for, wait_showing,
+};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -259,11 +261,20 @@ fn a_silent_peer_times_out_each_attempt_and_leaves_nothing_behind() {
         srv.field("last_error")
     );
     wait_for("several attempts timed out", T, || silent.accepted() >= 6);
-    assert!(
-        silent.open() <= 1,
-        "{} of {} timed-out connections are still open",
-        silent.open(),
-        silent.accepted()
+    // At most the attempt under way holds a connection and an I/O thread;
+    // a leak would leave one of each per attempt.
+    wait_showing(
+        "timed-out attempts leave no connection or thread behind",
+        T,
+        || silent.open() <= 1 && io_threads(srv.pid()) <= 1,
+        || {
+            format!(
+                "{} of {} connections open, {} lapin I/O threads",
+                silent.open(),
+                silent.accepted(),
+                io_threads(srv.pid())
+            )
+        },
     );
     // An attempt that would hang for ten minutes gives way to new settings.
     srv.cmd(&["CONFIG", "SET", "key_evt_amqp.connect-timeout-ms", "600000"])
@@ -280,4 +291,20 @@ fn a_silent_peer_times_out_each_attempt_and_leaves_nothing_behind() {
     wait_for("the replaced attempt's connection is closed", T, || {
         silent.open() == 0
     });
+    assert_eq!(io_threads(srv.pid()), 1, "only the live connection's");
+}
+
+/// lapin I/O threads in process `pid` (one per connection or attempt).
+fn io_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "lapin-io-loop")
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }

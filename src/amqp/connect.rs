@@ -12,73 +12,133 @@
 use super::*;
 use lapin::tcp::AsyncTcpStream;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::Instant;
 
 /// How one connection attempt ended.
 pub(super) enum Attempt {
     /// Connected, with a confirm-mode channel.
     Open(Connection, Channel),
-    /// Failed or timed out.
-    Failed(String),
+    /// Failed or timed out. `retry_now`: a `connect` for these same settings
+    /// came meanwhile, so the next attempt skips the backoff.
+    Failed { error: String, retry_now: bool },
     /// A request replaced it: new settings, or `None` to stay disconnected.
     Replaced(Option<AmqpSettings>),
     /// The main thread is gone.
     Stop,
 }
 
-/// The socket of the attempt in progress (a duplicate descriptor).
-type Socket = Arc<Mutex<Option<TcpStream>>>;
+/// Where the TCP connection of an attempt stands, shared between the
+/// attempt and the connector that lapin's I/O thread runs.
+enum Conn {
+    /// Not connected yet.
+    Pending,
+    /// Connected: a duplicate of the socket.
+    Up(TcpStream),
+    /// The attempt is over: a connection made now is closed at once.
+    Over,
+}
+
+/// The TCP side of one attempt.
+#[derive(Clone)]
+struct Socket(Arc<Mutex<Conn>>);
+
+impl Socket {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Conn::Pending)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conn> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a duplicate of a new connection, unless the attempt is over.
+    fn keep(&self, stream: &TcpStream) -> std::io::Result<()> {
+        let mut conn = self.lock();
+        if matches!(*conn, Conn::Over) {
+            let _ = stream.shutdown(Shutdown::Both);
+            return Err(abandoned());
+        }
+        *conn = Conn::Up(stream.try_clone()?);
+        Ok(())
+    }
+
+    fn is_over(&self) -> bool {
+        matches!(*self.lock(), Conn::Over)
+    }
+
+    /// Ends the attempt; `cut` shuts its connection down, which ends
+    /// lapin's I/O thread wherever it waits (TLS, handshake, channel).
+    fn end(&self, cut: bool) {
+        if let Conn::Up(dup) = std::mem::replace(&mut *self.lock(), Conn::Over) {
+            if cut {
+                let _ = dup.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn abandoned() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "connection attempt abandoned",
+    )
+}
 
 /// One connection attempt. Requests are answered meanwhile: publishes fail
 /// at once, a `Connect` with other settings or a `Disconnect` ends the
-/// attempt. An attempt that ends without a connection shuts its socket
-/// down, so nothing of it stays behind.
+/// attempt. An attempt that times out or is replaced shuts its connection
+/// down (or refuses one that comes later), so that lapin's I/O thread ends;
+/// one that failed on its own leaves lapin to close what it opened.
+/// `connect-timeout-ms` is read when the attempt starts.
 pub(super) async fn try_open(
     settings: &AmqpSettings,
     rx: &Receiver<Request>,
     tx: &Sender<Outcome>,
 ) -> Attempt {
     enum Step {
-        Done(Attempt),
+        Opened(Result<(Connection, Channel), String>),
+        TimedOut,
         Req(Result<Request, async_channel::RecvError>),
     }
     let ms = crate::config::CONNECT_TIMEOUT_MS.get().unsigned_abs();
-    let socket = Socket::default();
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let socket = Socket::new();
     let opening = future::or(
-        async {
-            match open(settings, &socket).await {
-                Ok((conn, channel)) => Attempt::Open(conn, channel),
-                Err(e) => Attempt::Failed(e),
-            }
-        },
+        async { Step::Opened(open(settings, &socket, deadline).await) },
         async {
             sleep_ms(ms).await;
-            Attempt::Failed(format!("connection attempt timed out after {ms} ms"))
+            Step::TimedOut
         },
     );
     let mut opening = std::pin::pin!(opening);
-    let attempt = loop {
-        let step = future::or(async { Step::Done((&mut opening).await) }, async {
-            Step::Req(rx.recv().await)
-        })
-        .await;
-        match step {
-            Step::Done(done) => break done,
-            Step::Req(Err(_)) => break Attempt::Stop,
+    let mut retry_now = false;
+    loop {
+        let step = future::or(&mut opening, async { Step::Req(rx.recv().await) }).await;
+        let (attempt, cut) = match step {
+            Step::Opened(Ok((conn, channel))) => (Attempt::Open(conn, channel), false),
+            Step::Opened(Err(error)) => (Attempt::Failed { error, retry_now }, false),
+            Step::TimedOut => (
+                Attempt::Failed {
+                    error: format!("connection attempt timed out after {ms} ms"),
+                    retry_now,
+                },
+                true,
+            ),
+            Step::Req(Err(_)) => (Attempt::Stop, true),
             Step::Req(Ok(Request::Publish(b))) => {
                 let _ = tx.send(fail_batch(b, "not connected")).await;
+                continue;
             }
-            Step::Req(Ok(Request::Connect(s))) if s == *settings => {}
-            Step::Req(Ok(Request::Connect(s))) => break Attempt::Replaced(Some(s)),
-            Step::Req(Ok(Request::Disconnect)) => break Attempt::Replaced(None),
-        }
-    };
-    let dup = socket.lock().ok().and_then(|mut s| s.take());
-    if let Some(dup) = dup {
-        if !matches!(attempt, Attempt::Open(..)) {
-            let _ = dup.shutdown(Shutdown::Both);
-        }
+            Step::Req(Ok(Request::Connect(s))) if s == *settings => {
+                retry_now = true;
+                continue;
+            }
+            Step::Req(Ok(Request::Connect(s))) => (Attempt::Replaced(Some(s)), true),
+            Step::Req(Ok(Request::Disconnect)) => (Attempt::Replaced(None), true),
+        };
+        socket.end(cut);
+        return attempt;
     }
-    attempt
 }
 
 pub(super) fn uri(s: &AmqpSettings) -> AMQPUri {
@@ -100,32 +160,35 @@ pub(super) fn uri(s: &AmqpSettings) -> AMQPUri {
     }
 }
 
-/// TCP (and TLS) to the broker, keeping a duplicate of the socket in `socket`.
-/// Runs on lapin's I/O thread, where blocking name resolution is fine.
+/// TCP (and TLS) to the broker by `deadline`, keeping a duplicate of the
+/// socket in `socket`. Runs on lapin's I/O thread, where blocking name
+/// resolution is fine.
 async fn tcp(
     uri: &AMQPUri,
     tls: &lapin::tcp::OwnedTLSConfig,
     socket: &Socket,
+    deadline: Instant,
 ) -> std::io::Result<AsyncTcpStream<async_io::Async<TcpStream>>> {
     let host = uri.authority.host.as_str();
-    let ms = crate::config::CONNECT_TIMEOUT_MS.get().unsigned_abs();
     let mut last = None;
     for addr in (host, uri.authority.port).to_socket_addrs()? {
+        if socket.is_over() {
+            return Err(abandoned());
+        }
         // Bounded here too: a SYN that gets no answer would otherwise hold
         // lapin's I/O thread for the kernel's two minutes.
+        let left = deadline.saturating_duration_since(Instant::now());
         let connect = future::or(async_io::Async::<TcpStream>::connect(addr), async {
-            sleep_ms(ms).await;
+            async_io::Timer::after(left).await;
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("TCP connect to {addr} timed out after {ms} ms"),
+                format!("TCP connect to {addr} timed out"),
             ))
         });
         match connect.await {
             Ok(stream) => {
                 stream.get_ref().set_nodelay(true)?;
-                if let Ok(mut slot) = socket.lock() {
-                    *slot = Some(stream.get_ref().try_clone()?);
-                }
+                socket.keep(stream.get_ref())?;
                 let stream = AsyncTcpStream::Plain(stream);
                 return match uri.scheme {
                     AMQPScheme::AMQPS => stream.into_tls(host, tls.as_ref()).await,
@@ -143,7 +206,11 @@ async fn tcp(
     }))
 }
 
-async fn open(s: &AmqpSettings, socket: &Socket) -> Result<(Connection, Channel), String> {
+async fn open(
+    s: &AmqpSettings,
+    socket: &Socket,
+    deadline: Instant,
+) -> Result<(Connection, Channel), String> {
     // A name per node, so the broker's management UI tells nodes apart.
     let name = format!("key_evt_amqp {}", s.node);
     let props = ConnectionProperties::default().with_connection_name(name.as_str().into());
@@ -158,10 +225,12 @@ async fn open(s: &AmqpSettings, socket: &Socket) -> Result<(Connection, Channel)
         }
     }
     let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-    let socket = Arc::clone(socket);
+    let socket = socket.clone();
     let tls = Arc::new(tls);
     let connect = async move |uri: AMQPUri, _runtime| {
-        tcp(&uri, &tls, &socket).await.map_err(lapin::Error::from)
+        tcp(&uri, &tls, &socket, deadline)
+            .await
+            .map_err(lapin::Error::from)
     };
     let conn = Connection::connector(u, runtime, connect, props)
         .await
@@ -172,4 +241,57 @@ async fn open(s: &AmqpSettings, socket: &Socket) -> Result<(Connection, Channel)
         .await
         .map_err(|e| e.to_string())?;
     Ok((conn, channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    /// A connected pair on loopback: (ours, the peer's).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ours = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (peer, _) = l.accept().expect("accept");
+        (ours, peer)
+    }
+
+    fn peer_sees_eof(mut peer: TcpStream) -> bool {
+        peer.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        matches!(peer.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    #[test]
+    fn ending_a_cut_attempt_shuts_its_connection_down() {
+        let (ours, peer) = pair();
+        let socket = Socket::new();
+        socket.keep(&ours).expect("kept");
+        socket.end(true);
+        assert!(peer_sees_eof(peer));
+    }
+
+    #[test]
+    fn a_connection_made_after_the_attempt_ended_is_refused() {
+        let (ours, peer) = pair();
+        let socket = Socket::new();
+        socket.end(true);
+        assert!(socket.is_over());
+        assert!(socket.keep(&ours).is_err());
+        assert!(peer_sees_eof(peer));
+    }
+
+    #[test]
+    fn a_successful_attempt_keeps_its_connection() {
+        let (ours, mut peer) = pair();
+        let socket = Socket::new();
+        socket.keep(&ours).expect("kept");
+        socket.end(false);
+        drop(socket);
+        std::io::Write::write_all(&mut &ours, b"x").expect("still open");
+        let mut b = [0u8; 1];
+        peer.read_exact(&mut b).expect("read");
+        assert_eq!(&b, b"x");
+    }
 }

@@ -31,7 +31,7 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             }
             continue;
         };
-        let (error, confirm_timeout) = match try_open(&settings, &rx, &tx).await {
+        let (error, confirm_timeout, retry_now) = match try_open(&settings, &rx, &tx).await {
             Attempt::Stop => return,
             Attempt::Replaced(next) => {
                 if next.is_none() {
@@ -76,17 +76,24 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
                         target = Some(s);
                         continue;
                     }
-                    Next::Lost(e) => (e, false),
-                    Next::ConfirmTimeout(e) => (e, true),
+                    Next::Lost(e) => (e, false, false),
+                    Next::ConfirmTimeout(e) => (e, true, false),
                 }
             }
-            Attempt::Failed(e) => (e, false),
+            Attempt::Failed { error, retry_now } => (error, false, retry_now),
         };
-        let delay = backoff_ms(
-            attempt,
-            crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
-            &mut seed,
-        );
+        if retry_now {
+            attempt = 0;
+        }
+        let delay = if retry_now {
+            0
+        } else {
+            backoff_ms(
+                attempt,
+                crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
+                &mut seed,
+            )
+        };
         attempt = attempt.saturating_add(1);
         let _ = tx
             .send(Outcome::Down {
