@@ -179,6 +179,7 @@ fn master_killed_then_automatic_failover_loses_at_most_the_window() {
     let m = c.masters()[0];
     let r = c.replica_of(m);
     let first = c.set_keys(&keys("a", 3000));
+    c.fail_fast();
     c.nodes[m].kill();
     wait_for("replica promoted", T, || {
         text(&c.nodes[r], &["INFO", "replication"]).contains("role:master")

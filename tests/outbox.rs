@@ -288,6 +288,7 @@ fn cluster_kill(durability: &str) -> (usize, usize) {
         })
     };
     wait_for("2,000 writes", T, || acked.lock().unwrap().len() >= 2000);
+    c.fail_fast();
     c.nodes[m].kill();
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
