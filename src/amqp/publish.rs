@@ -18,6 +18,9 @@ pub(super) struct Target<'a> {
 }
 
 /// What the task that settles a batch reports to and watches.
+/// Why a batch failed when the broker returned one of its records.
+const RETURNED: &str = "returned by the broker as unroutable";
+
 pub(super) struct Watch {
     pub(super) tx: Sender<Outcome>,
     pub(super) last_error: Arc<Mutex<Option<String>>>,
@@ -81,10 +84,20 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
     async_global_executor::spawn(async move {
         let settled = future::or(confirm_all(id, sent), async {
             let _ = watch.gone.recv().await;
-            Settled::failed(id, "connection lost before the broker confirmed")
+            // `serve` left the reason behind before it returned: the batch
+            // reports it, so that it does not hide the cause in `last_error`.
+            let why = watch.last_error.lock().ok().and_then(|e| e.clone());
+            match why {
+                Some(why) => Settled::failed(
+                    id,
+                    format!("connection lost before the broker confirmed: {why}"),
+                ),
+                None => Settled::failed(id, "connection lost before the broker confirmed"),
+            }
         })
         .await;
-        if let Some(e) = &settled.error {
+        // A return is no failure of the connection: it explains nothing.
+        if let Some(e) = settled.error.as_ref().filter(|e| *e != RETURNED) {
             if let Ok(mut slot) = watch.last_error.lock() {
                 slot.get_or_insert_with(|| e.clone());
             }
@@ -134,7 +147,7 @@ pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
                 settled.returned += 1;
                 if store_returns {
                     // Unroutable, and to be kept: the batch fails here.
-                    settled.error = Some("returned by the broker as unroutable".into());
+                    settled.error = Some(RETURNED.into());
                     break;
                 }
                 settled.acked += 1;

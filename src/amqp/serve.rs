@@ -154,6 +154,31 @@ pub(super) fn broker_size_limit(error: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
+/// The broker's reason for closing the channel, if lapin reports it within
+/// [`CLOSE_REASON_WAIT`].
+async fn close_reason(
+    events: &mut (impl futures_lite::Stream<Item = Event> + Unpin),
+) -> Option<String> {
+    future::or(
+        async {
+            while let Some(e) = events.next().await {
+                if let Event::Error(e) = e {
+                    return Some(e.to_string());
+                }
+            }
+            None
+        },
+        async {
+            async_io::Timer::after(CLOSE_REASON_WAIT).await;
+            None
+        },
+    )
+    .await
+}
+
+/// How long [`close_reason`] waits.
+const CLOSE_REASON_WAIT: Duration = Duration::from_millis(200);
+
 pub(super) async fn serve(
     conn: &Connection,
     channel: &Channel,
@@ -176,7 +201,7 @@ pub(super) async fn serve(
         .with_content_type("text/plain".into())
         .with_app_id("key_evt_amqp".into())
         .with_delivery_mode(settings.delivery_mode);
-    loop {
+    let next = loop {
         let wake = future::or(
             future::or(async { Wake::Req(rx.recv().await) }, async {
                 Wake::Conn(events.next().await)
@@ -193,17 +218,17 @@ pub(super) async fn serve(
                     Duration::from_millis(crate::config::CONFIRM_TIMEOUT_MS.get().unsigned_abs());
                 let oldest = pending.lock().ok().and_then(|p| p.values().min().copied());
                 if oldest.is_some_and(|t| t.elapsed() > limit) {
-                    return Next::ConfirmTimeout(format!(
+                    break Next::ConfirmTimeout(format!(
                         "no confirm from the broker for {} ms; connection recycled",
                         limit.as_millis()
                     ));
                 }
             }
-            Wake::Req(Err(_)) => return Next::Stop,
-            Wake::Req(Ok(Request::Disconnect)) => return Next::Disconnect,
+            Wake::Req(Err(_)) => break Next::Stop,
+            Wake::Req(Ok(Request::Disconnect)) => break Next::Disconnect,
             Wake::Req(Ok(Request::Connect(s))) => {
                 if &s != settings || !conn.status().connected() {
-                    return Next::Reconnect(s);
+                    break Next::Reconnect(s);
                 }
                 let _ = tx.send(Outcome::Connected { generation }).await;
             }
@@ -213,7 +238,13 @@ pub(super) async fn serve(
                     continue;
                 }
                 if !conn.status().connected() || !channel.status().connected() {
-                    let why = match last_error.lock().ok().and_then(|e| e.clone()) {
+                    let mut known = last_error.lock().ok().and_then(|e| e.clone());
+                    if known.is_none() {
+                        // lapin marks the channel closed just before it reports
+                        // the broker's reason: wait a moment for it.
+                        known = close_reason(&mut events).await;
+                    }
+                    let why = match known {
                         Some(e) => format!("channel closed by the broker: {e}"),
                         None => "channel closed by the broker".to_string(),
                     };
@@ -221,7 +252,7 @@ pub(super) async fn serve(
                         broker_max.store(max, Ordering::Relaxed);
                     }
                     let _ = tx.send(fail_batch(batch, &why)).await;
-                    return Next::Lost(why);
+                    break Next::Lost(why);
                 }
                 if let Ok(mut p) = pending.lock() {
                     p.insert(batch.id, std::time::Instant::now());
@@ -247,8 +278,8 @@ pub(super) async fn serve(
                     },
                 );
             }
-            Wake::Conn(None) => return Next::Lost("connection closed".into()),
-            Wake::Conn(Some(Event::Error(e))) => return Next::Lost(e.to_string()),
+            Wake::Conn(None) => break Next::Lost("connection closed".into()),
+            Wake::Conn(Some(Event::Error(e))) => break Next::Lost(e.to_string()),
             Wake::Conn(Some(Event::ConnectionBlocked(_))) => {
                 let _ = tx.send(Outcome::Blocked(true)).await;
             }
@@ -257,5 +288,13 @@ pub(super) async fn serve(
             }
             Wake::Conn(Some(_)) => {}
         }
+    };
+    // The reason stays behind for the batches still waiting on this
+    // connection: they report it when `_alive` drops below.
+    if let Next::Lost(e) | Next::ConfirmTimeout(e) = &next {
+        if let Ok(mut slot) = last_error.lock() {
+            slot.get_or_insert_with(|| e.clone());
+        }
     }
+    next
 }
