@@ -17,10 +17,13 @@ pub(super) struct Target<'a> {
     pub(super) limit: usize,
 }
 
-/// What the task that settles a batch reports to and watches.
 /// Why a batch failed when the broker returned one of its records.
 const RETURNED: &str = "returned by the broker as unroutable";
 
+/// Why a batch failed when its connection ended before every confirm came.
+const LOST: &str = "connection lost before the broker confirmed";
+
+/// What the task that settles a batch reports to and watches.
 pub(super) struct Watch {
     pub(super) tx: Sender<Outcome>,
     pub(super) last_error: Arc<Mutex<Option<String>>>,
@@ -87,13 +90,10 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
             // `serve` left the reason behind before it returned: the batch
             // reports it, so that it does not hide the cause in `last_error`.
             let why = watch.last_error.lock().ok().and_then(|e| e.clone());
-            match why {
-                Some(why) => Settled::failed(
-                    id,
-                    format!("connection lost before the broker confirmed: {why}"),
-                ),
-                None => Settled::failed(id, "connection lost before the broker confirmed"),
-            }
+            Settled::failed(
+                id,
+                why.map_or_else(|| LOST.into(), |why| format!("{LOST}: {why}")),
+            )
         })
         .await;
         // A return is no failure of the connection: it explains nothing.

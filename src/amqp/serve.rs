@@ -82,10 +82,8 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             }
             Attempt::Failed { error, retry_now } => (error, false, retry_now),
         };
-        if retry_now {
-            attempt = 0;
-        }
         let delay = if retry_now {
+            attempt = 0;
             0
         } else {
             backoff_ms(

@@ -140,10 +140,8 @@ impl Engine {
         let room = self.queue.len() < limits.queue_max_events / 2
             && self.queue.bytes() < limits.queue_max_bytes / 2;
         let cap = self.settings.fallback_cap();
-        let list_takes = self.settings.fallback_size >= 0
+        let list_takes = self.list_writable(store)
             && !self.list_refused
-            && store.usable()
-            && !store.writes_paused()
             && (cap == 0 || self.list.len + (self.queue.len() as u64) < cap / 2);
         now.duration_since(since) < limits.burst_max && (room || list_takes)
     }

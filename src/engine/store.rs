@@ -47,11 +47,7 @@ impl Engine {
         if records.is_empty() {
             return;
         }
-        if !self.master
-            || !store.usable()
-            || store.writes_paused()
-            || self.settings.fallback_size < 0
-        {
+        if !self.master || !self.list_writable(store) {
             self.queue.push_records(records);
             return;
         }
@@ -63,6 +59,11 @@ impl Engine {
                 self.queue.push_records(records);
             }
         }
+    }
+
+    /// The list is on, there is one, and writes are allowed now.
+    pub(super) fn list_writable(&self, store: &dyn Storage) -> bool {
+        self.settings.fallback_size >= 0 && store.usable() && !store.writes_paused()
     }
 
     /// Books `n` records written, the list now `len` long; applies the cap.
