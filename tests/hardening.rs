@@ -334,4 +334,19 @@ fn commands_need_admin_on_redis_7_0() {
         &["on", ">pw", "+@all", "-@admin", "-@dangerous"],
     );
     assert_all_denied(&srv, "limited2", &["on", ">pw", "+@all", "-@admin"]);
+    // The commands change where events go, as CONFIG SET does: a user who
+    // may read the config but not set or rewrite it may not run them.
+    assert_all_denied(
+        &srv,
+        "reader",
+        &["on", ">pw", "+@all", "-config|set", "-config|rewrite"],
+    );
+    let mut c = conn_as(&srv, "reader", "pw");
+    assert!(run(&mut c, "CONFIG", &["GET", "port"]).is_ok());
+    // A user with every right still runs them.
+    let mut admin = srv.conn();
+    run(&mut admin, "ACL", &["SETUSER", "ops", "on", ">pw", "+@all"]).unwrap();
+    let mut ops = conn_as(&srv, "ops", "pw");
+    run(&mut ops, "key_evt_amqp.keymask_add", &["^ops"]).unwrap();
+    assert!(srv.field("keymasks").contains("^ops"));
 }

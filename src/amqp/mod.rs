@@ -113,6 +113,12 @@ pub struct Client {
 
 static EXECUTOR: Once = Once::new();
 
+/// True once the executor's threads were started (they run until the
+/// process exits: the module can no longer be unloaded).
+pub fn executor_started() -> bool {
+    EXECUTOR.is_completed()
+}
+
 impl Client {
     /// Starts the supervisor task on a one-thread executor.
     pub fn start() -> Self {

@@ -120,6 +120,19 @@ pub fn register(ctx: &Context, cluster: bool) {
     }
 }
 
+/// Removes the receiver (a clean unload: the server does not remove it).
+pub fn unregister(ctx: &Context, cluster: bool) {
+    if !cluster {
+        return;
+    }
+    // SAFETY: valid context; a NULL callback unregisters the type.
+    unsafe {
+        if let Some(reg) = raw::RedisModule_RegisterClusterMessageReceiver {
+            reg(ctx.ctx, MSG_TYPE, None);
+        }
+    }
+}
+
 /// What this node knows of its slots (cluster mode only).
 #[derive(Debug, Default)]
 pub struct SlotView {

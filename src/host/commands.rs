@@ -6,10 +6,7 @@ use crate::command::{Command, LinkAction};
 use crate::config::Settings;
 use crate::host::state::{Link, State};
 use crate::host::{cluster, guard, state, timer};
-use redis_module::{
-    CallOptionsBuilder, CallReply, CallResult, Context, RedisError, RedisResult, RedisString,
-    RedisValue,
-};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("ERR {e}")
@@ -49,22 +46,60 @@ fn with_state(f: impl FnOnce(&mut State) -> Result<(), String>) -> Result<(), St
 
 /// Redis 7.0 has no API to put module commands in ACL categories, so
 /// `-@admin` or `-@dangerous` would not reach them. There the module asks
-/// the server whether the caller may run an admin command (`CONFIG GET`,
-/// `@admin @dangerous`) under its own ACL, and refuses when it may not.
-/// Servers with categories (Redis 7.2+, Valkey) check the command itself.
+/// the server whether the caller may run `CONFIG SET` (`@admin @dangerous`)
+/// under its own ACL, and refuses when it may not: the commands change
+/// where events and the broker password go, as `CONFIG SET` does. The check
+/// runs nothing. Servers with categories (Redis 7.2+, Valkey) check the
+/// command itself.
 fn caller_may_administer(ctx: &Context) -> bool {
-    // SAFETY: reading a function pointer filled in at load.
-    if unsafe {
-        (*std::ptr::addr_of!(redis_module::raw::RedisModule_SetCommandACLCategories)).is_some()
-    } {
+    use redis_module::raw;
+    // SAFETY: reading function pointers filled in at load.
+    let (categories, check, user_name, user_of, free_user, create, free) = unsafe {
+        (
+            (*std::ptr::addr_of!(raw::RedisModule_SetCommandACLCategories)).is_some(),
+            *std::ptr::addr_of!(raw::RedisModule_ACLCheckCommandPermissions),
+            *std::ptr::addr_of!(raw::RedisModule_GetCurrentUserName),
+            *std::ptr::addr_of!(raw::RedisModule_GetModuleUserFromUserName),
+            *std::ptr::addr_of!(raw::RedisModule_FreeModuleUser),
+            *std::ptr::addr_of!(raw::RedisModule_CreateString),
+            *std::ptr::addr_of!(raw::RedisModule_FreeString),
+        )
+    };
+    if categories {
         return true;
     }
-    let opts = CallOptionsBuilder::new().verify_acl().build();
-    // An ACL refusal is a NULL reply, which the crate gives as `Unknown`.
-    !matches!(
-        ctx.call_ext::<_, CallResult>("CONFIG", &opts, &["GET", "notify-keyspace-events"]),
-        Ok(CallReply::Unknown)
-    )
+    let (Some(check), Some(user_name), Some(user_of), Some(free_user), Some(create), Some(free)) =
+        (check, user_name, user_of, free_user, create, free)
+    else {
+        // A server without the ACL API for modules: nothing to check against.
+        return true;
+    };
+    // SAFETY: main thread, the command's own context; every string and the
+    // user made here are freed here.
+    unsafe {
+        let name = user_name(ctx.ctx);
+        if name.is_null() {
+            return false;
+        }
+        let user = user_of(name);
+        free(ctx.ctx, name);
+        if user.is_null() {
+            return false;
+        }
+        let mut argv: Vec<*mut raw::RedisModuleString> =
+            [&b"CONFIG"[..], b"SET", b"key_evt_amqp.host", b"x"]
+                .iter()
+                .map(|a| create(ctx.ctx, a.as_ptr().cast(), a.len()))
+                .collect();
+        let allowed = !argv.iter().any(|a| a.is_null())
+            && check(user, argv.as_mut_ptr(), argv.len() as std::os::raw::c_int)
+                == raw::REDISMODULE_OK as std::os::raw::c_int;
+        for a in argv.into_iter().filter(|a| !a.is_null()) {
+            free(ctx.ctx, a);
+        }
+        free_user(user);
+        allowed
+    }
 }
 
 /// Every module command from a client: check the caller, parse, apply
@@ -82,7 +117,7 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if !caller_may_administer(ctx) {
         return Err(RedisError::String(format!(
             "NOPERM this user has no permissions to run the 'key_evt_amqp.{}' command \
-             (it needs the rights of @admin, as CONFIG does)",
+             (it needs the rights of CONFIG SET)",
             crate::keymask::printable(name.as_bytes())
         )));
     }

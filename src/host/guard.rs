@@ -27,3 +27,25 @@ pub fn run<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
         }
     }
 }
+
+/// Runs `f`, then `always`, each guarded on its own: a panic in `f` is
+/// logged and `always` still runs (the timer re-arms whatever its tick did).
+pub fn run_then(what: &str, f: impl FnOnce(), always: impl FnOnce()) {
+    let _ = run(what, f);
+    let _ = run(what, always);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_second_step_runs_after_a_panic_in_the_first() {
+        let mut rearmed = false;
+        run_then("test", || panic!("a tick that panics"), || rearmed = true);
+        assert!(rearmed);
+        let mut ran = (false, false);
+        run_then("test", || ran.0 = true, || ran.1 = true);
+        assert_eq!(ran, (true, true));
+    }
+}

@@ -112,6 +112,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         client: Default::default(),
         timer_fast: false,
         timer: None,
+        last_tick: None,
         cluster: is_cluster,
         slots: Default::default(),
         outbox: Default::default(),
@@ -124,16 +125,63 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         ));
     }
     shutdown::register(ctx);
-    state::with(|st| timer::arm(ctx, st));
+    // No timer and no thread yet: the server's cron arms the first timer
+    // once the load is complete (see `timer::on_cron`). Until then the
+    // module can be unloaded cleanly, which is what the server does when
+    // `MODULE LOADEX` finds a config it cannot apply after `OnLoad`.
     Status::Ok
 }
 
-/// `MODULE UNLOAD` is refused: lapin's threads would run code from an unloaded library.
-pub fn refuse_unload(_ctx: &Context) -> Status {
-    crate::host::log::warning(
-        "key_evt_amqp: MODULE UNLOAD refused: the AMQP threads cannot be stopped safely; restart the server instead",
-    );
-    Status::Err
+/// Why the module cannot be unloaded now, if it cannot.
+fn unload_blocker() -> Option<&'static str> {
+    if crate::amqp::executor_started() {
+        return Some("the AMQP threads (lapin's executor) are running and cannot be stopped");
+    }
+    if crate::keymask::compiling() {
+        return Some("the key-mask automaton is being built on a thread of the module");
+    }
+    let held = state::with(|st| {
+        !st.engine.queue.is_empty() || st.engine.inflight_events() > 0 || !st.outbox.is_empty()
+    });
+    match held {
+        Some(true) => Some("events are held in memory"),
+        Some(false) => None,
+        None => Some("the module state is busy"),
+    }
+}
+
+/// `MODULE UNLOAD` (and the server's own unload after a refused `MODULE
+/// LOADEX`). Before the module ever started a thread (no broker connection
+/// was asked for, no automaton is being built) it unloads cleanly: its
+/// cluster receiver is removed here and the server removes commands,
+/// configs, subscriptions and the command filter. Afterwards lapin's
+/// threads would run code from an unloaded library, so it refuses, with a
+/// log line that says how to restart instead.
+pub fn unload(ctx: &Context) -> Status {
+    if let Some(why) = unload_blocker() {
+        crate::host::log::warning(&format!(
+            "key_evt_amqp: MODULE UNLOAD refused: {why}. To unload it or change its event types, \
+             restart the server: run SHUTDOWN (with AOF or RDB on, it writes the events held in \
+             memory to the fallback list first, and they are sent after the restart), then start \
+             it with the new loadmodule line"
+        ));
+        return Status::Err;
+    }
+    let cluster = state::with(|st| st.cluster).unwrap_or(false);
+    cluster::unregister(ctx, cluster);
+    state::take();
+    crate::host::log::notice("key_evt_amqp: unloaded");
+    Status::Ok
+}
+
+/// The server's cron (`hz` times a second): arms the timer when none is
+/// armed, so that an idle module ticks about every 100 ms without holding a
+/// timer between ticks, and a timer that failed to re-arm is replaced.
+#[redis_module_macros::cron_event_handler]
+fn on_cron(ctx: &Context, _hz: u64) {
+    guard::run("cron", || {
+        state::with(|st| timer::on_cron(ctx, st));
+    });
 }
 
 /// The server starts or ends loading its data: events seen while loading

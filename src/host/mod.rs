@@ -26,7 +26,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 }
 
 fn deinit(ctx: &Context) -> Status {
-    lifecycle::refuse_unload(ctx)
+    guard::run("unload", || lifecycle::unload(ctx)).unwrap_or(Status::Err)
 }
 
 #[redis_module_macros::info_command_handler]

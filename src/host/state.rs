@@ -28,6 +28,8 @@ pub struct State {
     pub timer_fast: bool,
     /// The armed timer, if any.
     pub timer: Option<u64>,
+    /// When the last tick ran (the cron arms an idle tick after [`crate::host::timer::IDLE_INTERVAL`]).
+    pub last_tick: Option<std::time::Instant>,
     /// This node runs in cluster mode.
     pub cluster: bool,
     /// Cluster only: slot ownership and fallback lists found in owned slots.
@@ -45,6 +47,11 @@ thread_local! {
 /// Installs the state at load.
 pub fn install(state: State) {
     STATE.with(|s| *s.borrow_mut() = Some(state));
+}
+
+/// Drops the state (a clean unload).
+pub fn take() -> Option<State> {
+    STATE.with(|s| s.try_borrow_mut().ok().and_then(|mut g| g.take()))
 }
 
 /// Runs `f` on the state; `None` when it is not installed or already borrowed

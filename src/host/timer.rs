@@ -13,17 +13,44 @@ use crate::host::state::{self, State};
 use redis_module::Context;
 use std::time::{Duration, Instant};
 
-/// Timer period while there is nothing to do.
-const IDLE_INTERVAL_MS: i64 = 100;
+/// How often an idle module ticks. No timer is armed between idle ticks:
+/// the server's cron arms one when this much time has passed (so an idle
+/// module holds no timer, and `MODULE UNLOAD` reaches the module's own
+/// answer), and at `hz` below 10 idle ticks come once per cron.
+pub const IDLE_INTERVAL: Duration = Duration::from_millis(100);
 
 fn on_timer(ctx: &Context, _: ()) {
-    guard::run("timer", || {
-        state::with(|st| {
-            st.timer = None;
-            tick(ctx, st);
-            arm(ctx, st);
-        });
-    });
+    state::with(|st| st.timer = None);
+    // The tick and the re-arm are guarded apart: a tick that panics still
+    // leaves the next one armed (and the cron re-arms a timer that is
+    // missing anyway).
+    guard::run_then(
+        "timer",
+        || {
+            state::with(|st| {
+                st.last_tick = Some(Instant::now());
+                tick(ctx, st);
+            });
+        },
+        || {
+            state::with(|st| arm(ctx, st));
+        },
+    );
+}
+
+/// The server's cron: an idle tick is due, or a timer that should be armed
+/// is missing.
+pub fn on_cron(ctx: &Context, st: &mut State) {
+    if st.timer.is_some() {
+        return;
+    }
+    let due = st
+        .last_tick
+        .is_none_or(|t| t.elapsed() >= IDLE_INTERVAL.saturating_sub(Duration::from_millis(10)));
+    if due || st.engine.busy() {
+        st.timer_fast = st.engine.busy();
+        st.timer = Some(ctx.create_timer(Duration::ZERO, on_timer, ()));
+    }
 }
 
 /// The tunables as they are now.
@@ -39,19 +66,17 @@ pub fn limits() -> Limits {
     }
 }
 
-/// Arms the timer if none is armed, short when there is work.
+/// Arms the timer at the short interval when there is work and none is
+/// armed. An idle module arms nothing: the cron ticks it (see [`on_cron`]).
 pub fn arm(ctx: &Context, st: &mut State) {
     if st.timer.is_some() {
         return;
     }
-    let busy = st.engine.busy();
-    let period = if busy {
-        FLUSH_INTERVAL_MS.get()
-    } else {
-        IDLE_INTERVAL_MS
-    };
-    st.timer_fast = busy;
-    let period = Duration::from_millis(period.unsigned_abs());
+    st.timer_fast = st.engine.busy();
+    if !st.timer_fast {
+        return;
+    }
+    let period = Duration::from_millis(FLUSH_INTERVAL_MS.get().unsigned_abs());
     st.timer = Some(ctx.create_timer(period, on_timer, ()));
 }
 

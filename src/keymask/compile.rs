@@ -16,6 +16,11 @@ static QUEUE: Mutex<Queue> = Mutex::new(Queue {
     running: false,
 });
 
+/// True while a thread builds automata.
+pub(super) fn running() -> bool {
+    QUEUE.lock().unwrap_or_else(PoisonError::into_inner).running
+}
+
 /// Asks for `set`'s automaton. Returns at once.
 pub(super) fn request(set: &Arc<SetInner>) {
     let mut q = QUEUE.lock().unwrap_or_else(PoisonError::into_inner);

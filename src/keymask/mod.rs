@@ -19,6 +19,11 @@ pub mod mask;
 pub use automaton::{Automaton, BuildError};
 pub use mask::KeyMask;
 
+/// True while a thread of the module builds a mask automaton.
+pub fn compiling() -> bool {
+    compile::running()
+}
+
 use crate::tunables::KEYMASK_MAX_BYTES;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
