@@ -153,8 +153,13 @@ pub static KEYMASK_MAX_BYTES: Tunable =
 /// `key_evt_amqp.fallback-db` (immutable): the database that holds the fallback list.
 pub static FALLBACK_DB: Tunable = Tunable::new("fallback-db", 0, 0, 1_000_000);
 
+/// `key_evt_amqp.unroutable-retry-max-ms`: the cap of the wait before records the
+/// broker returned as unroutable are sent again (from 1 s, doubling per return).
+pub static UNROUTABLE_RETRY_MAX_MS: Tunable =
+    Tunable::new("unroutable-retry-max-ms", 60_000, 1000, 3_600_000);
+
 /// All mutable integer tunables, for registration.
-pub static TUNABLES: [&Tunable; 12] = [
+pub static TUNABLES: [&Tunable; 13] = [
     &KEYMASK_MAX_BYTES,
     &BURST_MAX_MS,
     &BURST_RATE,
@@ -167,6 +172,7 @@ pub static TUNABLES: [&Tunable; 12] = [
     &INFLIGHT_MAX,
     &RECONNECT_MAX_MS,
     &CONNECT_TIMEOUT_MS,
+    &UNROUTABLE_RETRY_MAX_MS,
 ];
 
 /// `key_evt_amqp.fallback-key` (immutable): the fallback list key (a hash tag is added in cluster mode).

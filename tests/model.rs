@@ -113,6 +113,7 @@ impl World {
                 burst_rate: 0,
                 burst_max: Duration::ZERO,
                 on_unroutable: Default::default(),
+                unroutable_retry_max: Duration::from_secs(4),
             },
             next_id: 0,
             now: Instant::now(),

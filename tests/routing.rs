@@ -29,6 +29,10 @@ fn unroutable_events_wait_in_the_list_until_a_queue_is_bound() {
         });
         assert_eq!(srv.stat("events_confirmed"), 0, "{kind:?}");
         assert!(srv.field("last_error").contains("unroutable"), "{kind:?}");
+        // INFO: every record waits for a retry (or is the probe in flight).
+        let info = srv.info();
+        let n = |f: &str| info[f].parse::<i64>().unwrap();
+        assert_eq!(n("unroutable_waiting") + n("inflight"), 200, "{kind:?}");
         // The binding is back: everything arrives, in order.
         sink.declare_queue();
         let msgs = sink.expect_sequence("k", 200, T).to_vec();
@@ -38,7 +42,149 @@ fn unroutable_events_wait_in_the_list_until_a_queue_is_bound() {
         });
         assert_eq!(dups, 0, "{kind:?}: returned events were never delivered");
         assert_eq!(srv.stat("events_dropped"), 0, "{kind:?}");
+        assert_eq!(srv.stat("unroutable_waiting"), 0, "{kind:?}");
     }
+}
+
+/// VmRSS of a process, in bytes.
+fn rss(pid: u32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The samples from the first one within the 1500 ms cap on.
+fn samples_after_cut(samples: &[i64]) -> Vec<i64> {
+    samples
+        .iter()
+        .copied()
+        .skip_while(|&ms| ms > 1500)
+        .collect()
+}
+
+/// `used_memory` of a server.
+fn used_memory(srv: &Server) -> i64 {
+    let text: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut srv.conn())
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// The first value of each wait for a retry seen in `unroutable_retry_in_ms`
+/// samples: a wait begins where the figure rises.
+fn waits(samples: &[i64]) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for &ms in samples {
+        if ms > prev {
+            out.push(ms);
+        }
+        prev = ms;
+    }
+    out
+}
+
+/// Issue 16, case 1: with no queue bound, a backlog of 20,000 returned
+/// events kept Redis's RSS growing (lapin kept every confirm dropped after
+/// the first return, with the returned message it carried) and was sent
+/// again every 2 to 3 s. Now memory stays flat, the retries back off from
+/// 1 s, doubling up to `unroutable-retry-max-ms`, one batch at a time, and
+/// INFO shows what waits; once a queue is bound, everything arrives in order.
+#[test]
+fn returns_keep_memory_flat_and_back_off() {
+    const N: usize = 20_000;
+    let mut sink = Sink::new(amqp_port());
+    sink.unbind();
+    let srv = Server::start(Kind::Redis, &ModuleArgs::new(&sink).build(), &[]);
+    srv.set_keys(&keys(0, N));
+    wait_for("first returns", T, || srv.stat("events_returned") > 0);
+    let info = srv.info();
+    let n = |i: &std::collections::HashMap<String, String>, f: &str| i[f].parse::<i64>().unwrap();
+    let (rss0, forwarded0) = (rss(srv.pid()), n(&info, "events_forwarded"));
+    let used0 = used_memory(&srv);
+    // 20 s of returns: the default cap (60 s) lets the waits run 1, 2, 4, 8, 16 s.
+    let mut samples = Vec::new();
+    let mut rss_max = rss0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        // (Read leniently, so that memory is checked first.)
+        let info = srv.info();
+        samples.push(
+            info.get("unroutable_retry_in_ms")
+                .map_or(0, |v| v.parse().unwrap()),
+        );
+        rss_max = rss_max.max(rss(srv.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let grown = rss_max - rss0;
+    let used = used_memory(&srv) - used0;
+    let info = srv.info();
+    let forwarded = n(&info, "events_forwarded") - forwarded0;
+    eprintln!("RSS +{grown} B, used_memory +{used} B, {forwarded} published in 20 s");
+    assert!(
+        grown < 20 << 20,
+        "RSS grew {grown} bytes in 20 s of returns"
+    );
+    assert!(used < 5 << 20, "used_memory grew {used} bytes");
+    // One 1024-record probe per wait, where the old code sent the whole
+    // backlog again every 2 to 3 s.
+    assert!(
+        forwarded <= 5 * 1024,
+        "{forwarded} records published in 20 s"
+    );
+    assert_eq!(
+        n(&info, "unroutable_waiting") + n(&info, "inflight"),
+        N as i64
+    );
+    // Each wait doubles the last (samples are 100 ms apart).
+    let seen = waits(&samples);
+    eprintln!("waits seen: {seen:?}");
+    let doubling: Vec<i64> = [2000, 4000, 8000, 16000]
+        .into_iter()
+        .filter(|w| seen.iter().any(|s| s <= w && *s > w - 500))
+        .collect();
+    assert_eq!(doubling, [2000, 4000, 8000, 16000], "waits seen: {seen:?}");
+    // A lower cap cuts the wait under way, and caps the next ones.
+    srv.cmd(&[
+        "CONFIG",
+        "SET",
+        "key_evt_amqp.unroutable-retry-max-ms",
+        "1500",
+    ])
+    .unwrap();
+    // (Samples from before the next tick may still show the old wait.)
+    let mut samples = Vec::new();
+    wait_for("three capped waits", T, || {
+        samples.push(srv.stat("unroutable_retry_in_ms"));
+        std::thread::sleep(Duration::from_millis(50));
+        waits(&samples_after_cut(&samples)).len() >= 3
+    });
+    let capped = waits(&samples_after_cut(&samples));
+    assert!(capped.iter().all(|&w| w <= 1500), "{capped:?}");
+    // Neither doubled nor back to 1 s.
+    assert!(capped[1..].iter().all(|&w| w > 1000), "{capped:?}");
+    // The queue is bound: all arrive, in order, nothing dropped.
+    sink.declare_queue();
+    let msgs = sink.expect_sequence("k", N, T).to_vec();
+    assert_eq!(
+        check_sequence(&msgs, "k", N),
+        0,
+        "returned events were never delivered"
+    );
+    wait_for("all confirmed", T, || {
+        srv.stat("events_confirmed") == N as i64 && srv.stat("fallback_len") == 0
+    });
+    assert_eq!(srv.stat("events_dropped"), 0);
+    assert_eq!(srv.stat("unroutable_waiting"), 0);
+    assert_eq!(srv.stat("unroutable_retry_in_ms"), 0);
 }
 
 #[test]

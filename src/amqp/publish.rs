@@ -110,9 +110,25 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
     .detach();
 }
 
+/// One record of a batch once its frames were handed over.
+enum Slot {
+    /// Never sent (see [`Sent::Rejected`]).
+    Rejected,
+    /// Written: the broker's confirm comes later.
+    Written(lapin::PublisherConfirm),
+    /// Its write failed: it and every record after it count as unconfirmed.
+    Unwritten,
+}
+
 /// Waits for the writes, then the confirms, of a batch in order. Only an
 /// unbroken run of acks (and rejected records) from the start counts: the
 /// rest is sent again.
+///
+/// Every confirm is awaited, also past the first failure. lapin keeps a
+/// `PublisherConfirm` dropped unresolved, and the returned message it
+/// carries, until `Channel::wait_for_confirms` drains them
+/// (`returned_messages.rs`, `register_dropped_confirm`): dropping the rest
+/// of a batch after a return made memory grow with every retry.
 pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
     let mut settled = Settled {
         id,
@@ -121,46 +137,58 @@ pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
     let store_returns = crate::config::ON_UNROUTABLE
         .lock()
         .map_or(true, |p| *p == crate::config::Unroutable::Store);
-    let mut confirms = Vec::with_capacity(sent.len());
+    let mut slots = Vec::with_capacity(sent.len());
     let mut write_error = None;
     for s in sent {
-        match s {
-            Sent::Rejected => confirms.push(None),
+        slots.push(match s {
+            Sent::Rejected => Slot::Rejected,
             Sent::Write(w) => match w.await {
-                Ok(c) => confirms.push(Some(c)),
+                Ok(c) => Slot::Written(c),
                 Err(e) => {
-                    write_error = Some(e.to_string());
-                    break;
+                    write_error.get_or_insert_with(|| e.to_string());
+                    Slot::Unwritten
                 }
             },
-        }
+        });
     }
     // The confirms of what was written carry the broker's reason (a channel close).
-    for c in confirms {
-        let Some(c) = c else {
-            settled.acked += 1;
-            settled.rejected += 1;
-            continue;
+    let mut broken = false;
+    for slot in slots {
+        let c = match slot {
+            Slot::Rejected if !broken => {
+                settled.acked += 1;
+                settled.rejected += 1;
+                continue;
+            }
+            Slot::Rejected => continue,
+            Slot::Unwritten => {
+                broken = true;
+                continue;
+            }
+            Slot::Written(c) => c.await,
         };
-        match c.await {
+        // Past the first failure, confirms are only consumed.
+        match c {
+            _ if broken => {}
             Ok(Confirmation::Ack(Some(_))) => {
                 settled.returned += 1;
                 if store_returns {
                     // Unroutable, and to be kept: the batch fails here.
                     settled.error = Some(RETURNED.into());
-                    break;
+                    broken = true;
+                } else {
+                    settled.acked += 1;
                 }
-                settled.acked += 1;
             }
             Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => settled.acked += 1,
             Ok(Confirmation::Nack(_)) => {
                 settled.nacked += 1;
                 settled.error = Some("nacked by the broker".into());
-                break;
+                broken = true;
             }
             Err(e) => {
                 settled.error = Some(e.to_string());
-                break;
+                broken = true;
             }
         }
     }

@@ -21,6 +21,7 @@ pub mod list;
 pub mod metrics;
 pub mod stats;
 pub mod storage;
+pub mod unroutable;
 
 mod demoted;
 mod forward;
@@ -37,10 +38,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use storage::{MemList, Storage, StoreError};
-
-/// How long forwarding waits after the broker returned records as
-/// unroutable (they went back to the list), before trying again.
-const UNROUTABLE_RETRY: Duration = Duration::from_secs(1);
 
 /// How often the real list length is read: while records are stored, and while none are.
 const SYNC_BUSY: Duration = Duration::from_millis(100);
@@ -102,6 +99,8 @@ pub struct Limits {
     pub burst_max: Duration,
     /// What to do with records the broker returns as unroutable.
     pub on_unroutable: Unroutable,
+    /// The cap of the wait after returns (`unroutable-retry-max-ms`).
+    pub unroutable_retry_max: Duration,
 }
 
 /// A line for the server log; the host writes it.
@@ -180,10 +179,8 @@ pub struct Engine {
     /// The last list write was refused (e.g. over `maxmemory`).
     list_refused: bool,
     notices: Vec<Notice>,
-    /// Records came back unroutable: forwarding waits until then.
-    retry_at: Option<Instant>,
-    /// A settle just stored returned records (see `retry_at`).
-    just_returned: bool,
+    /// Records came back unroutable: the backoff and the probe.
+    unroutable: unroutable::Retry,
     on_unroutable: Unroutable,
 }
 
@@ -214,8 +211,7 @@ impl Engine {
             last_fast: None,
             list_refused: false,
             notices: Vec::new(),
-            retry_at: None,
-            just_returned: false,
+            unroutable: unroutable::Retry::default(),
             on_unroutable: Unroutable::Store,
         }
     }
@@ -353,13 +349,10 @@ impl Engine {
         self.now = now;
         self.collect(broker);
         self.settle(store);
-        if std::mem::take(&mut self.just_returned) {
-            self.retry_at = Some(now + UNROUTABLE_RETRY);
+        if self.on_unroutable != Unroutable::Store {
+            self.unroutable.confirmed();
         }
-        let waiting = self.retry_at.is_some_and(|t| now < t);
-        if !waiting {
-            self.retry_at = None;
-        }
+        let waiting = self.unroutable.waiting(now, limits.unroutable_retry_max);
         if !self.master {
             self.send_from_memory_when_demoted(broker, limits);
             return;
@@ -374,7 +367,7 @@ impl Engine {
         }
         let burst = self.in_burst(store, now, limits);
         if self.link == Link::Up && !self.halted && !burst && !waiting {
-            self.forward(store, broker, limits);
+            self.forward(store, broker, &self.probe_limits(limits));
         }
         let over = self
             .queue

@@ -103,7 +103,7 @@ impl Engine {
                     Unroutable::Store => {
                         // The AMQP side stopped the batch at the first returned
                         // record (outside `acked`): it goes back to the list.
-                        self.just_returned = true;
+                        self.unroutable.returned(b.sent_at);
                         self.set_error(
                             "the broker returned events as unroutable (no queue bound); they wait in the fallback list",
                         );
@@ -114,6 +114,10 @@ impl Engine {
             self.stats.nacked += nacked as u64;
             self.stats.drop(Drop::Rejected, rejected as u64);
             let failed = acked < b.count;
+            if !failed && !self.halted {
+                // Sent after every earlier failure and confirmed whole.
+                self.unroutable.confirmed();
+            }
             if let Some(e) = error {
                 self.set_error(e);
             }

@@ -57,6 +57,9 @@ pub struct Snapshot {
     pub confirm_latency_ms: (u64, u64),
     /// Seconds the broker connection has been up.
     pub connection_uptime_seconds: u64,
+    /// Records held back because the broker returned records as unroutable,
+    /// and ms until the next retry (0: none due).
+    pub unroutable: (u64, u64),
 }
 
 /// Writes the section; field names get the `key_evt_amqp_` prefix from Redis.
@@ -123,6 +126,8 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("confirm_latency_p50_ms", s.confirm_latency_ms.0),
         ("confirm_latency_p99_ms", s.confirm_latency_ms.1),
         ("connection_uptime_seconds", s.connection_uptime_seconds),
+        ("unroutable_waiting", s.unroutable.0),
+        ("unroutable_retry_in_ms", s.unroutable.1),
     ];
     for (name, value) in numbers {
         section = section.field(name, value)?;

@@ -256,6 +256,10 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         },
         connection_uptime_seconds: st.engine.metrics.uptime(std::time::Instant::now()),
         last_error: st.engine.last_error.clone(),
+        unroutable: {
+            let (n, wait) = st.engine.unroutable_waiting(std::time::Instant::now());
+            (n, wait.as_millis() as u64)
+        },
     })
     .unwrap_or_default();
     info::render(ctx, &snap)

@@ -4,7 +4,7 @@
 
 use crate::config::{
     Unroutable, BATCH_SIZE, BURST_MAX_MS, BURST_RATE, FLUSH_INTERVAL_MS, INFLIGHT_MAX,
-    ON_UNROUTABLE, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS,
+    ON_UNROUTABLE, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS, UNROUTABLE_RETRY_MAX_MS,
 };
 use crate::engine::{Limits, Notice};
 use crate::host::guard;
@@ -63,6 +63,7 @@ pub fn limits() -> Limits {
         burst_rate: BURST_RATE.get(),
         burst_max: Duration::from_millis(BURST_MAX_MS.get().unsigned_abs()),
         on_unroutable: ON_UNROUTABLE.lock().map_or(Unroutable::Store, |p| *p),
+        unroutable_retry_max: Duration::from_millis(UNROUTABLE_RETRY_MAX_MS.get().unsigned_abs()),
     }
 }
 
