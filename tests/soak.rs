@@ -290,6 +290,10 @@ struct Proc {
     pid: u32,
     port: u16,
     born: f64,
+    /// When its current role began (birth or the last role change).
+    series: f64,
+    /// Its role when `start` was taken.
+    start_role: String,
     first: Option<Sample>,
     start: Option<Sample>,
     end: Option<Sample>,
@@ -352,6 +356,8 @@ struct Soak {
     anomalies: Vec<String>,
     promotions: usize,
     t0: Instant,
+    /// Warm-up, seconds: of the run, and of each process series.
+    warm: f64,
     rng: Rng,
     flags: Arc<Flags>,
 }
@@ -444,6 +450,8 @@ impl Soak {
                     pid,
                     port,
                     born: t,
+                    series: t,
+                    start_role: String::new(),
                     first: None,
                     start: None,
                     end: None,
@@ -472,6 +480,12 @@ impl Soak {
                 if let Some(role) = inf.get("role") {
                     if p.role == "replica" && role == "master" {
                         promoted = true;
+                    }
+                    if !p.role.is_empty() && p.role != *role {
+                        // A new role is a new series (a master holds a broker
+                        // connection and its threads, a replica does not).
+                        p.series = t;
+                        p.threads_max = th;
                     }
                     p.role = role.clone();
                 }
@@ -604,6 +618,7 @@ impl Soak {
             self.anomaly(format!("backlog not drained in {drain} s:\n  {st}"));
         }
         let expired = self.wait("keys expired", 30, |s| s.no_data());
+        let (t, warm) = (self.t(), self.warm);
         if drained && expired {
             for i in self.live() {
                 let port = self.c.nodes[i].port;
@@ -616,8 +631,12 @@ impl Soak {
                     };
                     if end {
                         p.end = Some(s);
-                    } else if p.start.is_none() {
+                    } else if (p.start.is_none() || p.start_role != p.role) && t - p.series >= warm
+                    {
+                        // A series is sampled once it is past its own warm-up.
                         p.start = Some(s);
+                        p.start_role = p.role.clone();
+                        p.threads_max = p.threads_max.max(s.threads);
                     }
                 }
             }
@@ -788,8 +807,6 @@ impl Soak {
         self.c.nodes[m].restart();
         self.set_all("cluster-node-timeout", "5000");
         self.wait_cluster_ok();
-        // The restarted process starts a new series: sample it at an empty backlog.
-        self.quiet_point(false);
         format!("node {m} (backlog {backlog}) killed, node {r} promoted, node {m} restarted")
     }
 
@@ -1047,6 +1064,7 @@ fn soak() {
         anomalies: Vec::new(),
         promotions: 0,
         t0: Instant::now(),
+        warm: (seconds / 6).clamp(5, 30) as f64,
         rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
         flags: Arc::clone(&flags),
     };
@@ -1073,7 +1091,7 @@ fn soak() {
     };
 
     // Warm-up: writes without faults, then the first memory sample.
-    let warm = (seconds / 6).clamp(5, 30) as f64;
+    let warm = s.warm;
     s.say(&format!("warm-up {warm} s"));
     s.pause(warm);
     if !s.quiet_point(false) {
@@ -1082,7 +1100,14 @@ fn soak() {
     }
     s.say("faults start");
     let until = Duration::from_secs(seconds);
+    let mut last_quiet = s.t();
     while s.t0.elapsed() < until {
+        // A quiet point a minute: memory samples of new series at equal state.
+        if s.t() - last_quiet >= 60.0 {
+            s.say("quiet point");
+            s.quiet_point(false);
+            last_quiet = s.t();
+        }
         let gap = every as f64 * (0.5 + s.rng.below(100) as f64 / 100.0);
         s.pause(gap);
         if s.t0.elapsed() >= until {
@@ -1214,6 +1239,9 @@ fn soak() {
     let mut crash_detail = Vec::new();
     for p in &s.procs {
         if let (Some(a), Some(b)) = (p.start, p.end) {
+            if p.start_role != p.role {
+                continue;
+            }
             let (du, dr) = (pct(a.used, b.used), pct(a.rss_kb, b.rss_kb));
             if du > 10.0 || dr > 10.0 {
                 mem_ok = false;
@@ -1250,7 +1278,7 @@ fn soak() {
     let judged = s
         .procs
         .iter()
-        .filter(|p| p.start.is_some() && p.end.is_some())
+        .filter(|p| p.start.is_some() && p.end.is_some() && p.start_role == p.role)
         .count();
     checks.push((
         "memory flat (10%)".into(),
@@ -1341,7 +1369,9 @@ fn soak() {
         } else if p.died {
             "DIED"
         } else if p.start.is_none() {
-            "no start sample"
+            "no start sample (series younger than the warm-up at every quiet point)"
+        } else if p.start_role != p.role {
+            "role changed after its start sample: not judged"
         } else {
             ""
         };
