@@ -33,7 +33,18 @@ pub fn text(srv: &Server, args: &[&str]) -> String {
 impl Cluster {
     /// Starts `masters` masters with one replica each, the module loaded on every node.
     pub fn start(kind: Kind, masters: usize, module_args: &[String]) -> Self {
-        let config = [
+        Self::start_with(kind, masters, module_args, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra `--name value` config on every
+    /// node (kept for restarts), e.g. AOF and module configs.
+    pub fn start_with(
+        kind: Kind,
+        masters: usize,
+        module_args: &[String],
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut config = vec![
             ("cluster-enabled", "yes"),
             ("cluster-config-file", "nodes.conf"),
             // Long enough that a loaded CI machine does not fail a master
@@ -41,6 +52,7 @@ impl Cluster {
             ("cluster-node-timeout", "5000"),
             ("cluster-replica-validity-factor", "0"),
         ];
+        config.extend_from_slice(extra);
         let nodes: Vec<Server> = (0..masters * 2)
             .map(|_| Server::start(kind, module_args, &config))
             .collect();
