@@ -124,6 +124,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         ));
     }
     shutdown::register(ctx);
+    crate::host::redact::register(ctx);
     state::with(|st| timer::arm(ctx, st));
     Status::Ok
 }
