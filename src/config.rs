@@ -164,6 +164,37 @@ pub(crate) fn text(name: &'static str, v: &[u8]) -> Result<String, ConfigError> 
     Ok(s.to_owned())
 }
 
+/// Longest `fallback-key` accepted, in bytes.
+pub const FALLBACK_KEY_MAX: usize = 512;
+
+/// Checks a `fallback-key` value: not empty, UTF-8, no NUL, no `{` or `}`
+/// (the module adds the cluster hash tag itself), at most
+/// [`FALLBACK_KEY_MAX`] bytes.
+pub fn fallback_key(v: &[u8]) -> Result<String, ConfigError> {
+    let invalid = |reason| ConfigError::Invalid {
+        name: "fallback-key",
+        value: crate::keymask::printable(v),
+        reason,
+    };
+    if v.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if v.len() > FALLBACK_KEY_MAX {
+        return Err(invalid("too long (512 bytes at most)"));
+    }
+    if v.contains(&0) {
+        return Err(invalid("must not contain NUL bytes"));
+    }
+    if v.iter().any(|b| matches!(b, b'{' | b'}')) {
+        return Err(invalid(
+            "must not contain { or } (the hash tag is the module's)",
+        ));
+    }
+    std::str::from_utf8(v)
+        .map(str::to_owned)
+        .map_err(|_| invalid("must be UTF-8"))
+}
+
 fn number<T: std::str::FromStr>(
     name: &'static str,
     v: &[u8],
@@ -316,6 +347,17 @@ mod tests {
         assert!(bad(&[""]).contains("host"));
         let e = Settings::from_load_args(&["xq"]).unwrap_err().to_string();
         assert!(e.contains("event_types") && e.contains('q'), "{e}");
+    }
+
+    #[test]
+    fn fallback_key_is_checked() {
+        assert_eq!(fallback_key(b"k:list").unwrap(), "k:list");
+        for bad in [&b""[..], b"a\0b", b"a{b", b"}", b"\xff"] {
+            let e = fallback_key(bad).unwrap_err().to_string();
+            assert!(e.contains("fallback-key"), "{e}");
+        }
+        assert!(fallback_key(&[b'k'; FALLBACK_KEY_MAX]).is_ok());
+        assert!(fallback_key(&[b'k'; FALLBACK_KEY_MAX + 1]).is_err());
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub enum Setting {
     DeliveryMode,
     /// `fallback-size`
     FallbackSize,
-    /// `keymasks`: space-separated; `ALL` for every key
+    /// `keymasks`: space-separated, odd masks double-quoted (see
+    /// [`crate::keymask::text`]); `ALL` for every key
     Keymasks,
     /// `tls`: `yes` connects with `amqps`
     Tls,
@@ -128,7 +129,7 @@ impl Setting {
             Self::RoutingKey => t(&a.routing_key),
             Self::DeliveryMode => Value::Number(a.delivery_mode.into()),
             Self::FallbackSize => Value::Number(s.fallback_size),
-            Self::Keymasks => Value::Text(s.masks.sources().join(&b' ')),
+            Self::Keymasks => Value::Text(crate::keymask::text::join(&s.masks.sources())),
             Self::Tls => t(yes_no(a.tls)),
             Self::TlsCaFile => t(&a.tls_ca_file),
             Self::Headers => t(yes_no(a.headers)),
@@ -154,10 +155,12 @@ impl Setting {
             Self::TlsCaFile => out.amqp.tls_ca_file = text("tls-ca-file", &bytes)?,
             Self::Headers => out.amqp.headers = parse_yes_no("headers", &bytes)?,
             _ => {
-                let masks: Vec<&[u8]> = bytes
-                    .split(|b| *b == b' ')
-                    .filter(|m| !m.is_empty())
-                    .collect();
+                let masks =
+                    crate::keymask::text::split(&bytes).map_err(|e| ConfigError::Invalid {
+                        name: "keymasks",
+                        value: crate::keymask::printable(&bytes),
+                        reason: e.reason(),
+                    })?;
                 out.masks = KeyMasks::from_args(&masks)?;
             }
         }
@@ -228,6 +231,15 @@ mod tests {
             .set(&s, &Value::Text(b"^a ^b".to_vec()))
             .unwrap();
         assert_eq!(Setting::Keymasks.get(&m), Value::Text(b"^a ^b".to_vec()));
+        let odd = Value::Text(b"\"\" \"a b\" \"\\x00\\\\\" ^c".to_vec());
+        let m = Setting::Keymasks.set(&s, &odd).unwrap();
+        assert_eq!(m.masks.count(), 4);
+        assert_eq!(m.masks.sources()[1], b"a b");
+        assert_eq!(m.masks.sources()[2], b"\x00\\");
+        assert_eq!(Setting::Keymasks.get(&m), odd);
+        assert!(Setting::Keymasks
+            .set(&s, &Value::Text(b"\"open".to_vec()))
+            .is_err());
         let e = Setting::Port
             .set(&s, &Value::Number(0))
             .unwrap_err()

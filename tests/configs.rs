@@ -7,8 +7,9 @@ mod common;
 
 use common::amqp::Sink;
 use common::args::ModuleArgs;
+use common::proxy::Proxy;
 use common::server::{module_path, Kind, Server};
-use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl};
+use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl, wait_for};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -191,4 +192,278 @@ fn events_flow_into_a_vhost() {
     assert_eq!(root.expect_at_least(1, T)[0].key(), "r0");
     drop(sink);
     rabbitmqctl(&node, &["delete_vhost", &vhost]);
+}
+
+fn used_memory(srv: &Server) -> i64 {
+    let text: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut srv.conn())
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+/// `CONFIG GET` hands the server strings the module owns: 200 scrapes of
+/// every config with 10,000 masks leave `used_memory` where it was.
+#[test]
+fn config_get_allocates_nothing_that_stays() {
+    for kind in Kind::ALL {
+        let sink = Sink::new(amqp_port());
+        let srv = Server::start(kind, &ModuleArgs::new(&sink).build(), &[]);
+        let mut set = redis::cmd("key_evt_amqp.keymask_set");
+        for i in 0..10_000 {
+            set.arg(format!("^mask:{i:05}:"));
+        }
+        let _: () = set.query(&mut srv.conn()).unwrap();
+        let mut c = srv.conn();
+        let mut scrape = || {
+            let v: Vec<Vec<u8>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("key_evt_amqp.*")
+                .query(&mut c)
+                .unwrap();
+            assert!(v.len() > 20, "{kind:?}");
+        };
+        scrape();
+        let before = used_memory(&srv);
+        for _ in 0..200 {
+            scrape();
+        }
+        let grown = used_memory(&srv) - before;
+        assert!(
+            grown < 1 << 20,
+            "{kind:?}: 200 x CONFIG GET grew used_memory by {grown} bytes"
+        );
+    }
+}
+
+fn slowlog(srv: &Server) -> String {
+    let v: redis::Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1000)
+        .query(&mut srv.conn())
+        .unwrap();
+    format!("{v:?}")
+}
+
+/// `CONFIG SET key_evt_amqp.password` alone and among other pairs: the new
+/// password is in force (the module connects as a broker user that has
+/// only it), and SLOWLOG never shows it.
+#[test]
+fn a_password_set_by_config_set_stays_out_of_slowlog() {
+    let _g = fault_lock();
+    let (port, node) = fault_broker();
+    let user = format!("kea-pw-{}", std::process::id());
+    let (pw1, pw2) = ("Pw1-only-here", "Pw2-only-here");
+    rabbitmqctl(&node, &["add_user", &user, pw1]);
+    rabbitmqctl(&node, &["set_permissions", &user, ".*", ".*", ".*"]);
+    for kind in Kind::ALL {
+        let mut sink = Sink::new(port);
+        let mut args = ModuleArgs::new(&sink).password("wrong");
+        args.user = user.clone();
+        let srv = Server::start(
+            kind,
+            &args.build(),
+            &[
+                ("slowlog-log-slower-than", "0"),
+                ("slowlog-max-len", "1000"),
+                ("key_evt_amqp.reconnect-max-ms", "200"),
+            ],
+        );
+        srv.cmd(&["CONFIG", "SET", "key_evt_amqp.password", pw1])
+            .unwrap();
+        srv.set_keys(&["k1"]);
+        assert_eq!(sink.expect_at_least(1, T)[0].key(), "k1", "{kind:?}");
+        // Several pairs, the password among them, in another case.
+        rabbitmqctl(&node, &["change_password", &user, pw2]);
+        srv.cmd(&[
+            "config",
+            "set",
+            "key_evt_amqp.heartbeat",
+            "6",
+            "KEY_EVT_AMQP.PASSWORD",
+            pw2,
+            "key_evt_amqp.delivery-mode",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            config_get(&srv, "key_evt_amqp.password")[0].1,
+            pw2,
+            "{kind:?}"
+        );
+        // Whatever connection is open now, the next one must use pw2.
+        rabbitmqctl(&node, &["close_all_user_connections", &user, "test"]);
+        srv.set_keys(&["k2"]);
+        sink.expect_at_least(2, T);
+        let log = slowlog(&srv);
+        assert!(log.contains("heartbeat"), "{kind:?}: {log}");
+        assert!(
+            !log.contains("Pw1") && !log.contains("Pw2"),
+            "{kind:?}: SLOWLOG shows the password: {log}"
+        );
+        rabbitmqctl(&node, &["change_password", &user, pw1]);
+    }
+    rabbitmqctl(&node, &["delete_user", &user]);
+}
+
+/// Masks with spaces, quotes, backslashes, binary bytes and an empty mask
+/// survive `CONFIG GET`, `CONFIG SET`, `CONFIG REWRITE` and a restart.
+#[test]
+fn every_mask_set_round_trips_through_the_keymasks_config() {
+    let masks: [&[u8]; 8] = [
+        b"^user:",
+        b"a b",
+        b"",
+        b"q\"x",
+        b"back\\slash",
+        b"\x00\xff\n\t",
+        b"it's",
+        b"\"",
+    ];
+    for kind in Kind::ALL {
+        let sink = Sink::new(amqp_port());
+        let mut srv = Server::start_with_file(kind, &ModuleArgs::new(&sink).build(), &[]);
+        let get = |srv: &Server| -> Vec<u8> {
+            let v: Vec<Vec<u8>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("key_evt_amqp.keymasks")
+                .query(&mut srv.conn())
+                .unwrap();
+            v[1].clone()
+        };
+        let mut set = redis::cmd("key_evt_amqp.keymask_set");
+        for m in masks {
+            set.arg(m);
+        }
+        let _: () = set.query(&mut srv.conn()).unwrap();
+        let text = get(&srv);
+        assert_eq!(srv.field("keymask_count"), "8", "{kind:?}");
+        // Set back as read: the same set.
+        let _: () = redis::cmd("key_evt_amqp.keymask_clean")
+            .query(&mut srv.conn())
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("key_evt_amqp.keymasks")
+            .arg(&text)
+            .query(&mut srv.conn())
+            .unwrap();
+        assert_eq!(get(&srv), text, "{kind:?}");
+        assert_eq!(srv.field("keymask_count"), "8", "{kind:?}");
+        srv.cmd(&["CONFIG", "REWRITE"]).unwrap();
+        srv.kill();
+        srv.restart();
+        assert_eq!(
+            get(&srv),
+            text,
+            "{kind:?}: {}",
+            String::from_utf8_lossy(&text)
+        );
+        assert_eq!(srv.field("keymask_count"), "8", "{kind:?}");
+        // Plain masks keep their plain form.
+        srv.cmd(&["key_evt_amqp.keymask_set", "^user:", "^session:"])
+            .unwrap();
+        assert_eq!(get(&srv), b"^user: ^session:", "{kind:?}");
+    }
+}
+
+/// A `fallback-key` that is empty, holds a NUL, `{` or `}`, or is too long
+/// is refused at `MODULE LOADEX`, with a log line that names it; the server
+/// goes on, and a good value loads.
+#[test]
+fn a_bad_fallback_key_is_refused_at_load() {
+    let long = vec![b'k'; 513];
+    for kind in Kind::ALL {
+        let srv = Server::start_bare(kind);
+        for bad in [&b"a{b"[..], b"}", b"", b"a\0b", &long] {
+            let r: redis::RedisResult<()> = redis::cmd("MODULE")
+                .arg("LOADEX")
+                .arg(module_path())
+                .arg("CONFIG")
+                .arg("key_evt_amqp.fallback-key")
+                .arg(bad)
+                .arg("ARGS")
+                .arg("xe")
+                .query(&mut srv.conn());
+            assert!(
+                r.is_err(),
+                "{kind:?}: {:?} loaded",
+                String::from_utf8_lossy(bad)
+            );
+            let pong: String = redis::cmd("PING").query(&mut srv.conn()).unwrap();
+            assert_eq!(pong, "PONG", "{kind:?}");
+        }
+        assert!(
+            srv.log().contains("invalid fallback-key 'a{b'"),
+            "{kind:?}: {}",
+            srv.log()
+        );
+        let _: () = redis::cmd("MODULE")
+            .arg("LOADEX")
+            .arg(module_path())
+            .arg("CONFIG")
+            .arg("key_evt_amqp.fallback-key")
+            .arg("good:key")
+            .arg("ARGS")
+            .arg("xe")
+            .query(&mut srv.conn())
+            .unwrap();
+        assert_eq!(srv.field("fallback_key"), "good:key", "{kind:?}");
+    }
+}
+
+/// A multi-config `CONFIG SET` is applied once, after all its pairs: one
+/// refused on its last pair changes nothing and makes no connection; one
+/// that moves host and port connects once, to the new place.
+#[test]
+fn a_multi_config_set_reconnects_at_most_once() {
+    let mut sink = Sink::new(amqp_port());
+    let (a, b) = (Proxy::new(amqp_port()), Proxy::new(amqp_port()));
+    let srv = Server::start(
+        Kind::Redis,
+        &ModuleArgs::new(&sink).port(a.port).build(),
+        &[],
+    );
+    srv.set_keys(&["k0"]);
+    sink.expect_at_least(1, T);
+    assert_eq!(a.accepted(), 1);
+    let bp = b.port.to_string();
+    let refused = srv.cmd(&[
+        "CONFIG",
+        "SET",
+        "key_evt_amqp.host",
+        "localhost",
+        "key_evt_amqp.port",
+        &bp,
+        "key_evt_amqp.delivery-mode",
+        "3",
+    ]);
+    assert!(refused.is_err());
+    srv.set_keys(&["k1"]);
+    sink.expect_at_least(2, T);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        (a.accepted(), b.accepted()),
+        (1, 0),
+        "a refused CONFIG SET connected"
+    );
+    assert_eq!(config_get(&srv, "key_evt_amqp.host")[0].1, "127.0.0.1");
+    assert_eq!(srv.field("broker"), format!("127.0.0.1:{}", a.port));
+    srv.cmd(&[
+        "CONFIG",
+        "SET",
+        "key_evt_amqp.host",
+        "localhost",
+        "key_evt_amqp.port",
+        &bp,
+    ])
+    .unwrap();
+    wait_for("connected through proxy b", T, || b.accepted() == 1);
+    srv.set_keys(&["k2"]);
+    sink.expect_at_least(3, T);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((a.accepted(), b.accepted()), (1, 1), "connections made");
 }

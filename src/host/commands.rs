@@ -25,6 +25,7 @@ pub fn apply(ctx: &Context, cmd: &Command) -> Result<(), String> {
 /// Puts `settings` in force and does what `action` asks of the connection
 /// (commands and `CONFIG SET` both come here).
 pub fn use_settings(st: &mut State, settings: Settings, action: LinkAction) {
+    crate::host::configs::forget_pending();
     st.engine.settings = settings;
     match action {
         LinkAction::Keep => {}

@@ -6,21 +6,29 @@
 
 use crate::command::LinkAction;
 use crate::config::{
-    durability, Durability, Settings, Unroutable, FALLBACK_DB, FALLBACK_KEY, FALLBACK_KEY_DEFAULT,
-    ON_UNROUTABLE, OUTBOX, TUNABLES,
+    durability, fallback_key, Durability, Settings, Unroutable, FALLBACK_DB, FALLBACK_KEY,
+    FALLBACK_KEY_DEFAULT, ON_UNROUTABLE, OUTBOX, TUNABLES,
 };
-use crate::host::{commands, guard, outbox, state};
+use crate::host::rawconfig::{self, Config};
+use crate::host::{commands, outbox, redact, state};
 use crate::setting::{Setting, Value};
 use redis_module::configuration::{
-    register_enum_configuration, register_i64_configuration, register_string_configuration,
-    ConfigurationContext, ConfigurationFlags, ConfigurationValue, EnumConfigurationValue,
+    register_enum_configuration, register_i64_configuration, ConfigurationContext,
+    ConfigurationFlags, ConfigurationValue, EnumConfigurationValue,
 };
-use redis_module::{raw, Context, RedisError, RedisString};
+use redis_module::{raw, Context, RedisError};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 /// While the module loads, before its state exists, config values land here.
 static LOADING: Mutex<Option<Settings>> = Mutex::new(None);
+
+/// What the set callbacks of the `CONFIG SET` under way staged: one apply
+/// puts it all in force with one [`LinkAction`]. A refused `CONFIG SET`
+/// sets the old values back through the same callbacks, so what is left
+/// here equals the settings in force; any change of the settings drops it
+/// ([`forget_pending`]).
+static PENDING: Mutex<Option<Settings>> = Mutex::new(None);
 
 /// One broker setting as a module config.
 pub struct SettingConfig(Setting);
@@ -36,10 +44,10 @@ static SETTINGS: [SettingConfig; Setting::ALL.len()] = {
     out
 };
 
-fn register_setting(ctx: &Context, c: &'static SettingConfig) {
+fn register_setting(ctx: &Context, c: &'static SettingConfig) -> Result<(), String> {
     let flags = if c.0 == Setting::Password {
         // Out of `CONFIG GET *` and redacted from logs; `CONFIG REWRITE`
-        // still persists it.
+        // still persists it. SLOWLOG and MONITOR: see `redact`.
         ConfigurationFlags::SENSITIVE | ConfigurationFlags::HIDDEN
     } else {
         ConfigurationFlags::DEFAULT
@@ -49,23 +57,46 @@ fn register_setting(ctx: &Context, c: &'static SettingConfig) {
     // LOADEX` did not give it, and a marker leaves the positional argument
     // alone. `CONFIG GET` and `CONFIG REWRITE` see the value in force.
     match c.0.range() {
-        Some((_, max)) => register_i64_configuration(
+        Some((_, max)) => rawconfig::register_number(
             ctx,
             c.0.name(),
-            c,
             UNSET_NUMBER,
             UNSET_NUMBER,
             max,
             flags,
-            None,
+            c,
+            Some(apply_pending),
         ),
-        None => register_string_configuration(ctx, c.0.name(), c, UNSET_TEXT, flags, None),
+        None => {
+            rawconfig::register_string(ctx, c.0.name(), UNSET_TEXT, flags, c, Some(apply_pending))
+        }
     }
 }
 
 /// The marker defaults (see `register_setting`).
 const UNSET_NUMBER: i64 = i64::MIN;
 const UNSET_TEXT: &str = "\u{1}unset";
+
+/// Drops what a `CONFIG SET` staged (the settings changed another way).
+pub fn forget_pending() {
+    if let Ok(mut p) = PENDING.lock() {
+        *p = None;
+    }
+}
+
+/// The apply callback of every setting config: puts what the `CONFIG SET`
+/// staged in force, reconnecting at most once. The server calls it once per
+/// config set; the first call takes it all, the others find nothing.
+fn apply_pending() -> Result<(), String> {
+    let Some(new) = PENDING.lock().ok().and_then(|mut p| p.take()) else {
+        return Ok(());
+    };
+    state::with(|st| {
+        let action = LinkAction::after(&st.engine.settings, &new);
+        commands::use_settings(st, new, action);
+    })
+    .ok_or_else(|| "module state is busy".to_string())
+}
 
 impl SettingConfig {
     fn value(&self) -> Value {
@@ -77,65 +108,75 @@ impl SettingConfig {
         .unwrap_or_else(|| self.0.get(&Settings::default()))
     }
 
-    fn apply(&self, v: Value) -> Result<(), RedisError> {
-        let out = guard::run("config set", || {
-            if let Ok(mut l) = LOADING.lock() {
-                if let Some(s) = l.as_mut() {
-                    // At load every config is set; the marker default means
-                    // "not given": the positional argument stays.
-                    let unset = match &v {
-                        Value::Number(n) => *n == UNSET_NUMBER,
-                        Value::Text(t) => t.as_slice() == UNSET_TEXT.as_bytes(),
-                    };
-                    if !unset {
-                        *s = self.0.set(s, &v).map_err(|e| e.to_string())?;
-                    }
-                    return Ok(());
-                }
+    fn stage(&self, v: Value) -> Result<(), String> {
+        let v = match v {
+            Value::Text(t) if self.0 == Setting::Password => {
+                Value::Text(redact::resolve(t).ok_or("the password was lost (retry)")?)
             }
-            state::with(|st| {
-                let new = self
-                    .0
-                    .set(&st.engine.settings, &v)
-                    .map_err(|e| e.to_string())?;
-                let action = LinkAction::after(&st.engine.settings, &new);
-                commands::use_settings(st, new, action);
-                Ok(())
-            })
-            .unwrap_or_else(|| Err("module state is busy".to_string()))
-        });
-        match out {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(RedisError::String(e)),
-            None => Err(RedisError::Str("internal error, see the server log")),
-        }
-    }
-}
-
-impl ConfigurationValue<RedisString> for SettingConfig {
-    fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
-        let bytes = match self.value() {
-            Value::Text(b) => b,
-            Value::Number(n) => n.to_string().into_bytes(),
+            other => other,
         };
-        RedisString::create_from_slice(std::ptr::null_mut(), &bytes)
-    }
-
-    fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
-        self.apply(Value::Text(val.as_slice().to_vec()))
+        if let Ok(mut l) = LOADING.lock() {
+            if let Some(s) = l.as_mut() {
+                // At load every config is set; the marker default means
+                // "not given": the positional argument stays.
+                let unset = match &v {
+                    Value::Number(n) => *n == UNSET_NUMBER,
+                    Value::Text(t) => t.as_slice() == UNSET_TEXT.as_bytes(),
+                };
+                if !unset {
+                    *s = self.0.set(s, &v).map_err(|e| e.to_string())?;
+                }
+                return Ok(());
+            }
+        }
+        state::with(|st| {
+            let mut pending = PENDING.lock().map_err(|_| "config lock poisoned")?;
+            let base = pending.as_ref().unwrap_or(&st.engine.settings);
+            let new = self.0.set(base, &v).map_err(|e| e.to_string())?;
+            *pending = Some(new);
+            Ok(())
+        })
+        .unwrap_or_else(|| Err("module state is busy".to_string()))
     }
 }
 
-impl ConfigurationValue<i64> for SettingConfig {
-    fn get(&self, _ctx: &ConfigurationContext) -> i64 {
-        match self.value() {
-            Value::Number(n) => n,
-            Value::Text(_) => 0,
-        }
+impl Config for SettingConfig {
+    fn get(&self) -> Value {
+        self.value()
     }
 
-    fn set(&self, _ctx: &ConfigurationContext, val: i64) -> Result<(), RedisError> {
-        self.apply(Value::Number(val))
+    fn set(&self, v: Value) -> Result<(), String> {
+        self.stage(v)
+    }
+}
+
+/// `key_evt_amqp.fallback-key` (immutable): checked by
+/// [`crate::config::fallback_key`].
+struct FallbackKeyConfig;
+
+static FALLBACK_KEY_CONFIG: FallbackKeyConfig = FallbackKeyConfig;
+
+impl Config for FallbackKeyConfig {
+    fn get(&self) -> Value {
+        let k = FALLBACK_KEY
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        let k = if k.is_empty() {
+            FALLBACK_KEY_DEFAULT.to_string()
+        } else {
+            k
+        };
+        Value::Text(k.into_bytes())
+    }
+
+    fn set(&self, v: Value) -> Result<(), String> {
+        let Value::Text(bytes) = v else {
+            return Err("invalid fallback-key".into());
+        };
+        let key = fallback_key(&bytes).map_err(|e| e.to_string())?;
+        *FALLBACK_KEY.lock().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
     }
 }
 
@@ -205,6 +246,17 @@ impl ConfigurationValue<Durability> for DurabilityConfig {
 /// override the positional arguments in `settings`.
 pub fn register(ctx: &Context, settings: &mut Settings) -> Result<(), String> {
     *LOADING.lock().map_err(|_| "config lock poisoned")? = Some(settings.clone());
+    let out = register_all(ctx);
+    let taken = LOADING.lock().ok().and_then(|mut l| l.take());
+    out?;
+    if let Some(s) = taken {
+        *settings = s;
+    }
+    Ok(())
+}
+
+/// Registers every config, then has the server set them (`LoadConfigs`).
+fn register_all(ctx: &Context) -> Result<(), String> {
     for t in TUNABLES {
         register_i64_configuration(
             ctx,
@@ -243,27 +295,23 @@ pub fn register(ctx: &Context, settings: &mut Settings) -> Result<(), String> {
         ConfigurationFlags::DEFAULT,
         None,
     );
-    register_string_configuration(
+    rawconfig::register_string(
         ctx,
         "fallback-key",
-        &FALLBACK_KEY,
         FALLBACK_KEY_DEFAULT,
         ConfigurationFlags::IMMUTABLE,
+        &FALLBACK_KEY_CONFIG,
         None,
-    );
+    )?;
     for s in &SETTINGS {
-        register_setting(ctx, s);
+        register_setting(ctx, s)?;
     }
     // SAFETY: OnLoad, valid context; the crate has no wrapper.
     let loaded = unsafe {
         raw::RedisModule_LoadConfigs.map_or(raw::Status::Ok as i32, |load| load(ctx.ctx))
     };
-    let taken = LOADING.lock().ok().and_then(|mut l| l.take());
     if loaded != raw::Status::Ok as i32 {
         return Err("a key_evt_amqp config value was refused (see the log)".into());
-    }
-    if let Some(s) = taken {
-        *settings = s;
     }
     Ok(())
 }

@@ -125,6 +125,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         ));
     }
     shutdown::register(ctx);
+    crate::host::redact::register(ctx);
     // No timer and no thread yet: the server's cron arms the first timer
     // once the load is complete (see `timer::on_cron`). Until then the
     // module can be unloaded cleanly, which is what the server does when
@@ -169,6 +170,8 @@ pub fn unload(ctx: &Context) -> Status {
     }
     let cluster = state::with(|st| st.cluster).unwrap_or(false);
     cluster::unregister(ctx, cluster);
+    shutdown::unload();
+    crate::host::redact::unload();
     state::take();
     crate::host::log::notice("key_evt_amqp: unloaded");
     Status::Ok

@@ -14,6 +14,8 @@ pub mod list;
 pub mod log;
 pub mod notify;
 pub mod outbox;
+pub mod rawconfig;
+pub mod redact;
 pub mod shutdown;
 pub mod state;
 pub mod timer;

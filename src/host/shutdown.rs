@@ -227,6 +227,21 @@ pub fn register(ctx: &Context) {
     sync_shutdown_hook(ctx);
 }
 
+/// A clean unload: frees the detached context and forgets the filter (the
+/// server removes a module's filters itself). The library may stay mapped
+/// and be loaded again, so nothing of this load may be left in the statics.
+pub fn unload() {
+    FILTER.store(std::ptr::null_mut(), Ordering::Release);
+    let detached = DETACHED.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    // SAFETY: the context came from GetDetachedThreadSafeContext at load and
+    // nothing uses it once the module is unloading (main thread).
+    unsafe {
+        if let (false, Some(free)) = (detached.is_null(), raw::RedisModule_FreeThreadSafeContext) {
+            free(detached);
+        }
+    }
+}
+
 /// True while the SHUTDOWN hook is registered (shown in INFO).
 pub fn hook_registered() -> bool {
     !FILTER.load(Ordering::Acquire).is_null()

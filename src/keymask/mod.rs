@@ -15,6 +15,7 @@
 pub mod automaton;
 mod compile;
 pub mod mask;
+pub mod text;
 
 pub use automaton::{Automaton, BuildError};
 pub use mask::KeyMask;

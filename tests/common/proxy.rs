@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ struct Ctl {
     stalled_down: AtomicBool,
     refuse: AtomicBool,
     streams: Mutex<Vec<TcpStream>>,
+    /// Connections accepted (refused ones too).
+    accepted: AtomicUsize,
 }
 
 /// A running proxy.
@@ -52,6 +54,7 @@ impl Proxy {
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                c.accepted.fetch_add(1, Ordering::Relaxed);
                 if c.refuse.load(Ordering::Relaxed) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -74,6 +77,11 @@ impl Proxy {
             }
         });
         Self { port, ctl }
+    }
+
+    /// Connections the proxy has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.ctl.accepted.load(Ordering::Relaxed)
     }
 
     /// Resets every connection through the proxy.
