@@ -16,6 +16,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod host;
 pub mod keymask;
+pub mod memory;
 pub mod queue;
 pub mod setting;
 pub mod slots;

@@ -5,8 +5,9 @@ mod common;
 
 use common::amqp::Sink;
 use common::args::ModuleArgs;
+use common::proxy::Proxy;
 use common::server::{Kind, Server};
-use common::{amqp_port, wait_for};
+use common::{amqp_port, wait_for, wait_showing};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -41,5 +42,89 @@ fn latency_uptime_and_the_age_of_the_oldest_record() {
         wait_for("drained, age back to 0", T, || {
             srv.stat("fallback_len") == 0 && srv.stat("fallback_oldest_age_seconds") == 0
         });
+    }
+}
+
+/// `module_memory_bytes` counts what the module holds in its own heap: with
+/// the broker unreachable (a proxy that stops forwarding), the events waiting
+/// in memory (the queue and the batches in flight) show in it, and once the
+/// broker is back and everything is confirmed it falls back near its start.
+#[test]
+fn module_memory_counts_the_events_held_in_memory() {
+    for kind in Kind::ALL {
+        let mut sink = Sink::new(amqp_port());
+        let proxy = Proxy::new(amqp_port());
+        // Long heartbeats: the stalled link stays up while the test looks.
+        let args = ModuleArgs::new(&sink)
+            .port(proxy.port)
+            .heartbeat(60)
+            .build();
+        let srv = Server::start(kind, &args, &[]);
+        srv.set_keys(&["warm"]);
+        sink.expect_keys(&["warm"], T);
+        wait_for("warm confirmed", T, || srv.stat("events_confirmed") == 1);
+        let start = srv.stat("module_memory_bytes");
+        assert!(start > 0, "{kind:?}: module_memory_bytes {start}");
+        proxy.stall(true);
+        let prefix = format!("k{}-", "x".repeat(200));
+        let n = 20_000;
+        let keys: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        srv.set_keys(&keys);
+        let figures = || {
+            let i = srv.info();
+            let get = |f: &str| i.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
+            format!(
+                "module_memory_bytes {} (start {start}) queue_len {} queue_bytes {} inflight {} inflight_bytes {} fallback_len {}",
+                get("module_memory_bytes"),
+                get("queue_len"),
+                get("queue_bytes"),
+                get("inflight"),
+                get("inflight_bytes"),
+                get("fallback_len")
+            )
+        };
+        wait_showing(
+            "every event held in memory",
+            T,
+            || srv.stat("queue_len") + srv.stat("inflight") == n as i64,
+            figures,
+        );
+        let (queue_bytes, inflight_bytes) = (srv.stat("queue_bytes"), srv.stat("inflight_bytes"));
+        let held = queue_bytes + inflight_bytes;
+        assert!(
+            queue_bytes > 0 && held >= n as i64 * 200,
+            "{kind:?}: {}",
+            figures()
+        );
+        let grown = srv.stat("module_memory_bytes") - start;
+        assert!(grown >= held, "{kind:?}: grew by {grown}; {}", figures());
+        proxy.stall(false);
+        sink.expect_sequence(&prefix, n, T);
+        wait_showing(
+            "everything confirmed",
+            T,
+            || {
+                srv.stat("events_confirmed") == n as i64 + 1
+                    && srv.stat("queue_len") == 0
+                    && srv.stat("inflight") == 0
+            },
+            figures,
+        );
+        eprintln!("{kind:?}: confirmed: {}", figures());
+        // lapin keeps the capacity its frame queues grew to while the broker
+        // did not read, for the connection's life: a new connection frees it.
+        srv.cmd(&["key_evt_amqp.disconnect"]).unwrap();
+        srv.cmd(&["key_evt_amqp.connect"]).unwrap();
+        srv.set_keys(&["again"]);
+        sink.expect_keys(&["again"], T);
+        wait_showing(
+            "the memory back near its start on a new connection",
+            T,
+            || {
+                srv.stat("events_confirmed") == n as i64 + 2
+                    && srv.stat("module_memory_bytes") < start + held / 10
+            },
+            figures,
+        );
     }
 }

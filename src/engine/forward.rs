@@ -97,6 +97,7 @@ impl Engine {
             from_list,
             epoch: self.list.epoch,
             count,
+            bytes: records.bytes(),
             records: (!from_list).then(|| Arc::clone(&records)),
             stored: false,
             settled: None,

@@ -128,6 +128,8 @@ struct InFlight {
     /// The list epoch when read (list batches).
     epoch: u64,
     count: usize,
+    /// Payload bytes.
+    bytes: usize,
     /// Queue batches keep their records until confirmed.
     records: Option<Arc<Records>>,
     /// Written to the list already (on shutdown): never store again.
@@ -241,6 +243,11 @@ impl Engine {
     /// Records published and not settled.
     pub fn inflight_events(&self) -> usize {
         self.inflight_events
+    }
+
+    /// Payload bytes of the records published and not settled.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight.iter().map(|b| b.bytes).sum()
     }
 
     /// True when list records are in flight.

@@ -21,6 +21,10 @@ pub struct Snapshot {
     pub queue_bytes: usize,
     /// Records published and not settled.
     pub inflight: usize,
+    /// Their payload bytes.
+    pub inflight_bytes: usize,
+    /// Bytes the module holds in its own heap (the tracking allocator).
+    pub module_memory_bytes: usize,
     /// Records in the fallback list.
     pub fallback_len: u64,
     /// The fallback key.
@@ -114,6 +118,8 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("queue_len", s.queue_len as u64),
         ("queue_bytes", s.queue_bytes as u64),
         ("inflight", s.inflight as u64),
+        ("inflight_bytes", s.inflight_bytes as u64),
+        ("module_memory_bytes", s.module_memory_bytes as u64),
         ("fallback_len", s.fallback_len),
         ("fallback_lists_found", s.fallback_lists_found as u64),
         ("reconnects", st.reconnects),

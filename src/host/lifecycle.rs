@@ -229,6 +229,8 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         queue_len: st.engine.queue.len(),
         queue_bytes: st.engine.queue.bytes(),
         inflight: st.engine.inflight_events(),
+        inflight_bytes: st.engine.inflight_bytes(),
+        module_memory_bytes: crate::memory::live_bytes(),
         fallback_len: st.engine.list.len,
         fallback_key: st.list_key.key.clone(),
         shutdown_hook: shutdown::hook_registered(),

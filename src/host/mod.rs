@@ -39,7 +39,7 @@ fn info(ctx: &InfoContext, _for_crash_report: bool) -> RedisResult<()> {
 redis_module! {
     name: MODULE_NAME,
     version: 1,
-    allocator: (std::alloc::System, std::alloc::System),
+    allocator: (crate::memory::Tracking, crate::memory::Tracking::new()),
     data_types: [],
     init: init,
     deinit: deinit,
