@@ -741,8 +741,15 @@ impl Soak {
         )
     }
 
+    /// Masters a fault may demote (failover, kill): all but the first
+    /// shard's master, so that one master and its replica keep their role
+    /// and process for the whole run and their memory can be judged.
+    fn demotable_masters(&self) -> Vec<usize> {
+        self.masters().into_iter().filter(|&m| m != 0).collect()
+    }
+
     fn failover(&mut self) -> String {
-        let masters = self.masters();
+        let masters = self.demotable_masters();
         let with_replica: Vec<(usize, usize)> = masters
             .iter()
             .filter_map(|&m| self.linked_replica(m).map(|r| (m, r)))
@@ -781,7 +788,7 @@ impl Soak {
     }
 
     fn kill(&mut self) -> String {
-        let masters = self.masters();
+        let masters = self.demotable_masters();
         let with_replica: Vec<(usize, usize)> = masters
             .iter()
             .filter_map(|&m| self.linked_replica(m).map(|r| (m, r)))
