@@ -8,10 +8,14 @@ use crate::config::{
 };
 use crate::engine::{Limits, Notice};
 use crate::host::guard;
-use crate::host::list::{writes_paused, RedisList};
+use crate::host::list::RedisList;
 use crate::host::state::{self, State};
 use redis_module::Context;
 use std::time::{Duration, Instant};
+
+/// Records one tick spills beyond what arrived since the last tick while
+/// the broker is unreachable (a few ms of `RPUSH` on the main thread).
+const SPILL_CHUNK: usize = 16_384;
 
 /// Timer period while there is nothing to do.
 const IDLE_INTERVAL_MS: i64 = 100;
@@ -36,6 +40,7 @@ pub fn limits() -> Limits {
         burst_rate: BURST_RATE.get(),
         burst_max: Duration::from_millis(BURST_MAX_MS.get().unsigned_abs()),
         on_unroutable: ON_UNROUTABLE.lock().map_or(Unroutable::Store, |p| *p),
+        spill_chunk: SPILL_CHUNK,
     }
 }
 
@@ -106,12 +111,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
     }
     if st.engine.master && !st.engine.loading {
         crate::host::cluster::refresh(ctx, st, false);
-        if !writes_paused() {
-            if let Some(records) = crate::host::cluster::adopt(ctx, st) {
-                let mut list = RedisList::new(ctx, &mut st.list_key);
-                st.engine.store_tail(&mut list, records);
-            }
-        }
+        crate::host::cluster::adopt(ctx, st);
     }
     let mut list = RedisList::new(ctx, &mut st.list_key);
     st.engine.tick(&mut list, &mut st.client, &limits(), now);
