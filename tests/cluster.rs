@@ -5,10 +5,13 @@ mod common;
 
 use common::amqp::Sink;
 use common::args::ModuleArgs;
-use common::cluster::text;
+use common::cluster::{text, Cluster};
+use common::msg::Msg;
+use common::proxy::Proxy;
 use common::server::Kind;
 use common::topology::Topology;
 use common::{amqp_port, refused_port, wait_for, wait_showing};
+use redis_keyspace_amqp::slots::key_slot;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -340,4 +343,311 @@ fn master_replica_without_cluster_follows_the_role() {
         got, expected,
         "backlog first, then the new master's own events, each once"
     );
+}
+
+/// Moves `slot` from master `a` to master `b` the way `redis-cli --cluster
+/// reshard` does (every key by `MIGRATE`, then `SETSLOT NODE`); `before_owning`
+/// runs after the keys moved and before `b` owns the slot.
+fn move_slot(c: &Cluster, a: usize, b: usize, slot: u16, before_owning: impl FnOnce()) {
+    let (ida, idb) = (c.node_id(a), c.node_id(b));
+    let s = slot.to_string();
+    text(&c.nodes[b], &["CLUSTER", "SETSLOT", &s, "IMPORTING", &ida]);
+    text(&c.nodes[a], &["CLUSTER", "SETSLOT", &s, "MIGRATING", &idb]);
+    let port_b = c.nodes[b].port.to_string();
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1000)
+            .query(&mut c.nodes[a].conn())
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let moved: String = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(&port_b)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query(&mut c.nodes[a].conn())
+            .unwrap();
+        assert_eq!(moved, "OK");
+    }
+    before_owning();
+    for n in [b, a] {
+        text(&c.nodes[n], &["CLUSTER", "SETSLOT", &s, "NODE", &idb]);
+    }
+}
+
+/// Two masters `(a, b)`: `b` keeps its own list when it gets the slot of
+/// `a`'s (its own sits in a lower slot), so it adopts `a`'s list.
+fn adopter_pair(c: &Cluster) -> (usize, usize) {
+    let mut m = c.masters();
+    m.sort_by_key(|&n| list_slot(c, n).1);
+    (m[1], m[0])
+}
+
+/// The slot of node `n`'s fallback list.
+fn list_slot(c: &Cluster, n: usize) -> (String, u16) {
+    let key = c.nodes[n].field("fallback_key");
+    let slot = key_slot(key.as_bytes());
+    (key, slot)
+}
+
+/// Keys with `prefix` that live on node `n` now.
+fn keys_on(c: &Cluster, n: usize, prefix: &str, count: usize) -> Vec<String> {
+    let map = c.slot_map();
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|k| map[usize::from(key_slot(k.as_bytes()))] == n)
+        .take(count)
+        .collect()
+}
+
+/// First deliveries only (by `message_id`), in arrival order.
+fn first_deliveries(sink: &Sink) -> Vec<Msg> {
+    let mut seen = std::collections::HashSet::new();
+    sink.received
+        .iter()
+        .filter(|m| seen.insert(m.message_id.clone()))
+        .cloned()
+        .collect()
+}
+
+/// Per node (`message_id` is `<node tag>-<seq>`), first deliveries in order.
+fn assert_ordered_per_node(sink: &Sink) {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for m in first_deliveries(sink) {
+        let (tag, seq) = m.message_id.rsplit_once('-').expect("tag-seq");
+        let seq: u64 = seq.parse().expect("seq");
+        if let Some(&l) = last.get(tag) {
+            assert!(
+                seq > l,
+                "node {tag}: {} ({seq}) arrived first after seq {l}",
+                m.key()
+            );
+        }
+        last.insert(tag.to_string(), seq);
+    }
+}
+
+fn outbox(c: &Cluster) {
+    for n in &c.nodes {
+        text(n, &["CONFIG", "SET", "key_evt_amqp.durability", "outbox"]);
+        assert_eq!(n.field("durability"), "outbox");
+    }
+}
+
+/// Issue 16 case 5: the slot of a node's own fallback list moves while the
+/// list's records are in flight. The node switches to a key in a slot it
+/// still owns at once, keeps forwarding, and nothing is lost or reordered.
+#[test]
+fn resharding_the_slot_of_a_list_in_flight_does_not_stall_forwarding() {
+    let mut sink = Sink::new(amqp_port());
+    let proxy = Proxy::new(sink.port);
+    let args = ModuleArgs::new(&sink)
+        .port(proxy.port)
+        .heartbeat(30)
+        .build();
+    let c = Topology::cluster(Kind::Redis8, 3, &args);
+    outbox(&c);
+    let first = c.set_keys(&keys("a", 300));
+    sink.expect_keys(&first, T);
+    let masters = c.masters();
+    let (a, b) = (masters[0], masters[1]);
+    // The broker stalls: the list records of every master are in flight.
+    proxy.stall(true);
+    let second = c.set_keys(&keys("b", 900));
+    wait_for("a's list records in flight", T, || {
+        let n = c.nodes[a].stat("inflight");
+        n > 0 && n == c.nodes[a].stat("fallback_len")
+    });
+    let (key, slot) = list_slot(&c, a);
+    move_slot(&c, a, b, slot, || {});
+    eprintln!("moved slot {slot} of '{key}' from node {a} to node {b} with its records in flight");
+    wait_for(
+        "a switches to a key in a slot it owns",
+        Duration::from_secs(20),
+        || c.nodes[a].field("fallback_key") != key,
+    );
+    let third = c.set_keys(&keys("c", 900));
+    proxy.stall(false);
+    let fourth = c.set_keys(&keys("d", 300));
+    let all: Vec<String> = [first, second, third, fourth].concat();
+    sink.expect_keys(&all, T);
+    wait_for("a drained", T, || {
+        sink.drain();
+        c.nodes[a].stat("inflight") == 0 && c.nodes[a].stat("fallback_len") == 0
+    });
+    let counts = counts(&sink);
+    let missing = all.iter().filter(|k| !counts.contains_key(*k)).count();
+    let dups: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{} written, {missing} missing, {dups} duplicates, a resent {}",
+        all.len(),
+        c.nodes[a].stat("events_resent")
+    );
+    assert_eq!(missing, 0);
+    assert_ordered_per_node(&sink);
+    assert_eq!(c.nodes[a].stat("events_dropped_unwritable"), 0);
+    assert_eq!(c.nodes[a].stat("events_dropped"), 0);
+}
+
+/// Issue 16 case 6: adopting a moved list never drops it, whatever the
+/// adopter's memory or fallback size.
+fn adoption_keeps_every_record(squeeze: &[(&str, &str)]) {
+    let mut sink = Sink::new(amqp_port());
+    let (_closed, closed) = refused_port();
+    let c = Topology::cluster(Kind::Redis, 3, &cluster_args(&sink, closed));
+    let (a, b) = adopter_pair(&c);
+    let written = c.set_keys(&keys_on(&c, a, "k", 1500));
+    wait_for("a's backlog stored", T, || {
+        c.nodes[a].stat("fallback_len") == 1500
+    });
+    let (key, slot) = list_slot(&c, a);
+    move_slot(&c, a, b, slot, || {
+        for (name, value) in squeeze {
+            text(&c.nodes[b], &["CONFIG", "SET", name, value]);
+        }
+    });
+    wait_for("b adopts the backlog", T, || {
+        c.nodes[b].stat("fallback_lists_found") == 0 && c.nodes[b].stat("fallback_len") > 0
+    });
+    assert_eq!(c.nodes[b].stat("events_dropped"), 0, "{squeeze:?}");
+    assert_eq!(c.nodes[b].llen(&key), 0, "the found list is emptied");
+    assert_ne!(
+        c.nodes[b].field("fallback_key"),
+        key,
+        "b adopted it into its own"
+    );
+    c.nodes[0]
+        .cmd(&[
+            "key_evt_amqp.config_set",
+            "127.0.0.1",
+            &sink.port.to_string(),
+        ])
+        .unwrap();
+    sink.expect_keys(&written, Duration::from_secs(30));
+    let got: Vec<String> = first_deliveries(&sink).iter().map(Msg::key).collect();
+    assert_eq!(got, written, "{squeeze:?}: every adopted record, in order");
+}
+
+#[test]
+fn adopting_a_moved_list_over_maxmemory_keeps_every_record() {
+    adoption_keeps_every_record(&[("maxmemory-policy", "noeviction"), ("maxmemory", "1")]);
+}
+
+#[test]
+fn adopting_a_moved_list_with_the_fallback_off_keeps_every_record() {
+    adoption_keeps_every_record(&[("key_evt_amqp.fallback-size", "-1")]);
+}
+
+/// Issue 16 case 7: while a moved list is adopted, the adopter's own new
+/// records (outbox mode) wait, so the adopted ones stay contiguous and go first.
+#[test]
+#[ignore = "unfinished: under a steady writer the adopter reports the cluster down and never finds the moved list (see the h-cluster report)"]
+fn adoption_keeps_the_moved_list_contiguous_and_ahead() {
+    let mut sink = Sink::new(amqp_port());
+    let (_closed, closed) = refused_port();
+    let c = Topology::cluster(Kind::Redis8, 3, &cluster_args(&sink, closed));
+    outbox(&c);
+    let (a, b) = adopter_pair(&c);
+    let moved = c.set_keys(&keys_on(&c, a, "x", 20_000));
+    wait_for("a's backlog stored", T, || {
+        c.nodes[a].stat("fallback_len") == 20_000
+    });
+    let (key, slot) = list_slot(&c, a);
+    // b's own writes go on all along, pipelined, through the adoption.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let map = c.slot_map();
+    let url = c.nodes[b].url();
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let mut own = Vec::new();
+            let mut next = (0..)
+                .map(|i| format!("w{i}"))
+                .filter(|k| map[usize::from(key_slot(k.as_bytes()))] == b);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let chunk: Vec<String> = next.by_ref().take(20).collect();
+                let mut pipe = redis::pipe();
+                for k in &chunk {
+                    pipe.cmd("SET").arg(k).arg("v").ignore();
+                }
+                if pipe.query::<()>(&mut conn).is_err() {
+                    break;
+                }
+                own.extend(chunk);
+                // A steady load (a few thousand writes a second), not a flood
+                // that starves the cluster bus on a small machine.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            own
+        })
+    };
+    move_slot(&c, a, b, slot, || {});
+    let done = format!("adopted the fallback list '{key}'");
+    wait_showing(
+        "b adopts the backlog",
+        T,
+        || c.nodes[b].log().contains(&done),
+        || {
+            let i = c.nodes[b].info();
+            [
+                "fallback_key",
+                "fallback_lists_found",
+                "fallback_len",
+                "queue_len",
+                "last_error",
+                "events_accepted",
+            ]
+            .iter()
+            .map(|f| format!("{f}={}", i.get(*f).cloned().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(" ")
+        },
+    );
+    // Some of b's own writes after the adoption, too.
+    let after = c.nodes[b].stat("events_accepted") + 2000;
+    wait_showing(
+        "b's writes go on",
+        T,
+        || c.nodes[b].stat("events_accepted") > after,
+        || format!("b accepted {}", c.nodes[b].stat("events_accepted")),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let own = writer.join().unwrap();
+    c.nodes[0]
+        .cmd(&[
+            "key_evt_amqp.config_set",
+            "127.0.0.1",
+            &sink.port.to_string(),
+        ])
+        .unwrap();
+    let all: Vec<String> = moved.iter().chain(own.iter()).cloned().collect();
+    sink.expect_keys(&all, T);
+    let order: Vec<String> = first_deliveries(&sink)
+        .iter()
+        .map(Msg::key)
+        .filter(|k| k.starts_with('x') || k.starts_with('w'))
+        .collect();
+    let first_x = order.iter().position(|k| k.starts_with('x')).unwrap();
+    let block = &order[first_x..first_x + moved.len()];
+    let own_inside = block.iter().filter(|k| k.starts_with('w')).count();
+    let own_after = order.len() - first_x - moved.len();
+    eprintln!(
+        "{} adopted, {} own writes: {first_x} before the adopted block, {own_inside} inside it, {own_after} after",
+        moved.len(),
+        own.len()
+    );
+    assert!(
+        own_after > 0,
+        "b's writes after the adoption come after the block"
+    );
+    assert_eq!(own_inside, 0, "the adopted records are contiguous");
+    assert_eq!(block, &moved[..], "the adopted records in their order");
 }

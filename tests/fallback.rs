@@ -205,3 +205,110 @@ fn shutdown_hook_follows_persistence() {
     srv.cmd(&["CONFIG", "SET", "save", ""]).unwrap();
     wait_for("hook off", T, || srv.field("shutdown_hook") == "no");
 }
+
+/// Issue 16 case 11: lowering the cap deletes nothing at once; the next write
+/// trims exactly the oldest records beyond the new cap, counted in
+/// `events_dropped_cap`.
+#[test]
+fn lowering_the_cap_trims_the_oldest_at_the_next_write_and_counts_them() {
+    let mut sink = Sink::new(amqp_port());
+    let (_closed, closed) = refused_port();
+    let srv = Server::start(Kind::Redis, &args(closed, &sink, "100"), &[]);
+    srv.set_keys(&keys(0, 80));
+    wait_for("stored", T, || srv.stat("fallback_len") == 80);
+    srv.cmd(&["key_evt_amqp.fallback_storage_size_set", "30"])
+        .unwrap();
+    assert_eq!(srv.llen(KEY), 80, "the command itself deletes nothing");
+    srv.set_keys(&keys(80, 85));
+    wait_for("stored", T, || srv.stat("events_stored") == 85);
+    assert_eq!(srv.llen(KEY), 30);
+    assert_eq!(srv.stat("events_dropped_cap"), 55, "85 stored, 30 kept");
+    assert_eq!(srv.stat("events_dropped"), 55);
+    repair(&srv, &sink);
+    let got: Vec<String> = sink
+        .expect_at_least(30, T)
+        .iter()
+        .map(|m| m.key())
+        .collect();
+    assert_eq!(got, keys(55, 85), "exactly the oldest were trimmed");
+    sink.expect_quiet(Duration::from_millis(300));
+}
+
+/// Issue 16 case 9: a large queue held in memory goes to the list a bounded
+/// part per tick when the link is lost (no single long stall), and every
+/// event is then delivered in order.
+#[test]
+fn losing_the_link_spills_a_large_queue_over_several_ticks() {
+    const N: usize = 200_000;
+    let mut sink = Sink::new(amqp_port());
+    let proxy = Proxy::new(amqp_port());
+    let a = ModuleArgs::new(&sink)
+        .port(proxy.port)
+        .heartbeat(30)
+        .fallback_size("0")
+        .masks(&["^k"]);
+    let srv = Server::start(Kind::Redis, &a.build(), &[]);
+    srv.set_keys(&["k0"]);
+    sink.expect_at_least(1, T);
+    // The broker stops answering: the window fills and the rest waits in memory.
+    proxy.stall(true);
+    srv.set_keys(&keys(1, N));
+    wait_for("queue held in memory", T, || {
+        srv.stat("queue_len") + srv.stat("inflight") == (N - 1) as i64
+    });
+    let queued = srv.stat("queue_len");
+    assert!(queued > 150_000, "queue {queued}");
+    // A client pinging all along: the longest the server did not answer.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = std::sync::Arc::clone(&stop);
+        let mut c = srv.conn();
+        std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                let _: redis::RedisResult<String> = redis::cmd("PING").query(&mut c);
+                worst = worst.max(t.elapsed());
+            }
+            worst
+        })
+    };
+    // The link breaks: the queue must go to the list.
+    proxy.cut();
+    let mut partial = 0;
+    let mut samples = 0;
+    let mut seen = Vec::new();
+    // Sampled as fast as INFO answers: between two ticks it sees the queue part spilled.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let info = srv.info();
+        let q: i64 = info["queue_len"].parse().unwrap();
+        let l: i64 = info["fallback_len"].parse().unwrap();
+        samples += 1;
+        seen.push(q);
+        if q > 0 && q < queued && l > 0 {
+            partial += 1;
+        }
+        if q == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "queue not spilled");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = pinger.join().unwrap();
+    seen.dedup();
+    eprintln!(
+        "spill of {queued} queued records: {partial} of {samples} INFO samples saw it part done; longest PING {worst:?}; queue_len seen {seen:?}"
+    );
+    assert!(
+        partial > 0,
+        "the whole queue went to the list in one tick ({samples} samples)"
+    );
+    proxy.stall(false);
+    let msgs = sink
+        .expect_sequence("k", N, Duration::from_secs(120))
+        .to_vec();
+    let dups = check_sequence(&msgs, "k", N);
+    eprintln!("{dups} duplicates");
+    wait_for("drained", T, || srv.stat("fallback_len") == 0);
+}

@@ -50,6 +50,12 @@ enum Op {
     Burst(bool),
     /// Durable mode: events of one execution unit appended to the list.
     OutboxEvents(u8),
+    /// The spill while the link is down moves at most what arrived since
+    /// the last tick plus this many records per tick (1, or the default).
+    SmallSpill(bool),
+    /// A moved list is being adopted (records of another node appended at
+    /// the tail, this node's own held in memory), or the adoption ends.
+    Adopt(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -73,6 +79,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::SmallQueue),
         1 => any::<bool>().prop_map(Op::Burst),
         3 => (1u8..10).prop_map(Op::OutboxEvents),
+        1 => any::<bool>().prop_map(Op::SmallSpill),
+        1 => any::<bool>().prop_map(Op::Adopt),
     ]
 }
 
@@ -92,6 +100,10 @@ struct World {
     /// Events a foreign client popped from the list (the engine counts them
     /// as lost once it reads the length).
     popped: u64,
+    /// `accepted` at the last tick, for the bound of the spill.
+    accepted_at_tick: u64,
+    /// A tick spilled more than its bound.
+    violation: Option<String>,
 }
 
 impl World {
@@ -114,6 +126,7 @@ impl World {
                 burst_max: Duration::ZERO,
                 on_unroutable: Default::default(),
                 unroutable_retry_max: Duration::from_secs(4),
+                spill_chunk: 65_536,
             },
             next_id: 0,
             now: Instant::now(),
@@ -121,13 +134,35 @@ impl World {
             handovers: 0,
             nacks: 0,
             popped: 0,
+            accepted_at_tick: 0,
+            violation: None,
         }
     }
 
     fn tick(&mut self) {
         self.now += Duration::from_millis(50);
+        let arrived = self.engine.stats.accepted - self.accepted_at_tick;
+        self.accepted_at_tick = self.engine.stats.accepted;
+        let down =
+            |e: &Engine| matches!(e.link.name(), "reconnecting" | "blocked" | "disconnected");
+        let before = (
+            self.engine.queue.len(),
+            down(&self.engine),
+            self.engine.master,
+        );
         self.engine
             .tick(&mut self.list, &mut self.broker, &self.limits, self.now);
+        // With the link down the spill is bounded: what arrived since the
+        // last tick plus `spill_chunk`, rounded up to whole chunks (at most
+        // 9 records each here); the rest waits in memory, oldest first out.
+        let (queued, was_down, master) = before;
+        if was_down && master && down(&self.engine) {
+            let moved = queued.saturating_sub(self.engine.queue.len());
+            let bound = arrived as usize + self.limits.spill_chunk + 9;
+            if moved > bound && self.violation.is_none() {
+                self.violation = Some(format!("one tick spilled {moved} records, bound {bound}"));
+            }
+        }
     }
 
     fn apply(&mut self, op: &Op) {
@@ -245,6 +280,22 @@ impl World {
                     }
                 }
             }
+            Op::SmallSpill(small) => {
+                self.limits.spill_chunk = if small { 1 } else { 65_536 };
+            }
+            Op::Adopt(on) => {
+                if on && self.engine.master && !self.list.paused {
+                    // No OOM check and no cap: the records were stored already.
+                    self.list
+                        .items
+                        .extend((0..3).map(|_| b"adopted element".to_vec()));
+                    let len = self.list.items.len() as u64;
+                    self.engine.adopted(3, len);
+                    self.engine.hold_tail = true;
+                } else if !on {
+                    self.engine.hold_tail = false;
+                }
+            }
             Op::SmallQueue(small) => {
                 self.limits.queue_max_events = if small { 3 } else { 1000 };
             }
@@ -257,6 +308,7 @@ impl World {
 
     /// The three promises.
     fn check(&self) -> Result<(), TestCaseError> {
+        prop_assert!(self.violation.is_none(), "{:?}", self.violation);
         let st = &self.engine.stats;
         let delivered: HashSet<u64> = self.broker.delivered.iter().copied().collect();
         let mut held: HashSet<u64> = self
@@ -321,6 +373,7 @@ impl World {
             self.engine.set_role(true);
         }
         self.limits.queue_max_events = 1000;
+        self.engine.hold_tail = false;
         for _ in 0..400 {
             self.tick();
             self.apply(&Op::Connect);

@@ -25,7 +25,7 @@ impl Engine {
             self.list.synced_at = Some(now);
             match self.list.sync(store) {
                 Ok(lost) => self.count_lost(lost),
-                Err(e) => self.set_error(format!("fallback read: {e}")),
+                Err(e) => self.list_error("fallback read", &e),
             }
             // The age of the oldest record, for INFO.
             self.metrics.oldest_record_ts = if self.list.len > 0 {
@@ -57,7 +57,7 @@ impl Engine {
                 match self.list.sync(store) {
                     Ok(lost) => self.count_lost(lost),
                     Err(e) => {
-                        self.set_error(format!("fallback read: {e}"));
+                        self.list_error("fallback read", &e);
                         return;
                     }
                 }
@@ -70,12 +70,13 @@ impl Engine {
                     Ok(records) if !records.is_empty() => self.send(broker, records, true),
                     Ok(_) => break,
                     Err(e) => {
-                        self.set_error(format!("fallback read: {e}"));
+                        self.list_error("fallback read", &e);
                         break;
                     }
                 }
             }
-        } else {
+        } else if !self.hold_tail {
+            // While a moved list is adopted, the queue waits behind it.
             while self.inflight_events < window {
                 let Some(records) = self.queue.take_chunk() else {
                     break;

@@ -101,6 +101,9 @@ pub struct Limits {
     pub on_unroutable: Unroutable,
     /// The cap of the wait after returns (`unroutable-retry-max-ms`).
     pub unroutable_retry_max: Duration,
+    /// Records one tick spills beyond what arrived since the last tick,
+    /// while the link is down (the rest stays in memory for later ticks).
+    pub spill_chunk: usize,
 }
 
 /// A line for the server log; the host writes it.
@@ -162,6 +165,12 @@ pub struct Engine {
     pub want_slot_refresh: bool,
     /// Latency, uptime and the list's oldest record, for INFO.
     pub metrics: metrics::Metrics,
+    /// A moved fallback list is being adopted into ours: this node's own
+    /// records wait in memory (as while writes are paused), so that the
+    /// adopted records stay contiguous and ahead of them.
+    pub hold_tail: bool,
+    /// `stats.accepted` at the last tick (what arrived since, for the spill bound).
+    tick_accepted: u64,
     /// The time of the current tick.
     now: Instant,
     /// Demoted with an empty list and no list records in flight: what is
@@ -200,6 +209,8 @@ impl Engine {
             last_error: String::new(),
             want_slot_refresh: false,
             metrics: metrics::Metrics::default(),
+            hold_tail: false,
+            tick_accepted: 0,
             now: Instant::now(),
             memory_may_go: false,
             inflight: VecDeque::new(),
@@ -317,6 +328,7 @@ impl Engine {
             return;
         }
         self.master = master;
+        self.hold_tail = false;
         self.memory_may_go = !master && self.list.len == 0 && !self.list_in_flight();
         self.list.forget();
         if master && self.link != Link::Closed {
@@ -354,6 +366,8 @@ impl Engine {
     ) {
         self.on_unroutable = limits.on_unroutable;
         self.now = now;
+        let arrived = self.stats.accepted.saturating_sub(self.tick_accepted);
+        self.tick_accepted = self.stats.accepted;
         self.collect(broker);
         self.settle(store);
         if self.on_unroutable != Unroutable::Store {
@@ -385,8 +399,24 @@ impl Engine {
             Link::Up | Link::Connecting | Link::Idle => {
                 self.spill_excess(store, limits.queue_max_events, limits.queue_max_bytes)
             }
-            _ => self.spill(store),
+            // Unreachable: the queue goes to the list, a bounded part each
+            // tick (oldest first), so that no tick stalls Redis for long.
+            _ => {
+                let limit = usize::try_from(arrived)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(limits.spill_chunk.max(1));
+                self.spill_some(store, limit);
+            }
         }
+    }
+
+    /// A list operation failed: shows it, and asks the host to look at slot
+    /// ownership again when the key is no longer served here (resharding).
+    pub(super) fn list_error(&mut self, what: &str, e: &StoreError) {
+        if e.misplaced() {
+            self.want_slot_refresh = true;
+        }
+        self.set_error(format!("{what}: {e}"));
     }
 
     pub(super) fn count_lost(&mut self, lost: u64) {

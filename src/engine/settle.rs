@@ -150,7 +150,7 @@ impl Engine {
         if self.list.acked > 0 && !paused && store.usable() {
             match self.list.trim_acked(store) {
                 Ok(lost) => self.count_lost(lost),
-                Err(e) => self.set_error(format!("fallback trim: {e}")),
+                Err(e) => self.list_error("fallback trim", &e),
             }
         }
         // Returns go back to the head before anything newer is sent; while

@@ -20,6 +20,19 @@ pub enum StoreError {
     NoList,
 }
 
+impl StoreError {
+    /// The server refused because the key's slot is not served here (the
+    /// slot moved, or is moving): `non local key`, `MOVED`, `ASK`.
+    pub fn misplaced(&self) -> bool {
+        match self {
+            Self::Refused(e) => {
+                e.contains("non local key") || e.starts_with("MOVED") || e.starts_with("ASK")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The fallback list. Indexes count from the head (oldest record).
 pub trait Storage {
     /// False when there is no list to use (no key yet, not a master).

@@ -5,10 +5,17 @@ use super::{At, Broker, Drop, Engine, Storage, StoreError};
 use crate::queue::Records;
 
 impl Engine {
-    /// Appends records at the tail of the list (adoption of a moved
-    /// fallback list), or drops and counts them by the rules.
-    pub fn store_tail(&mut self, store: &mut dyn Storage, records: Records) {
-        self.store(store, records, At::Tail);
+    /// Books records a host moved from another node's fallback list to the
+    /// tail of ours (adoption after resharding); the list is now `len` long.
+    /// A move is not a new store: no cap, no drop, not counted as stored.
+    pub fn adopted(&mut self, n: u64, len: u64) {
+        self.list_refused = false;
+        let expected = self.list.len + n;
+        if len != expected {
+            self.list.reset_head();
+        }
+        self.count_lost(expected.saturating_sub(len));
+        self.list.len = len;
     }
 
     /// Writes records to the list, or drops and counts them by the rules.
@@ -63,7 +70,10 @@ impl Engine {
 
     /// The list is on, there is one, and writes are allowed now.
     pub(super) fn list_writable(&self, store: &dyn Storage) -> bool {
-        self.settings.fallback_size >= 0 && store.usable() && !store.writes_paused()
+        self.settings.fallback_size >= 0
+            && store.usable()
+            && !store.writes_paused()
+            && !self.hold_tail
     }
 
     /// Books `n` records written, the list now `len` long; applies the cap.
@@ -87,7 +97,7 @@ impl Engine {
                     self.list.reset_head();
                     self.stats.drop(Drop::Cap, excess);
                 }
-                Err(e) => self.set_error(format!("fallback cap: {e}")),
+                Err(e) => self.list_error("fallback cap", &e),
             }
         }
     }
@@ -101,15 +111,29 @@ impl Engine {
     }
 
     /// Moves the whole in-memory queue to the tail of the list. While writes
-    /// are paused it holds (the callback drops beyond the hard limit).
+    /// are paused (or a moved list is adopted) it holds (the callback drops
+    /// beyond the hard limit).
     pub fn spill(&mut self, store: &mut dyn Storage) {
+        self.spill_some(store, usize::MAX);
+    }
+
+    /// Moves the oldest records of the queue, at least `limit` of them (whole
+    /// chunks) or all, to the tail of the list; the rest stays in memory for
+    /// the next tick. The list then holds only records older than the
+    /// queue's, so the order holds.
+    pub fn spill_some(&mut self, store: &mut dyn Storage, limit: usize) {
         if self.queue.is_empty() {
             return;
         }
-        if store.writes_paused() && self.settings.fallback_size >= 0 {
+        if (store.writes_paused() || self.hold_tail) && self.settings.fallback_size >= 0 {
             return;
         }
-        for records in self.queue.take_all() {
+        let mut moved = 0usize;
+        while moved < limit {
+            let Some(records) = self.queue.take_chunk() else {
+                break;
+            };
+            moved += records.len();
             self.store(store, records, At::Tail);
         }
     }
@@ -120,7 +144,7 @@ impl Engine {
     /// newest records stay in memory. The list then holds only records older
     /// than the queue's, so the order holds.
     pub fn spill_excess(&mut self, store: &mut dyn Storage, max_events: usize, max_bytes: usize) {
-        if store.writes_paused() && self.settings.fallback_size >= 0 {
+        if (store.writes_paused() || self.hold_tail) && self.settings.fallback_size >= 0 {
             return;
         }
         let mut out = Records::default();

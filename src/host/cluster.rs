@@ -6,8 +6,9 @@
 
 use crate::bus::MSG_TYPE;
 use crate::command::Command;
+use crate::engine::Storage;
 use crate::host::commands;
-use crate::host::list::{read_opts, write_opts};
+use crate::host::list::{read_opts, write_opts, writes_paused, RedisList};
 use crate::host::{guard, state, timer};
 use crate::queue::Records;
 use crate::slots;
@@ -150,7 +151,7 @@ pub struct SlotView {
 const SLOT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Records moved from a found fallback list into ours per tick.
-const ADOPT_CHUNK: usize = 1000;
+const ADOPT_CHUNK: usize = 10_000;
 
 fn call_text(ctx: &Context, cmd: &str, args: &[&str]) -> Option<String> {
     match ctx.call_ext::<_, CallResult>(cmd, &read_opts(), args) {
@@ -200,8 +201,26 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
         Some(&slot) => slots::fallback_key(&base, &st.slots.tags, slot),
         None => String::new(),
     };
-    // Switch keys only while no record read from the list is in flight.
-    if wanted != st.list_key.key && !st.engine.list_in_flight() && st.engine.list.acked == 0 {
+    // The slot of our key moved away (resharding): the list went with it and
+    // is the new owner's to send, records read from it included. Switch at
+    // once; confirms of records read from the old key then trim nothing, and
+    // those records count as resent (the new owner sends them again).
+    let current = &st.list_key.key;
+    let lost_slot = !current.is_empty()
+        && !st
+            .slots
+            .owned
+            .contains(&slots::key_slot(current.as_bytes()));
+    // Otherwise switch keys only while no record read from the list is in flight.
+    let idle = !st.engine.list_in_flight() && st.engine.list.acked == 0;
+    if wanted != st.list_key.key && (lost_slot || idle) {
+        if lost_slot {
+            st.engine.list.reset_head();
+            crate::host::log::notice(&format!(
+                "key_evt_amqp: the slot of the fallback list '{}' moved to another node, which sends its records",
+                st.list_key.key
+            ));
+        }
         crate::host::log::notice(&format!("key_evt_amqp: fallback list is now '{wanted}'"));
         st.list_key.key = wanted;
         st.engine.list.forget();
@@ -211,28 +230,92 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
     st.slots.found.retain(|k| *k != own);
 }
 
-/// Moves a chunk of the first found fallback list to the tail of ours; the records
-/// are then drained like our own. Pop and push run in one timer tick, so they
-/// reach the AOF and the replicas together.
-pub fn adopt(ctx: &Context, st: &mut state::State) -> Option<Records> {
-    let key = st.slots.found.first()?.clone();
-    if st.list_key.key.is_empty() {
-        return None;
+/// Moves a chunk of the first found fallback list to the tail of ours; the
+/// records are then drained like our own. The chunk is read (`LRANGE`),
+/// pushed to ours without the OOM check and whatever the fallback size (the
+/// records were stored already: moving is not storing anew), and trimmed
+/// from the found list only after the push succeeded, all in one timer tick,
+/// so that the AOF and the replicas get both. Never while writes are paused.
+/// While a list is being adopted, this node's own new records wait in memory
+/// ([`Engine::hold_tail`](crate::engine::Engine::hold_tail)), so the adopted
+/// records stay contiguous and ahead of them.
+pub fn adopt(ctx: &Context, st: &mut state::State) {
+    let Some(key) = st.slots.found.first().cloned() else {
+        st.engine.hold_tail = false;
+        return;
+    };
+    if st.list_key.key.is_empty() || writes_paused() {
+        return;
     }
-    let count = ADOPT_CHUNK.to_string();
-    let mut records = Records::default();
-    if let Ok(CallReply::Array(items)) =
-        ctx.call_ext::<_, CallResult>("LPOP", &write_opts(), &[key.as_str(), count.as_str()])
-    {
-        for item in items.iter() {
-            if let Ok(CallReply::String(s)) = item {
-                records.push_with(|d| d.extend_from_slice(s.as_bytes()));
+    st.engine.hold_tail = true;
+    let last = (ADOPT_CHUNK - 1).to_string();
+    let records = match ctx.call_ext::<_, CallResult>(
+        "LRANGE",
+        &read_opts(),
+        &[key.as_str(), "0", last.as_str()],
+    ) {
+        Ok(CallReply::Array(items)) => {
+            let mut records = Records::default();
+            for item in items.iter() {
+                if let Ok(CallReply::String(s)) = item {
+                    records.push_with(|d| d.extend_from_slice(s.as_bytes()));
+                }
             }
+            records
+        }
+        other => {
+            let e = match other {
+                Err(e) => e.to_utf8_string().unwrap_or_default(),
+                Ok(_) => "unexpected reply".to_string(),
+            };
+            adopt_failed(st, &key, &format!("LRANGE: {e}"));
+            return;
+        }
+    };
+    let n = records.len();
+    if n == 0 {
+        adopt_done(st, &key);
+        return;
+    }
+    let pushed = RedisList::new(ctx, &mut st.list_key)
+        .without_oom_check()
+        .append(&records);
+    match pushed {
+        Ok(len) => st.engine.adopted(n as u64, len),
+        Err(e) => {
+            // Nothing moved; tried again next tick.
+            st.engine
+                .set_error(format!("adopting the fallback list '{key}': {e}"));
+            return;
         }
     }
-    if records.len() < ADOPT_CHUNK {
-        st.slots.found.remove(0);
-        crate::host::log::notice(&format!("key_evt_amqp: adopted the fallback list '{key}'"));
+    let from = n.to_string();
+    let trimmed =
+        ctx.call_ext::<_, CallResult>("LTRIM", &write_opts(), &[key.as_str(), from.as_str(), "-1"]);
+    if let Err(e) = trimmed {
+        // The records are in both lists: they are sent (twice at worst), and
+        // the found list is left alone rather than copied again.
+        let e = e.to_utf8_string().unwrap_or_default();
+        adopt_failed(st, &key, &format!("LTRIM: {e}"));
+        return;
     }
-    Some(records)
+    if n < ADOPT_CHUNK {
+        adopt_done(st, &key);
+    }
+}
+
+fn adopt_done(st: &mut state::State, key: &str) {
+    st.slots.found.retain(|k| k != key);
+    st.engine.hold_tail = !st.slots.found.is_empty();
+    crate::host::log::notice(&format!("key_evt_amqp: adopted the fallback list '{key}'"));
+}
+
+fn adopt_failed(st: &mut state::State, key: &str, e: &str) {
+    st.slots.found.retain(|k| k != key);
+    st.engine.hold_tail = !st.slots.found.is_empty();
+    st.engine
+        .set_error(format!("adopting the fallback list '{key}': {e}"));
+    crate::host::log::warning(&format!(
+        "key_evt_amqp: cannot adopt the fallback list '{key}': {e}"
+    ));
 }

@@ -8,7 +8,7 @@ use crate::config::{
 };
 use crate::engine::{Limits, Notice};
 use crate::host::guard;
-use crate::host::list::{writes_paused, RedisList};
+use crate::host::list::RedisList;
 use crate::host::state::{self, State};
 use redis_module::Context;
 use std::time::{Duration, Instant};
@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 /// module holds no timer, and `MODULE UNLOAD` reaches the module's own
 /// answer), and at `hz` below 10 idle ticks come once per cron.
 pub const IDLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Records one tick spills beyond what arrived since the last tick while
+/// the broker is unreachable (a few ms of `RPUSH` on the main thread).
+const SPILL_CHUNK: usize = 16_384;
 
 fn on_timer(ctx: &Context, _: ()) {
     state::with(|st| st.timer = None);
@@ -64,6 +68,7 @@ pub fn limits() -> Limits {
         burst_max: Duration::from_millis(BURST_MAX_MS.get().unsigned_abs()),
         on_unroutable: ON_UNROUTABLE.lock().map_or(Unroutable::Store, |p| *p),
         unroutable_retry_max: Duration::from_millis(UNROUTABLE_RETRY_MAX_MS.get().unsigned_abs()),
+        spill_chunk: SPILL_CHUNK,
     }
 }
 
@@ -132,12 +137,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
     }
     if st.engine.master && !st.engine.loading {
         crate::host::cluster::refresh(ctx, st, false);
-        if !writes_paused() {
-            if let Some(records) = crate::host::cluster::adopt(ctx, st) {
-                let mut list = RedisList::new(ctx, &mut st.list_key);
-                st.engine.store_tail(&mut list, records);
-            }
-        }
+        crate::host::cluster::adopt(ctx, st);
     }
     let mut list = RedisList::new(ctx, &mut st.list_key);
     st.engine.tick(&mut list, &mut st.client, &limits(), now);
