@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 const RATE_SPAN: Duration = Duration::from_millis(100);
 
 impl Engine {
+    /// A replica: reads the length of the list it holds (the master changes
+    /// it by replication), for INFO; nothing counts as lost, and the first
+    /// read after a promotion learns the length anew.
+    pub(super) fn follow_len_when_due(&mut self, store: &mut dyn Storage, now: Instant) {
+        let due = self
+            .list
+            .synced_at
+            .is_none_or(|t| now.duration_since(t) >= SYNC_IDLE);
+        if store.usable() && due {
+            self.list.synced_at = Some(now);
+            if let Ok(len) = store.read_len() {
+                self.list.len = len;
+            }
+            self.list.unknown = true;
+        }
+    }
+
     pub(super) fn sync_when_due(&mut self, store: &mut dyn Storage, now: Instant) {
         let every = if self.list.len > 0 {
             SYNC_BUSY

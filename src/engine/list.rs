@@ -23,6 +23,10 @@ pub struct ListView {
     /// Records read again because the head moved under them while they were
     /// in flight or confirmed and not trimmed (counted in `events_resent`).
     pub reread: u64,
+    /// The length was not read since a role change or a new key (or this
+    /// node is a replica, whose list the master changes): the next read
+    /// learns it and counts nothing as lost.
+    pub unknown: bool,
 }
 
 impl ListView {
@@ -44,6 +48,7 @@ impl ListView {
         self.acked = 0;
         self.epoch += 1;
         self.synced_at = None;
+        self.unknown = true;
     }
 
     /// Records not yet read from the list.
@@ -56,6 +61,11 @@ impl ListView {
     /// engine's back. Any change it did not make resets the head.
     pub fn sync(&mut self, store: &mut dyn Storage) -> Result<u64, StoreError> {
         let real = store.read_len()?;
+        if std::mem::take(&mut self.unknown) {
+            self.reset_head();
+            self.len = real;
+            return Ok(0);
+        }
         let lost = self.len.saturating_sub(real);
         if real != self.len {
             self.reset_head();
@@ -94,5 +104,29 @@ impl ListView {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::storage::MemList;
+
+    #[test]
+    fn the_first_read_after_forget_counts_nothing_as_lost() {
+        let mut store = MemList::default();
+        store.items.extend((0..5).map(|i| vec![i]));
+        // A stale length from before a role change (the new master trimmed).
+        let mut view = ListView {
+            len: 10,
+            ..ListView::default()
+        };
+        view.forget();
+        assert_eq!(view.sync(&mut store), Ok(0));
+        assert_eq!(view.len, 5);
+        // From then on, what vanishes behind the engine's back is counted.
+        store.items.drain(..2);
+        assert_eq!(view.sync(&mut store), Ok(2));
+        assert_eq!(view.len, 3);
     }
 }

@@ -375,6 +375,7 @@ impl Engine {
         }
         let waiting = self.unroutable.waiting(now, limits.unroutable_retry_max);
         if !self.master {
+            self.follow_len_when_due(store, now);
             self.send_from_memory_when_demoted(broker, limits);
             return;
         }

@@ -163,9 +163,17 @@ fn call_text(ctx: &Context, cmd: &str, args: &[&str]) -> Option<String> {
     }
 }
 
-fn exists(ctx: &Context, key: &str) -> bool {
-    matches!(ctx.call_ext::<_, CallResult>("EXISTS", &read_opts(), &[key]), Ok(CallReply::I64(n)) if n.to_i64() > 0)
+/// Whether `key` exists; `None` when the server could not say (the
+/// cluster is down for a moment, say).
+fn exists(ctx: &Context, key: &str) -> Option<bool> {
+    match ctx.call_ext::<_, CallResult>("EXISTS", &read_opts(), &[key]) {
+        Ok(CallReply::I64(n)) => Some(n.to_i64() > 0),
+        _ => None,
+    }
 }
+
+/// How soon slot ownership is read again after a look that failed.
+const SLOT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Cluster masters: re-reads slot ownership, picks the fallback key in an owned
 /// slot, and lists the fallback lists (of any node) that sit in owned slots.
@@ -187,14 +195,21 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
     let owned = slots::owned_slots(&nodes);
     let base = st.list_key.key_prefix.clone();
     if owned != st.slots.owned {
-        st.slots.owned = owned;
         let mut found = Vec::new();
-        for &slot in &st.slots.owned {
+        for &slot in &owned {
             let key = slots::fallback_key(&base, &st.slots.tags, slot);
-            if exists(ctx, &key) {
-                found.push(key);
+            match exists(ctx, &key) {
+                Some(true) => found.push(key),
+                Some(false) => {}
+                // The server could not answer (the cluster is down for a
+                // moment): look again soon, or a moved list is never found.
+                None => {
+                    st.slots.next_check = Some(now + SLOT_RETRY);
+                    return;
+                }
             }
         }
+        st.slots.owned = owned;
         st.slots.found = found;
     }
     let wanted = match st.slots.owned.first() {

@@ -147,6 +147,13 @@ impl<'a> RedisList<'a> {
 
     /// Runs a command on the key; a value of another type is moved aside
     /// first (never while writes are paused).
+    fn on_master(&self) -> bool {
+        !self
+            .ctx
+            .get_flags()
+            .contains(redis_module::ContextFlags::SLAVE)
+    }
+
     fn on_key(&mut self, cmd: &str, opts: &CallOptions, args: &[&[u8]]) -> Result<i64, StoreError> {
         let key = self.key.key.clone();
         let mut all: Vec<&[u8]> = Vec::with_capacity(args.len() + 1);
@@ -154,7 +161,8 @@ impl<'a> RedisList<'a> {
         all.extend_from_slice(args);
         let first = self.call(cmd, opts, &all).map(|r| reply_int(&r));
         let reply = match first {
-            Err(e) if is_wrongtype(&e) && !writes_paused() => {
+            // Only a master moves a value aside: a replica never writes.
+            Err(e) if is_wrongtype(&e) && !writes_paused() && self.on_master() => {
                 self.move_aside()?;
                 self.call(cmd, opts, &all).map(|r| reply_int(&r))
             }
