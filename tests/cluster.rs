@@ -548,7 +548,6 @@ fn adopting_a_moved_list_with_the_fallback_off_keeps_every_record() {
 /// Issue 16 case 7: while a moved list is adopted, the adopter's own new
 /// records (outbox mode) wait, so the adopted ones stay contiguous and go first.
 #[test]
-#[ignore = "unfinished: under a steady writer the adopter reports the cluster down and never finds the moved list (see the h-cluster report)"]
 fn adoption_keeps_the_moved_list_contiguous_and_ahead() {
     let mut sink = Sink::new(amqp_port());
     let (_closed, closed) = refused_port();
