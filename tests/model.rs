@@ -259,21 +259,29 @@ impl World {
                 self.disruptions += 1;
                 self.handovers += 1;
                 let master = !self.engine.master;
+                if !master {
+                    self.engine.before_demotion(&mut self.list);
+                }
                 self.engine.set_role(master);
+                if master {
+                    self.engine.after_promotion(&mut self.list);
+                }
             }
             Op::Shutdown => {
                 self.disruptions += 1;
                 self.handovers += 1;
                 self.engine.persist_memory(&mut self.list, &mut self.broker);
             }
+            // Clients write to a master only: a replica's list changes by
+            // replication, which the role flips stand for.
             Op::ForeignPush => {
-                if !self.list.paused {
+                if !self.list.paused && self.engine.master {
                     self.disruptions += 1;
                     self.list.items.push_front(b"foreign element".to_vec());
                 }
             }
             Op::ForeignPop => {
-                if !self.list.paused {
+                if !self.list.paused && self.engine.master {
                     self.disruptions += 1;
                     if let Some(r) = self.list.items.pop_front() {
                         self.popped += u64::from(event_id(&r).is_some());
@@ -371,6 +379,7 @@ impl World {
         self.list.refuse_writes = false;
         if !self.engine.master {
             self.engine.set_role(true);
+            self.engine.after_promotion(&mut self.list);
         }
         self.limits.queue_max_events = 1000;
         self.engine.hold_tail = false;

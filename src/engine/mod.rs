@@ -320,6 +320,34 @@ impl Engine {
         self.metrics.connected_at = None;
     }
 
+    /// Just before a demotion, while the list is still as this master left
+    /// it (replication from the new master has not begun): a last read of
+    /// its length counts what vanished behind the engine's back. After the
+    /// role change the length is learned anew, since the new master's
+    /// trims reach the list by replication and are no loss.
+    pub fn before_demotion(&mut self, store: &mut dyn Storage) {
+        if !self.master || !store.usable() {
+            return;
+        }
+        match self.list.sync(store) {
+            Ok(lost) => self.count_lost(lost),
+            Err(e) => self.set_error(format!("fallback read: {e}")),
+        }
+    }
+
+    /// Just after a promotion: the length of the list as the old master left
+    /// it (replicated) is learned now, so that from this moment on what
+    /// vanishes behind the engine's back is counted as lost.
+    pub fn after_promotion(&mut self, store: &mut dyn Storage) {
+        if !self.master || !store.usable() {
+            return;
+        }
+        if let Ok(len) = store.read_len() {
+            self.list.len = len;
+            self.list.unknown = false;
+        }
+    }
+
     /// Applies a role change. Either way the list's head is someone else's
     /// business now: the new master resends from the head (at least once),
     /// a replica never trims.

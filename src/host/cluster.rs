@@ -94,7 +94,16 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
     if st.engine.master == master {
         return;
     }
+    let selected = crate::host::list::select(ctx).is_ok();
+    if !master && selected {
+        let mut list = crate::host::list::RedisList::new(ctx, &mut st.list_key);
+        st.engine.before_demotion(&mut list);
+    }
     st.engine.set_role(master);
+    if master && selected {
+        let mut list = crate::host::list::RedisList::new(ctx, &mut st.list_key);
+        st.engine.after_promotion(&mut list);
+    }
     crate::host::log::notice(if master {
         "key_evt_amqp: this node is now a master: forwarding (fallback list first)"
     } else {
