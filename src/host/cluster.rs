@@ -221,7 +221,17 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
         st.slots.owned = owned;
         st.slots.found = found;
     }
+    // The key stays while its slot is ours: a node that gains a lower slot
+    // keeps its list (switching would send new records ahead of the old
+    // ones). Otherwise the key of the lowest owned slot, which a replica
+    // promoted in this node's place picks too.
+    let current_owned = !st.list_key.key.is_empty()
+        && st
+            .slots
+            .owned
+            .contains(&slots::key_slot(st.list_key.key.as_bytes()));
     let wanted = match st.slots.owned.first() {
+        _ if current_owned => st.list_key.key.clone(),
         Some(&slot) => slots::fallback_key(&base, &st.slots.tags, slot),
         None => String::new(),
     };
