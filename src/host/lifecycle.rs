@@ -51,24 +51,72 @@ fn is_valkey_9(ctx: &Context) -> bool {
         .is_some_and(|m| m >= 9)
 }
 
+/// The server events the crate's `redis_module!` subscribed to before
+/// `init` ran: those with a handler (it skips an event whose list is empty).
+fn subscribed_server_events() -> Vec<u64> {
+    use redis_module::server_events as ev;
+    [
+        (
+            ev::ROLE_CHANGED_SERVER_EVENTS_LIST.is_empty(),
+            raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+        ),
+        (
+            ev::LOADING_SERVER_EVENTS_LIST.is_empty(),
+            raw::REDISMODULE_EVENT_LOADING,
+        ),
+        (
+            ev::FLUSH_SERVER_EVENTS_LIST.is_empty(),
+            raw::REDISMODULE_EVENT_FLUSHDB,
+        ),
+        (
+            ev::MODULE_CHANGED_SERVER_EVENTS_LIST.is_empty(),
+            raw::REDISMODULE_EVENT_MODULE_CHANGE,
+        ),
+        (
+            ev::CONFIG_CHANGED_SERVER_EVENTS_LIST.is_empty(),
+            raw::REDISMODULE_EVENT_CONFIG,
+        ),
+        (
+            ev::CRON_SERVER_EVENTS_LIST.is_empty(),
+            raw::REDISMODULE_EVENT_CRON_LOOP,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(empty, id)| (!empty).then_some(id))
+    .collect()
+}
+
+/// A refused load: the crate subscribed the server events before `init`,
+/// and Redis 7.0 frees a module whose `OnLoad` failed without removing its
+/// listeners (the next cron event then runs freed memory). Unsubscribe them
+/// here, before the refusal reaches the server. Only those subscribed:
+/// Redis 7.0 adds a listener with a NULL callback for an event that was not.
+fn refuse_load(ctx: &Context, why: &str) -> Status {
+    crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {why}"));
+    for id in subscribed_server_events() {
+        // SAFETY: OnLoad, valid context; a NULL callback removes the listener.
+        unsafe {
+            if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
+                sub(ctx.ctx, raw::RedisModuleEvent { id, dataver: 1 }, None);
+            }
+        }
+    }
+    Status::Err
+}
+
 /// `MODULE LOAD` / `loadmodule`.
 pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     guard::install_panic_hook();
     let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
     let (types, mut settings) = match Settings::from_load_args(&raw_args) {
         Ok(v) => v,
-        Err(e) => {
-            crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
-            return Status::Err;
-        }
+        Err(e) => return refuse_load(ctx, &e.to_string()),
     };
     if let Err(e) = configs::register(ctx, &mut settings) {
-        crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
-        return Status::Err;
+        return refuse_load(ctx, &e);
     }
     if let Err(e) = crate::host::list::select(ctx) {
-        crate::host::log::warning(&format!("key_evt_amqp: MODULE LOAD refused: {e}"));
-        return Status::Err;
+        return refuse_load(ctx, &e);
     }
     let flags = ctx.get_flags();
     let is_cluster = flags.contains(ContextFlags::CLUSTER);
@@ -97,10 +145,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     let mut engine = Engine::new(settings, master);
     engine.loading = flags.contains(ContextFlags::LOADING);
     if !notify::subscribe(ctx, types.0) {
-        crate::host::log::warning(
-            "key_evt_amqp: MODULE LOAD refused: cannot subscribe to keyspace events",
-        );
-        return Status::Err;
+        return refuse_load(ctx, "cannot subscribe to keyspace events");
     }
     // Only now, with every check passed, does the module hold state.
     state::install(State {
