@@ -96,6 +96,19 @@ fn bad_config_values_are_refused_and_change_nothing() {
         let e = srv.cmd(&["CONFIG", "SET", k, v]);
         assert!(e.is_err(), "{k} {v:.20} must be refused");
     }
+    // A CONFIG SET refused on its last pair leaves nothing staged for the next one.
+    let e = srv.cmd(&[
+        "CONFIG",
+        "SET",
+        "key_evt_amqp.host",
+        "evil.example",
+        "key_evt_amqp.port",
+        "0",
+    ]);
+    assert!(e.is_err(), "port 0 must be refused");
+    srv.cmd(&["CONFIG", "SET", "key_evt_amqp.heartbeat", "7"])
+        .unwrap();
+    assert_eq!(config_get(&srv, "key_evt_amqp.heartbeat")[0].1, "7");
     let after = srv.info();
     for f in ["broker", "keymasks"] {
         assert_eq!(before[f], after[f], "{f} changed by a refused CONFIG SET");

@@ -172,12 +172,14 @@ fn call_text(ctx: &Context, cmd: &str, args: &[&str]) -> Option<String> {
     }
 }
 
-/// Whether `key` exists; `None` when the server could not say (the
-/// cluster is down for a moment, say).
+/// Whether a fallback list (or anything) exists under `key`, read through
+/// the key API, which no cluster state refuses (an `EXISTS` in a slot
+/// being migrated answers ASK); `None` when the API is missing.
 fn exists(ctx: &Context, key: &str) -> Option<bool> {
-    match ctx.call_ext::<_, CallResult>("EXISTS", &read_opts(), &[key]) {
-        Ok(CallReply::I64(n)) => Some(n.to_i64() > 0),
-        _ => None,
+    match crate::host::list::local_list_len(ctx, key.as_bytes()) {
+        Some(n) => Some(n > 0),
+        // A value of another type: something is there.
+        None => Some(true),
     }
 }
 

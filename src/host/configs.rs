@@ -100,6 +100,16 @@ fn apply_pending() -> Result<(), String> {
 
 impl SettingConfig {
     fn value(&self) -> Value {
+        // A `CONFIG SET` under way sees what it staged: when it fails, the
+        // server sets back each value that differs from its backup, which
+        // puts the staged copy back to the settings in force.
+        let staged = PENDING
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|s| self.0.get(s)));
+        if let Some(v) = staged {
+            return v;
+        }
         let now = state::with(|st| self.0.get(&st.engine.settings));
         now.or_else(|| {
             let l = LOADING.lock().ok()?;
@@ -245,6 +255,8 @@ impl ConfigurationValue<Durability> for DurabilityConfig {
 /// values given in the config file or `MODULE LOADEX`; settings given there
 /// override the positional arguments in `settings`.
 pub fn register(ctx: &Context, settings: &mut Settings) -> Result<(), String> {
+    // Nothing staged by an earlier load of this (still mapped) library.
+    forget_pending();
     *LOADING.lock().map_err(|_| "config lock poisoned")? = Some(settings.clone());
     let out = register_all(ctx);
     let taken = LOADING.lock().ok().and_then(|mut l| l.take());

@@ -217,6 +217,7 @@ pub fn unload(ctx: &Context) -> Status {
     cluster::unregister(ctx, cluster);
     shutdown::unload();
     crate::host::redact::unload();
+    configs::forget_pending();
     state::take();
     crate::host::log::notice("key_evt_amqp: unloaded");
     Status::Ok

@@ -72,6 +72,49 @@ fn err_text(r: CallResult<'_>) -> Result<CallReply<'_>, String> {
     })
 }
 
+/// What the key API says of `key` in the selected database: `Some(len)`
+/// for a list (0 when there is no key), `None` for a value of another type.
+/// No command runs and no cluster check applies: this works in the
+/// role-change event and on a key whose slot is being migrated, where
+/// `RedisModule_Call` is refused.
+pub(crate) fn local_list_len(ctx: &Context, key: &[u8]) -> Option<u64> {
+    use redis_module::raw;
+    // SAFETY: main thread, valid context; the key and the string made here
+    // are closed and freed here.
+    unsafe {
+        let (Some(create), Some(free), Some(open), Some(close), Some(kind), Some(len)) = (
+            raw::RedisModule_CreateString,
+            raw::RedisModule_FreeString,
+            raw::RedisModule_OpenKey,
+            raw::RedisModule_CloseKey,
+            raw::RedisModule_KeyType,
+            raw::RedisModule_ValueLength,
+        ) else {
+            return None;
+        };
+        let name = create(ctx.ctx, key.as_ptr().cast(), key.len());
+        if name.is_null() {
+            return None;
+        }
+        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as i32;
+        let k = open(ctx.ctx, name, mode);
+        let out = if k.is_null() {
+            Some(0)
+        } else {
+            match kind(k) as isize {
+                raw::REDISMODULE_KEYTYPE_EMPTY => Some(0),
+                raw::REDISMODULE_KEYTYPE_LIST => u64::try_from(len(k)).ok(),
+                _ => None,
+            }
+        };
+        if !k.is_null() {
+            close(k);
+        }
+        free(ctx.ctx, name);
+        out
+    }
+}
+
 /// The fallback key of this node, and what was found under it.
 #[derive(Debug, Default, Clone)]
 pub struct ListKey {
@@ -192,6 +235,10 @@ impl Storage for RedisList<'_> {
     }
 
     fn read_len(&mut self) -> Result<u64, StoreError> {
+        if let Some(n) = local_list_len(self.ctx, self.key.key.as_bytes()) {
+            return Ok(n);
+        }
+        // Another type under the key: LLEN moves it aside (on a master).
         self.on_key("LLEN", &read_opts(), &[])
             .map(|n| u64::try_from(n).unwrap_or(0))
     }
