@@ -293,9 +293,13 @@ pub fn adopt(ctx: &Context, st: &mut state::State) {
         Ok(CallReply::Array(items)) => {
             let mut records = Records::default();
             for item in items.iter() {
-                if let Ok(CallReply::String(s)) = item {
-                    records.push_with(|d| d.extend_from_slice(s.as_bytes()));
-                }
+                let Ok(CallReply::String(s)) = item else {
+                    // The trim below removes as many items as were pushed:
+                    // an item that cannot be copied must not be trimmed.
+                    adopt_failed(st, &key, "LRANGE: an element that is not a string");
+                    return;
+                };
+                records.push_with(|d| d.extend_from_slice(s.as_bytes()));
             }
             records
         }
@@ -319,7 +323,8 @@ pub fn adopt(ctx: &Context, st: &mut state::State) {
     match pushed {
         Ok(len) => st.engine.adopted(n as u64, len),
         Err(e) => {
-            // Nothing moved; tried again next tick.
+            // Nothing trimmed: tried again next tick (a push that failed
+            // part-way leaves a copy of some records: sent twice at worst).
             st.engine
                 .set_error(format!("adopting the fallback list '{key}': {e}"));
             return;

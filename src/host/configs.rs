@@ -121,7 +121,9 @@ impl SettingConfig {
     fn stage(&self, v: Value) -> Result<(), String> {
         let v = match v {
             Value::Text(t) if self.0 == Setting::Password => {
-                Value::Text(redact::resolve(t).ok_or("the password was lost (retry)")?)
+                Value::Text(redact::resolve(t).ok_or(
+                    "the password is over 1024 bytes, or was pushed out by newer ones (retry)",
+                )?)
             }
             other => other,
         };

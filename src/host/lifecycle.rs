@@ -184,7 +184,7 @@ fn unload_blocker() -> Option<&'static str> {
         return Some("the AMQP threads (lapin's executor) are running and cannot be stopped");
     }
     if crate::keymask::compiling() {
-        return Some("the key-mask automaton is being built on a thread of the module");
+        return Some("a thread of the module built a key-mask automaton");
     }
     let held = state::with(|st| {
         !st.engine.queue.is_empty() || st.engine.inflight_events() > 0 || !st.outbox.is_empty()

@@ -21,6 +21,11 @@ use std::sync::Mutex;
 /// Values waiting for their `CONFIG SET` to run, at most.
 pub const STASH_MAX: usize = 16;
 
+/// The longest password kept: the filter runs before authentication, so a
+/// client without rights must not pin much memory here. A longer value is
+/// replaced by a marker that names nothing (its `CONFIG SET` is refused).
+pub const PASSWORD_MAX: usize = 1024;
+
 const MARKER: &[u8] = b"\0kea-password:";
 const CONFIG_NAME: &[u8] = b"key_evt_amqp.password";
 
@@ -37,11 +42,17 @@ static STASH: Mutex<Stash> = Mutex::new(Stash {
 /// The filter, while one is registered.
 static FILTER: AtomicPtr<raw::RedisModuleCommandFilter> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Keeps `value`, returns the marker that names it.
+/// Keeps `value`, returns the marker that names it (one that names nothing
+/// for a value over [`PASSWORD_MAX`]).
 fn stash(value: Vec<u8>) -> Vec<u8> {
     let mut s = STASH.lock().unwrap_or_else(|e| e.into_inner());
     s.next += 1;
     let id = s.next;
+    if value.len() > PASSWORD_MAX {
+        let mut marker = MARKER.to_vec();
+        marker.extend_from_slice(b"0");
+        return marker;
+    }
     if s.values.len() >= STASH_MAX {
         s.values.pop_front();
     }
@@ -77,7 +88,6 @@ fn password_values(argv: &[&[u8]]) -> Vec<usize> {
         .step_by(2)
         .filter(|&i| argv[i].eq_ignore_ascii_case(CONFIG_NAME))
         .map(|i| i + 1)
-        .filter(|&i| !argv[i].starts_with(MARKER))
         .collect()
 }
 
@@ -118,18 +128,20 @@ fn hide(filter: *mut raw::RedisModuleCommandFilterCtx, argc: i32) {
         ) else {
             return;
         };
-        let argv: Vec<&[u8]> = (0..argc)
+        // Copies: the strings the filter hands out are freed by a replace.
+        let argv: Vec<Vec<u8>> = (0..argc)
             .map(|i| {
                 let a = get(filter, i);
                 if a.is_null() {
-                    &[][..]
+                    Vec::new()
                 } else {
-                    RedisString::string_as_slice(a)
+                    RedisString::string_as_slice(a).to_vec()
                 }
             })
             .collect();
-        let at = password_values(&argv);
-        let values: Vec<(usize, Vec<u8>)> = at.into_iter().map(|i| (i, argv[i].to_vec())).collect();
+        let refs: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+        let at = password_values(&refs);
+        let values: Vec<(usize, Vec<u8>)> = at.into_iter().map(|i| (i, argv[i].clone())).collect();
         for (i, value) in values {
             let marker = stash(value);
             let s = create(std::ptr::null_mut(), marker.as_ptr().cast(), marker.len());
@@ -203,7 +215,10 @@ mod tests {
     #[test]
     fn a_stashed_value_is_taken_once() {
         let m = stash(b"pw1".to_vec());
-        assert!(password_values(&[b"config", b"set", CONFIG_NAME, &m]).is_empty());
+        // A marker a client sends is hidden like any value (it cannot take
+        // another client's stashed password).
+        assert_eq!(password_values(&[b"config", b"set", CONFIG_NAME, &m]), [3]);
+        assert_eq!(resolve(stash(vec![b'x'; PASSWORD_MAX + 1])), None);
         assert_eq!(resolve(m.clone()), Some(b"pw1".to_vec()));
         assert_eq!(resolve(m), None);
         assert_eq!(resolve(b"plain".to_vec()), Some(b"plain".to_vec()));

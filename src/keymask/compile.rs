@@ -16,9 +16,15 @@ static QUEUE: Mutex<Queue> = Mutex::new(Queue {
     running: false,
 });
 
-/// True while a thread builds automata.
+/// True once a thread was started to build automata: its last steps run
+/// code of the library even after it took itself off the queue, so the
+/// module is never unloaded after one.
+static SPAWNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True while a thread builds automata, or once one was started.
 pub(super) fn running() -> bool {
-    QUEUE.lock().unwrap_or_else(PoisonError::into_inner).running
+    SPAWNED.load(std::sync::atomic::Ordering::Relaxed)
+        || QUEUE.lock().unwrap_or_else(PoisonError::into_inner).running
 }
 
 /// Asks for `set`'s automaton. Returns at once.
@@ -30,6 +36,7 @@ pub(super) fn request(set: &Arc<SetInner>) {
     }
     q.running = true;
     drop(q);
+    SPAWNED.store(true, std::sync::atomic::Ordering::Relaxed);
     let spawned = std::thread::Builder::new()
         .name("kea-keymask".into())
         .spawn(work);
