@@ -378,21 +378,6 @@ struct Soak {
     flags: Arc<Flags>,
 }
 
-fn scripts_rabbitmq(node: &str, args: &[&str]) -> Result<String, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq");
-    let out = std::process::Command::new(script)
-        .arg("ctl")
-        .arg(node)
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 fn signal(pid: i32, sig: &str) {
     let _ = std::process::Command::new("kill")
         .arg(format!("-{sig}"))
@@ -835,18 +820,18 @@ impl Soak {
 
     fn broker_stop(&mut self) -> String {
         let secs = 2.0 + self.rng.below(3) as f64;
-        if let Err(e) = scripts_rabbitmq(&self.broker, &["stop_app"]) {
+        if let Err(e) = common::try_rabbitmqctl(&self.broker, &["stop_app"]) {
             self.anomaly(format!("stop_app: {e}"));
         }
         self.pause(secs);
-        if let Err(e) = scripts_rabbitmq(&self.broker, &["start_app"]) {
+        if let Err(e) = common::try_rabbitmqctl(&self.broker, &["start_app"]) {
             self.anomaly(format!("start_app: {e}"));
         }
         format!("stopped for {secs} s")
     }
 
     fn broker_pid(&self) -> Option<i32> {
-        scripts_rabbitmq(&self.broker, &["eval", "list_to_integer(os:getpid())."])
+        common::try_rabbitmqctl(&self.broker, &["eval", "list_to_integer(os:getpid())."])
             .ok()
             .and_then(|s| s.trim().parse().ok())
     }
@@ -968,7 +953,7 @@ impl Soak {
         if let Some(pid) = self.broker_pid() {
             signal(pid, "CONT");
         }
-        let _ = scripts_rabbitmq(&self.broker, &["start_app"]);
+        let _ = common::try_rabbitmqctl(&self.broker, &["start_app"]);
         let (rk, x) = (self.routing_key.clone(), self.exchange.clone());
         self.set_all("maxmemory", "0");
         self.set_all("key_evt_amqp.routing-key", &rk);
@@ -1294,7 +1279,7 @@ fn soak() {
             crash_detail.push(format!("node {i} log: {:?}", &bad[..bad.len().min(3)]));
         }
     }
-    if scripts_rabbitmq(&s.broker, &["status"]).is_err() {
+    if common::try_rabbitmqctl(&s.broker, &["status"]).is_err() {
         crash_ok = false;
         crash_detail.push("broker not running".into());
     }

@@ -114,21 +114,27 @@ pub fn fault_broker() -> (u16, String) {
     (port, name)
 }
 
-/// Runs `scripts/rabbitmq ctl NODE args...` and returns its stdout.
-pub fn rabbitmqctl(node: &str, args: &[&str]) -> String {
+/// Runs `scripts/rabbitmq ctl NODE args...`: its stdout, or its stderr
+/// (or why it could not run) when it fails.
+pub fn try_rabbitmqctl(node: &str, args: &[&str]) -> Result<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq");
     let out = std::process::Command::new(script)
         .arg("ctl")
         .arg(node)
         .args(args)
         .output()
-        .expect("run rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Runs `scripts/rabbitmq ctl NODE args...` and returns its stdout; panics
+/// when it fails.
+pub fn rabbitmqctl(node: &str, args: &[&str]) -> String {
+    try_rabbitmqctl(node, args).unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"))
 }
 
 /// The OS pid of the fault broker's Erlang VM.
