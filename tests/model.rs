@@ -1,7 +1,11 @@
 //! The delivery engine against a model, without Redis: random sequences of
 //! events, acks, nacks, returns, partial acks, connection losses, blocks, spills,
-//! paused and refused writes, role flips, shutdowns, and foreign pushes and
-//! pops on the list, driven through an in-memory list and a scripted broker.
+//! paused and refused writes, role flips, loading, shutdowns, and foreign
+//! pushes and pops on the list, driven through an in-memory list and a
+//! scripted broker. Events enter through [`Engine::accept`], as from the
+//! keyspace callback: the model predicts what each becomes (skipped on a
+//! replica, while loading or for the module's own list; filtered by the key
+//! masks; queued, or in the outbox in durable mode) and checks the counters.
 //! After every step it checks the three promises:
 //!
 //! 1. nothing is lost silently: every accepted event is delivered, held
@@ -20,12 +24,36 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use redis_keyspace_amqp::amqp::Outcome;
 use redis_keyspace_amqp::config::Settings;
-use redis_keyspace_amqp::engine::{Engine, Limits, MemList};
-use redis_keyspace_amqp::event::Encoder;
+use redis_keyspace_amqp::engine::intake::hard_limit_bytes;
+use redis_keyspace_amqp::engine::{Accepted, Engine, Intake, Limits, MemList, Origin};
+use redis_keyspace_amqp::keymask::KeyMasks;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 const WINDOW: usize = 12;
+
+/// The fallback key's prefix in the model.
+const LIST_PREFIX: &str = "fb";
+
+/// The notification's server side: db 0, a fixed clock, durable or not.
+struct At {
+    outbox: bool,
+}
+
+impl Origin for At {
+    fn db(&self) -> i32 {
+        0
+    }
+    fn now_secs(&self) -> u64 {
+        1
+    }
+    fn outbox(&self) -> bool {
+        self.outbox
+    }
+}
+
+const MEMORY: At = At { outbox: false };
+const DURABLE: At = At { outbox: true };
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -48,8 +76,15 @@ enum Op {
     SmallQueue(bool),
     /// Bursts on: more than 20 events/s holds forwarding, for at most 400 ms.
     Burst(bool),
-    /// Durable mode: events of one execution unit appended to the list.
-    OutboxEvents(u8),
+    /// Durable mode: events of one execution unit appended to the list by
+    /// its job; with `true`, durable mode is switched off before the unit's
+    /// last event (the earlier ones go to the queue first).
+    OutboxEvents(u8, bool),
+    /// Notifications that are not forwarded: keys no mask matches and
+    /// writes to the fallback lists.
+    Noise(u8),
+    /// The server starts or ends loading.
+    Loading(bool),
     /// The spill while the link is down moves at most what arrived since
     /// the last tick plus this many records per tick (1, or the default).
     SmallSpill(bool),
@@ -78,7 +113,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ForeignPop),
         1 => any::<bool>().prop_map(Op::SmallQueue),
         1 => any::<bool>().prop_map(Op::Burst),
-        3 => (1u8..10).prop_map(Op::OutboxEvents),
+        3 => (1u8..10, any::<bool>()).prop_map(|(n, off)| Op::OutboxEvents(n, off)),
+        1 => (1u8..5).prop_map(Op::Noise),
+        1 => any::<bool>().prop_map(Op::Loading),
         1 => any::<bool>().prop_map(Op::SmallSpill),
         1 => any::<bool>().prop_map(Op::Adopt),
     ]
@@ -88,7 +125,6 @@ struct World {
     engine: Engine,
     list: MemList,
     broker: Scripted,
-    encoder: Encoder,
     limits: Limits,
     next_id: u64,
     now: Instant,
@@ -102,21 +138,25 @@ struct World {
     popped: u64,
     /// `accepted` at the last tick, for the bound of the spill.
     accepted_at_tick: u64,
-    /// A tick spilled more than its bound.
+    /// A tick spilled more than its bound, or `accept` answered other
+    /// than the model predicts.
     violation: Option<String>,
+    /// Notifications the model expects counted as seen and as skipped.
+    seen: u64,
+    skipped: u64,
 }
 
 impl World {
     fn new() -> Self {
         let settings = Settings {
             fallback_size: 0,
+            masks: KeyMasks::from_args(&["^k"]).expect("mask"),
             ..Settings::default()
         };
         Self {
-            engine: Engine::new(settings, true),
+            engine: Engine::new(settings, true, Intake::new("m", LIST_PREFIX, 4)),
             list: MemList::default(),
             broker: Scripted::default(),
-            encoder: Encoder::new("m"),
             limits: Limits {
                 window: WINDOW,
                 batch: 4,
@@ -136,7 +176,53 @@ impl World {
             popped: 0,
             accepted_at_tick: 0,
             violation: None,
+            seen: 0,
+            skipped: 0,
         }
+    }
+
+    /// Counts a notification as the engine must: seen while forwarding,
+    /// else skipped; true while forwarding.
+    fn forwards(&mut self) -> bool {
+        if !self.engine.master || self.engine.loading {
+            self.skipped += 1;
+            return false;
+        }
+        self.seen += 1;
+        true
+    }
+
+    /// Notes an answer other than `want`.
+    fn expect(&mut self, got: Accepted, want: Accepted) {
+        if got != want && self.violation.is_none() {
+            self.violation = Some(format!("accept answered {got:?}, the model {want:?}"));
+        }
+    }
+
+    /// One event on a key the masks match: it gets the next id when the
+    /// engine keeps it.
+    fn event(&mut self, at: &At) -> Accepted {
+        let key = format!("k{}", self.next_id);
+        let before = (
+            self.engine.queue.is_empty(),
+            self.engine.intake.outbox.is_empty(),
+        );
+        let armed = self.engine.intake.outbox_armed;
+        let got = self.engine.accept(b"set", key.as_bytes(), at);
+        if !self.forwards() {
+            self.expect(got, Accepted::Skipped);
+            return got;
+        }
+        self.next_id += 1;
+        let want = if at.outbox {
+            Accepted::Outbox { arm: !armed }
+        } else {
+            Accepted::Queued {
+                was_empty: before.0 && before.1,
+            }
+        };
+        self.expect(got, want);
+        got
     }
 
     fn tick(&mut self) {
@@ -168,34 +254,45 @@ impl World {
     fn apply(&mut self, op: &Op) {
         match *op {
             Op::Events(n) => {
-                if !self.engine.master {
-                    return;
-                }
                 for _ in 0..n {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    let key = format!("k{id}");
-                    let enc = &mut self.encoder;
-                    self.engine.accept(self.limits.batch, |out| {
-                        enc.record_into(out, 1, 0, b"set", key.as_bytes())
-                    });
+                    self.event(&MEMORY);
                 }
             }
-            Op::OutboxEvents(n) => {
-                if !self.engine.master {
-                    return;
+            Op::OutboxEvents(n, off) => {
+                for i in 0..n {
+                    let last = i + 1 == n;
+                    let at = if off && last { &MEMORY } else { &DURABLE };
+                    if let Accepted::Outbox { arm: true } = self.event(at) {
+                        // The host arms the unit's job.
+                        self.engine.intake.outbox_armed = true;
+                    }
                 }
-                let mut records = redis_keyspace_amqp::queue::Records::default();
-                for _ in 0..n {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    let key = format!("k{id}");
-                    let enc = &mut self.encoder;
-                    records.push_with(|out| enc.record_into(out, 1, 0, b"set", key.as_bytes()));
+                // The end of the unit: its job runs.
+                if self.engine.intake.outbox_armed {
+                    self.engine.flush_outbox(&mut self.list);
                 }
-                self.engine.stats.accepted += u64::from(n);
-                self.engine.append_outbox(&mut self.list, records);
             }
+            Op::Noise(n) => {
+                for i in 0..n {
+                    let key = if i % 2 == 0 {
+                        format!("x{i}")
+                    } else {
+                        format!("{LIST_PREFIX}{{{i}}}")
+                    };
+                    let got = self.engine.accept(b"set", key.as_bytes(), &MEMORY);
+                    let want = if !self.forwards() {
+                        Accepted::Skipped
+                    } else if i % 2 == 1 {
+                        // The module's own list: seen, and skipped.
+                        self.skipped += 1;
+                        Accepted::Skipped
+                    } else {
+                        Accepted::Filtered
+                    };
+                    self.expect(got, want);
+                }
+            }
+            Op::Loading(on) => self.engine.loading = on,
             Op::Tick => self.tick(),
             Op::Connect => {
                 if self.broker.connect_asked && !self.broker.connected {
@@ -318,6 +415,11 @@ impl World {
     fn check(&self) -> Result<(), TestCaseError> {
         prop_assert!(self.violation.is_none(), "{:?}", self.violation);
         let st = &self.engine.stats;
+        prop_assert_eq!(
+            (st.seen, st.skipped, st.accepted),
+            (self.seen, self.skipped, self.next_id),
+            "seen, skipped, accepted"
+        );
         let delivered: HashSet<u64> = self.broker.delivered.iter().copied().collect();
         let mut held: HashSet<u64> = self
             .engine
@@ -383,6 +485,7 @@ impl World {
         }
         self.limits.queue_max_events = 1000;
         self.engine.hold_tail = false;
+        self.engine.loading = false;
         for _ in 0..400 {
             self.tick();
             self.apply(&Op::Connect);
@@ -460,4 +563,32 @@ fn no_faults_no_duplicates() {
     w.finish().expect("drains");
     assert_eq!(w.broker.delivered, (0..w.next_id).collect::<Vec<_>>());
     assert_eq!(w.engine.stats.dropped, 0);
+}
+
+/// Past the queue's hard limit (one script writing a flood while the broker
+/// is away and nothing is spilled), events are dropped and counted.
+#[test]
+fn overflow_is_dropped_and_counted() {
+    let mut w = World::new();
+    // Records of over 1 MiB each: the queue passes the hard limit after as
+    // many events as it has MiB; the three after it are dropped.
+    let event = vec![b'e'; 1 << 20];
+    let fits = hard_limit_bytes() >> 20;
+    for _ in 0..fits + 3 {
+        let key = format!("k{}", w.next_id);
+        w.next_id += 1;
+        w.seen += 1;
+        let got = w.engine.accept(&event, key.as_bytes(), &MEMORY);
+        let want = if w.next_id as usize > fits {
+            Accepted::Dropped
+        } else {
+            Accepted::Queued {
+                was_empty: w.next_id == 1,
+            }
+        };
+        assert_eq!(got, want, "event {}", w.next_id - 1);
+    }
+    assert_eq!(w.engine.queue.len(), fits);
+    assert_eq!(w.engine.stats.dropped_overflow, 3);
+    w.check().expect("the dropped events are counted");
 }

@@ -13,10 +13,11 @@
 //!
 //! It has no Redis import: storage and broker are traits ([`Storage`],
 //! [`Broker`]), so the model test in `tests/model.rs` drives it with an
-//! in-memory list and a scripted broker. The host calls [`Engine::tick`]
-//! from the Redis timer.
+//! in-memory list and a scripted broker. The host calls [`Engine::accept`]
+//! from the keyspace callback and [`Engine::tick`] from the Redis timer.
 
 pub mod broker;
+pub mod intake;
 pub mod list;
 pub mod metrics;
 pub mod stats;
@@ -32,6 +33,7 @@ use crate::amqp::{Request, Settled};
 use crate::config::{Settings, Unroutable};
 use crate::queue::{EventQueue, Records};
 pub use broker::{Broker, LazyClient};
+pub use intake::{Accepted, Intake, Origin};
 pub use list::ListView;
 pub use stats::{Drop, Stats};
 use std::collections::VecDeque;
@@ -151,6 +153,8 @@ pub struct Engine {
     pub queue: EventQueue,
     /// The view of the fallback list.
     pub list: ListView,
+    /// The keyspace callback's side: the encoder and the outbox.
+    pub intake: Intake,
     /// Connection state.
     pub link: Link,
     /// Counters.
@@ -197,10 +201,11 @@ pub struct Engine {
 
 impl Engine {
     /// A fresh engine.
-    pub fn new(settings: Settings, master: bool) -> Self {
+    pub fn new(settings: Settings, master: bool, intake: Intake) -> Self {
         Self {
             settings,
             queue: EventQueue::default(),
+            intake,
             list: ListView::default(),
             link: Link::Idle,
             stats: Stats::default(),
@@ -229,15 +234,9 @@ impl Engine {
         }
     }
 
-    /// Accepts one event: `write` appends its record to the queue.
-    #[inline]
-    pub fn accept(&mut self, chunk: usize, write: impl FnOnce(&mut Vec<u8>)) {
-        self.stats.accepted += 1;
-        self.queue.push_with(chunk, write);
-    }
-
     /// Every record held only in memory (queue, queue batches in flight,
-    /// records waiting to go back to the list), for checks and diagnostics.
+    /// records waiting to go back to the list, the outbox), for checks and
+    /// diagnostics.
     pub fn records_in_memory(&self) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = self.returns.iter().map(<[u8]>::to_vec).collect();
         for b in &self.inflight {
@@ -248,6 +247,7 @@ impl Engine {
         for chunk in self.queue.chunks() {
             out.extend(chunk.iter().map(<[u8]>::to_vec));
         }
+        out.extend(self.intake.outbox.iter().map(<[u8]>::to_vec));
         out
     }
 

@@ -2,7 +2,7 @@
 
 use redis_module::{InfoContext, RedisResult};
 
-pub use crate::engine::stats::{Drop, Stats};
+pub use crate::engine::stats::Stats;
 
 /// A snapshot of everything INFO shows.
 #[derive(Debug, Default)]

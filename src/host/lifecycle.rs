@@ -1,8 +1,7 @@
 //! Load, unload, server events (loading, shutdown) and the INFO snapshot.
 
 use crate::config::{Settings, FALLBACK_KEY, FALLBACK_KEY_DEFAULT};
-use crate::engine::Engine;
-use crate::event::Encoder;
+use crate::engine::{Engine, Intake};
 use crate::host::info::{self, Snapshot};
 use crate::host::list::ListKey;
 use crate::host::state::{self, State};
@@ -142,7 +141,8 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         "key_evt_amqp: loaded; events '{types}', broker {}:{}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
         settings.amqp.host, settings.amqp.port, settings.amqp.exchange, settings.amqp.routing_key
     ));
-    let mut engine = Engine::new(settings, master);
+    let chunk = crate::config::BATCH_SIZE.get_usize();
+    let mut engine = Engine::new(settings, master, Intake::new(&tag, &base, chunk));
     engine.loading = flags.contains(ContextFlags::LOADING);
     if !notify::subscribe(ctx, types.0) {
         return refuse_load(ctx, "cannot subscribe to keyspace events");
@@ -151,8 +151,6 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     state::install(State {
         engine,
         types,
-        encoder: Encoder::new(&tag),
-        chunk: crate::config::BATCH_SIZE.get_usize().max(1),
         list_key: ListKey::new(key, base),
         client: Default::default(),
         timer_fast: false,
@@ -160,8 +158,6 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         last_tick: None,
         cluster: is_cluster,
         slots: Default::default(),
-        outbox: Default::default(),
-        outbox_armed: false,
     });
     cluster::register(ctx, is_cluster);
     if is_valkey_9(ctx) {
@@ -187,7 +183,9 @@ fn unload_blocker() -> Option<&'static str> {
         return Some("a thread of the module built a key-mask automaton");
     }
     let held = state::with(|st| {
-        !st.engine.queue.is_empty() || st.engine.inflight_events() > 0 || !st.outbox.is_empty()
+        !st.engine.queue.is_empty()
+            || st.engine.inflight_events() > 0
+            || !st.engine.intake.outbox.is_empty()
     });
     match held {
         Some(true) => Some("events are held in memory"),

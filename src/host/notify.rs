@@ -1,12 +1,15 @@
-//! The keyspace-notification callback: filter, encode, enqueue. No I/O.
+//! The keyspace-notification callback: translates the FFI arguments, lets
+//! [`Engine::accept`](crate::engine::Engine::accept) decide, and acts on the
+//! answer (brings the timer forward, arms the outbox job). No I/O.
 
-use crate::config::QUEUE_MAX_BYTES;
+use crate::config::OUTBOX;
+use crate::engine::{Accepted, Origin};
 use crate::event;
-use crate::host::info::Drop;
 use crate::host::{guard, outbox, state, timer};
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
+use std::sync::atomic::Ordering;
 
 /// Subscribes to the chosen event classes.
 pub fn subscribe(ctx: &Context, types: i32) -> bool {
@@ -18,26 +21,30 @@ pub fn subscribe(ctx: &Context, types: i32) -> bool {
     }
 }
 
-/// True for the fallback list of any node (`<prefix>` or `<prefix>{tag}`).
-#[inline]
-fn is_fallback_key(key: &[u8], prefix: &[u8]) -> bool {
-    // Comparing the first byte first keeps a library call off the common path.
-    key.first() == prefix.first() && key.starts_with(prefix)
+/// The notification's server side, read only when the engine keeps the event.
+struct Notification {
+    ctx: *mut raw::RedisModuleCtx,
+    /// The fallback key is known (in cluster mode, after the first tick).
+    list_key: bool,
 }
 
-/// The queue's hard limit in bytes, checked at enqueue: twice
-/// `queue-max-bytes`, and never under [`HARD_FLOOR_BYTES`], so that the
-/// events of one timer tick always fit.
-#[inline]
-pub fn hard_limit_bytes() -> usize {
-    QUEUE_MAX_BYTES
-        .get_usize()
-        .saturating_mul(2)
-        .max(HARD_FLOOR_BYTES)
-}
+impl Origin for Notification {
+    #[inline]
+    fn db(&self) -> i32 {
+        // SAFETY: the valid context Redis passed to the callback.
+        unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(self.ctx)) }
+    }
 
-/// The smallest hard limit of the queue.
-pub const HARD_FLOOR_BYTES: usize = 64 << 20;
+    #[inline]
+    fn now_secs(&self) -> u64 {
+        event::now_secs()
+    }
+
+    #[inline]
+    fn outbox(&self) -> bool {
+        OUTBOX.load(Ordering::Relaxed) && self.list_key && outbox::supported()
+    }
+}
 
 extern "C" fn on_keyspace_event(
     ctx: *mut raw::RedisModuleCtx,
@@ -53,51 +60,14 @@ extern "C" fn on_keyspace_event(
         let event = unsafe { CStr::from_ptr(event) }.to_bytes();
         let key = RedisString::string_as_slice(key);
         state::with(|st| {
-            if !st.engine.master || st.engine.loading {
-                st.engine.stats.skipped += 1;
-                return;
-            }
-            st.engine.stats.seen += 1;
-            if is_fallback_key(key, st.list_key.key_prefix.as_bytes()) {
-                // Never forward the module's own list (a loop).
-                st.engine.stats.skipped += 1;
-                return;
-            }
-            if !st.engine.settings.masks.matches(key) {
-                return;
-            }
-            st.engine.stats.accepted += 1;
-            // The timer spills the queue past its bounds; between two ticks
-            // its bytes may grow to the hard limit. Beyond it (one script or
-            // MULTI writing a flood, or writes paused) the module cannot
-            // write: the event is dropped and counted.
-            if st.engine.queue.bytes() > hard_limit_bytes() {
-                st.engine.stats.drop(Drop::Overflow, 1);
-                return;
-            }
-            // SAFETY: valid context from Redis.
-            let db = unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx)) };
-            let now = event::now_secs();
-            if outbox::wanted(st) {
-                let encoder = &mut st.encoder;
-                st.outbox
-                    .push_with(|out| encoder.record_into(out, now, db, event, key));
-                outbox::arm(&Context::new(ctx), st);
-                return;
-            }
-            if !st.outbox.is_empty() {
-                // Durable mode was switched off inside this execution unit:
-                // its earlier events go first.
-                let earlier = std::mem::take(&mut st.outbox);
-                st.engine.queue.push_records(earlier);
-            }
-            let was_empty = st.engine.queue.is_empty();
-            let encoder = &mut st.encoder;
-            st.engine.queue.push_with(st.chunk, |out| {
-                encoder.record_into(out, now, db, event, key)
-            });
-            if was_empty {
-                timer::hurry(&Context::new(ctx), st);
+            let origin = Notification {
+                ctx,
+                list_key: !st.list_key.key.is_empty(),
+            };
+            match st.engine.accept(event, key, &origin) {
+                Accepted::Queued { was_empty: true } => timer::hurry(&Context::new(ctx), st),
+                Accepted::Outbox { arm: true } => outbox::arm(&Context::new(ctx), st),
+                _ => {}
             }
         });
     });

@@ -3,7 +3,7 @@
 //! INFO) runs there, so a thread-local `RefCell` is enough.
 
 use crate::engine::{Engine, LazyClient};
-use crate::event::{Encoder, EventTypes};
+use crate::event::EventTypes;
 use crate::host::list::ListKey;
 use std::cell::RefCell;
 
@@ -12,14 +12,11 @@ pub use crate::engine::Link;
 /// Everything the module holds.
 #[derive(Debug)]
 pub struct State {
-    /// The delivery engine (queue, batches in flight, the list's view, counters).
+    /// The delivery engine (the callback's intake, the queue, batches in
+    /// flight, the list's view, counters).
     pub engine: Engine,
     /// Subscribed event classes.
     pub types: EventTypes,
-    /// Builds records.
-    pub encoder: Encoder,
-    /// Records per queue chunk (the batch size, read at each tick).
-    pub chunk: usize,
     /// The fallback key.
     pub list_key: ListKey,
     /// The AMQP side, started on first use.
@@ -34,10 +31,6 @@ pub struct State {
     pub cluster: bool,
     /// Cluster only: slot ownership and fallback lists found in owned slots.
     pub slots: crate::host::cluster::SlotView,
-    /// Durable mode: records of the current execution unit, for its job.
-    pub outbox: crate::queue::Records,
-    /// The current execution unit's job is armed.
-    pub outbox_armed: bool,
 }
 
 thread_local! {

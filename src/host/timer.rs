@@ -131,8 +131,8 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.engine.check_broker(&st.client) {
         st.client.reset();
     }
-    st.chunk = BATCH_SIZE.get_usize().max(1);
-    if !st.outbox.is_empty() {
+    st.engine.intake.chunk = BATCH_SIZE.get_usize().max(1);
+    if !st.engine.intake.outbox.is_empty() {
         crate::host::outbox::flush(ctx, st);
     }
     if st.engine.master && !st.engine.loading {

@@ -1,0 +1,309 @@
+//! The keyspace callback's decisions, in one call: [`Engine::accept`].
+//!
+//! For each notification it checks the role and loading, guards against the
+//! module's own fallback list (a loop), matches the key masks, counts,
+//! applies the queue's hard limit, and encodes the record either into the
+//! current execution unit's outbox (durable mode) or into the memory queue.
+//! The host only translates the FFI arguments and acts on the [`Accepted`]
+//! it gets back (bring the timer forward, arm the outbox job).
+
+use super::{Drop, Engine};
+use crate::config::QUEUE_MAX_BYTES;
+use crate::event::Encoder;
+use crate::queue::Records;
+
+/// The smallest hard limit of the queue.
+pub const HARD_FLOOR_BYTES: usize = 64 << 20;
+
+/// The queue's hard limit in bytes, checked at enqueue: twice
+/// `queue-max-bytes`, and never under [`HARD_FLOOR_BYTES`], so that the
+/// events of one timer tick always fit.
+#[inline]
+pub fn hard_limit_bytes() -> usize {
+    QUEUE_MAX_BYTES
+        .get_usize()
+        .saturating_mul(2)
+        .max(HARD_FLOOR_BYTES)
+}
+
+/// What became of one notification; the host acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Not for forwarding: a replica, the server loading, or the module's
+    /// own fallback list (counted in `events_skipped`).
+    Skipped,
+    /// No key mask matches the key.
+    Filtered,
+    /// The queue is past its hard limit: dropped and counted
+    /// ([`Drop::Overflow`]).
+    Dropped,
+    /// Encoded into the memory queue; `was_empty`: it is the first record
+    /// there, the host brings the timer forward.
+    Queued {
+        /// The queue was empty before.
+        was_empty: bool,
+    },
+    /// Encoded into the outbox of the current execution unit; `arm`: no job
+    /// is armed for it yet, the host arms one.
+    Outbox {
+        /// The host must arm the unit's job.
+        arm: bool,
+    },
+}
+
+/// What [`Engine::accept`] needs from the server besides the event, read
+/// only for an event it keeps (a filtered event costs no clock read).
+pub trait Origin {
+    /// The database of the notification.
+    fn db(&self) -> i32;
+    /// Seconds since the epoch, for the record's timestamp.
+    fn now_secs(&self) -> u64;
+    /// Durable mode can be used now: `durability outbox`, the fallback key
+    /// is known, and the server runs post-notification jobs (the engine
+    /// checks that the fallback list is on).
+    fn outbox(&self) -> bool;
+}
+
+/// The callback's side of the engine: the encoder and the outbox.
+#[derive(Debug)]
+pub struct Intake {
+    /// Builds records.
+    pub encoder: Encoder,
+    /// Records per queue chunk (the batch size, set at each tick).
+    pub chunk: usize,
+    /// Durable mode: records of the current execution unit, for its job.
+    pub outbox: Records,
+    /// The current execution unit's job is armed.
+    pub outbox_armed: bool,
+    /// The fallback key's prefix, which covers the lists of all nodes
+    /// (`<prefix>` or `<prefix>{tag}`); fixed at load.
+    pub list_prefix: Vec<u8>,
+}
+
+impl Intake {
+    /// An intake for the node with the short id `node`, whose fallback keys
+    /// start with `list_prefix`.
+    pub fn new(node: &str, list_prefix: &str, chunk: usize) -> Self {
+        Self {
+            encoder: Encoder::new(node),
+            chunk: chunk.max(1),
+            outbox: Records::default(),
+            outbox_armed: false,
+            list_prefix: list_prefix.as_bytes().to_vec(),
+        }
+    }
+
+    /// True for the fallback list of any node.
+    #[inline]
+    fn is_fallback_key(&self, key: &[u8]) -> bool {
+        // Comparing the first byte first keeps a library call off the common path.
+        key.first() == self.list_prefix.first() && key.starts_with(&self.list_prefix)
+    }
+}
+
+impl Engine {
+    /// Decides what becomes of one keyspace notification (`event` on
+    /// `key`), counts it, and encodes its record where it goes.
+    #[inline]
+    pub fn accept(&mut self, event: &[u8], key: &[u8], origin: &impl Origin) -> Accepted {
+        if !self.master || self.loading {
+            self.stats.skipped += 1;
+            return Accepted::Skipped;
+        }
+        self.stats.seen += 1;
+        if self.intake.is_fallback_key(key) {
+            // Never forward the module's own list (a loop).
+            self.stats.skipped += 1;
+            return Accepted::Skipped;
+        }
+        if !self.settings.masks.matches(key) {
+            return Accepted::Filtered;
+        }
+        self.stats.accepted += 1;
+        // The timer spills the queue past its bounds; between two ticks its
+        // bytes may grow to the hard limit. Beyond it (one script or MULTI
+        // writing a flood, or writes paused) the module cannot write: the
+        // event is dropped and counted.
+        if self.queue.bytes() > hard_limit_bytes() {
+            self.stats.drop(Drop::Overflow, 1);
+            return Accepted::Dropped;
+        }
+        let db = origin.db();
+        let now = origin.now_secs();
+        let intake = &mut self.intake;
+        if self.settings.fallback_size >= 0 && origin.outbox() {
+            let encoder = &mut intake.encoder;
+            intake
+                .outbox
+                .push_with(|out| encoder.record_into(out, now, db, event, key));
+            return Accepted::Outbox {
+                arm: !intake.outbox_armed,
+            };
+        }
+        if !intake.outbox.is_empty() {
+            // Durable mode was switched off inside this execution unit: its
+            // earlier events go first.
+            let earlier = std::mem::take(&mut intake.outbox);
+            self.queue.push_records(earlier);
+        }
+        let was_empty = self.queue.is_empty();
+        let encoder = &mut intake.encoder;
+        self.queue.push_with(intake.chunk, |out| {
+            encoder.record_into(out, now, db, event, key)
+        });
+        Accepted::Queued { was_empty }
+    }
+
+    /// The outbox job (or the timer, should a job not have run): appends
+    /// the current execution unit's records to the list.
+    pub fn flush_outbox(&mut self, store: &mut dyn super::Storage) {
+        self.intake.outbox_armed = false;
+        let records = std::mem::take(&mut self.intake.outbox);
+        self.append_outbox(store, records);
+    }
+
+    /// The outbox's records cannot go to the list now (no job, no list):
+    /// they wait in memory, in the queue.
+    pub fn outbox_to_queue(&mut self) {
+        self.intake.outbox_armed = false;
+        let records = std::mem::take(&mut self.intake.outbox);
+        self.queue.push_records(records);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::keymask::KeyMasks;
+
+    struct At {
+        outbox: bool,
+    }
+
+    impl Origin for At {
+        fn db(&self) -> i32 {
+            3
+        }
+        fn now_secs(&self) -> u64 {
+            7
+        }
+        fn outbox(&self) -> bool {
+            self.outbox
+        }
+    }
+
+    const MEMORY: At = At { outbox: false };
+    const DURABLE: At = At { outbox: true };
+
+    fn engine() -> Engine {
+        let settings = Settings {
+            masks: KeyMasks::from_args(&["^user:"]).expect("mask"),
+            ..Settings::default()
+        };
+        Engine::new(settings, true, Intake::new("n", "kea:fallback", 4))
+    }
+
+    #[test]
+    fn replica_and_loading_skip() {
+        let mut e = engine();
+        e.master = false;
+        assert_eq!(e.accept(b"set", b"user:1", &MEMORY), Accepted::Skipped);
+        e.master = true;
+        e.loading = true;
+        assert_eq!(e.accept(b"set", b"user:1", &MEMORY), Accepted::Skipped);
+        assert_eq!((e.stats.skipped, e.stats.seen, e.stats.accepted), (2, 0, 0));
+        assert!(e.queue.is_empty());
+    }
+
+    #[test]
+    fn own_list_is_never_forwarded() {
+        let mut e = engine();
+        e.settings.masks = KeyMasks::All;
+        for key in [&b"kea:fallback"[..], b"kea:fallback{06S}"] {
+            assert_eq!(e.accept(b"rpush", key, &MEMORY), Accepted::Skipped);
+        }
+        assert_eq!(
+            e.accept(b"set", b"kea:other", &MEMORY),
+            Accepted::Queued { was_empty: true }
+        );
+        assert_eq!((e.stats.seen, e.stats.skipped, e.stats.accepted), (3, 2, 1));
+    }
+
+    #[test]
+    fn masks_filter_without_counting() {
+        let mut e = engine();
+        assert_eq!(e.accept(b"set", b"order:1", &MEMORY), Accepted::Filtered);
+        assert_eq!(
+            e.accept(b"set", b"user:1", &MEMORY),
+            Accepted::Queued { was_empty: true }
+        );
+        assert_eq!(
+            e.accept(b"del", b"user:2", &MEMORY),
+            Accepted::Queued { was_empty: false }
+        );
+        assert_eq!((e.stats.seen, e.stats.skipped, e.stats.accepted), (3, 0, 2));
+        let records = e.records_in_memory();
+        assert_eq!(records[0], b"n-1\n7\n3\nset\nuser:1");
+        assert_eq!(records[1], b"n-2\n7\n3\ndel\nuser:2");
+    }
+
+    #[test]
+    fn overflow_is_dropped_and_counted() {
+        let mut e = engine();
+        e.settings.masks = KeyMasks::All;
+        let key = vec![b'k'; 1 << 20];
+        let mut dropped = 0;
+        for _ in 0..(hard_limit_bytes() >> 20) + 3 {
+            if e.accept(b"set", &key, &MEMORY) == Accepted::Dropped {
+                dropped += 1;
+            }
+        }
+        // Each record is over 1 MiB: the queue passes the limit after as
+        // many records as the limit has MiB, and the three after are dropped.
+        assert_eq!(dropped, 3);
+        assert_eq!(e.queue.len(), hard_limit_bytes() >> 20);
+        assert_eq!((e.stats.dropped_overflow, e.stats.dropped), (3, 3));
+        assert_eq!(e.stats.accepted, e.queue.len() as u64 + 3);
+    }
+
+    #[test]
+    fn outbox_or_queue() {
+        let mut e = engine();
+        assert_eq!(
+            e.accept(b"set", b"user:1", &DURABLE),
+            Accepted::Outbox { arm: true }
+        );
+        e.intake.outbox_armed = true;
+        assert_eq!(
+            e.accept(b"set", b"user:2", &DURABLE),
+            Accepted::Outbox { arm: false }
+        );
+        assert_eq!(e.intake.outbox.len(), 2);
+        assert!(e.queue.is_empty());
+        // Durable mode switched off inside the unit: the earlier records go
+        // to the queue first, then this one.
+        assert_eq!(
+            e.accept(b"set", b"user:3", &MEMORY),
+            Accepted::Queued { was_empty: false }
+        );
+        assert!(e.intake.outbox.is_empty());
+        let keys: Vec<Vec<u8>> = e
+            .records_in_memory()
+            .iter()
+            .map(|r| {
+                r.rsplit(|b| *b == b'\n')
+                    .next()
+                    .unwrap_or_default()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(keys, [&b"user:1"[..], b"user:2", b"user:3"]);
+        // The fallback list off: no outbox even in durable mode.
+        e.settings.fallback_size = -1;
+        assert_eq!(
+            e.accept(b"set", b"user:4", &DURABLE),
+            Accepted::Queued { was_empty: false }
+        );
+    }
+}
