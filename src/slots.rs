@@ -1,5 +1,19 @@
 //! Cluster hash slots: CRC16 of keys, a canonical hash tag for every slot,
-//! and the slots a node owns according to `CLUSTER NODES`.
+//! the slots a node owns according to `CLUSTER NODES`, and what a node
+//! knows of them ([`SlotView`]).
+
+/// What this node knows of its slots (cluster mode only).
+#[derive(Debug, Default)]
+pub struct SlotView {
+    /// Canonical hash tag of every slot (empty outside cluster mode).
+    pub tags: Vec<u32>,
+    /// Slots this node owns, sorted.
+    pub owned: Vec<u16>,
+    /// Fallback keys of this module found in owned slots, other than our own.
+    pub found: Vec<String>,
+    /// When to look at `CLUSTER NODES` again.
+    pub next_check: Option<std::time::Instant>,
+}
 
 /// Number of hash slots in Redis Cluster.
 pub const SLOTS: usize = 16384;

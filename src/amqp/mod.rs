@@ -185,6 +185,10 @@ fn fail_batch(batch: Batch, error: &str) -> Outcome {
     Outcome::Settled(Settled::failed(batch.id, error))
 }
 
+/// Batches published on one connection and not settled, with when they
+/// went out (shared by `serve` and the tasks of `publish`).
+type Pending = Arc<Mutex<std::collections::BTreeMap<u64, std::time::Instant>>>;
+
 /// Nice value of the AMQP threads, so that under load they yield the CPU to
 /// Redis: events wait in the bounded queue instead of slowing commands.
 const THREAD_NICE: i32 = 10;

@@ -1,6 +1,5 @@
 //! Publishing one batch in order, and settling it from its confirms.
 
-use super::serve::*;
 use super::*;
 
 pub(super) type PublishFuture =

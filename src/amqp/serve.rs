@@ -142,9 +142,6 @@ pub(super) enum Wake {
 /// How often [`serve`] looks at the age of the oldest unconfirmed batch.
 pub(super) const CONFIRM_CHECK: Duration = Duration::from_millis(250);
 
-/// Batches published on one connection and not settled, with when they went out.
-pub(super) type Pending = Arc<Mutex<std::collections::BTreeMap<u64, std::time::Instant>>>;
-
 /// The text RabbitMQ closes a channel with when a message is over `max_message_size`.
 pub(super) fn broker_size_limit(error: &str) -> Option<usize> {
     let rest = error.split("larger than configured max size ").nth(1)?;

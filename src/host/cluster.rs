@@ -1,98 +1,20 @@
-//! Role tracking and command broadcast over the cluster bus.
-//!
-//! Cluster messages are keyed by module name and this module's name is not
-//! 9 bytes long, so it shares module id 0 with others: every payload starts
-//! with a magic header and a version, and uses an unusual type byte.
+//! Role changes, slot ownership, and the adoption of fallback lists that
+//! moved into this node's slots. It calls nothing above it: the role-change
+//! handler (in `lifecycle`) arms the timer, and the timer runs [`refresh`]
+//! and [`adopt`].
 
-use crate::bus::MSG_TYPE;
-use crate::command::Command;
 use crate::engine::Storage;
-use crate::host::commands;
 use crate::host::list::{read_opts, write_opts, writes_paused, RedisList};
-use crate::host::{guard, state, timer};
+use crate::host::state;
 use crate::queue::Records;
 use crate::slots;
-use redis_module::server_events::ServerRole;
-use redis_module::{raw, CallReply, CallResult, Context};
-use std::os::raw::{c_char, c_uchar};
+use redis_module::{CallReply, CallResult, Context};
 
-/// Sends a command to every other node (cluster mode only).
-pub fn broadcast(ctx: &Context, cmd: &Command) {
-    if !state::with(|st| st.cluster).unwrap_or(false) {
-        return;
-    }
-    let Some(payload) = cmd.encode() else {
-        return;
-    };
-    let Ok(len) = u32::try_from(payload.len()) else {
-        return;
-    };
-    // SAFETY: main thread, valid context; a NULL target means every node.
-    unsafe {
-        if let Some(send) = raw::RedisModule_SendClusterMessage {
-            send(
-                ctx.ctx,
-                std::ptr::null_mut(),
-                MSG_TYPE,
-                payload.as_ptr().cast(),
-                len,
-            );
-        }
-    }
-}
-
-extern "C" fn on_message(
-    ctx: *mut raw::RedisModuleCtx,
-    sender: *const c_char,
-    _type: u8,
-    payload: *const c_uchar,
-    len: u32,
-) {
-    guard::run("cluster message", || {
-        if payload.is_null() {
-            return;
-        }
-        // SAFETY: Redis passes `len` readable bytes.
-        let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
-        let Some(cmd) = Command::decode(bytes) else {
-            return;
-        };
-        let ctx = Context::new(ctx);
-        // The sender id is 40 bytes, not NUL-terminated.
-        let from = if sender.is_null() {
-            String::new()
-        } else {
-            // SAFETY: Redis passes REDISMODULE_NODE_ID_LEN bytes.
-            let id = unsafe { std::slice::from_raw_parts(sender.cast::<u8>(), 40) };
-            String::from_utf8_lossy(id).into_owned()
-        };
-        let applied = cmd.map_err(|e| format!("ERR {e}")).and_then(|cmd| {
-            crate::host::log::notice(&format!(
-                "key_evt_amqp: applying broadcast {cmd} from node {from}"
-            ));
-            commands::apply(&ctx, &cmd)
-        });
-        if let Err(e) = applied {
-            crate::host::log::warning(&format!(
-                "key_evt_amqp: broadcast from node {from} refused: {e}"
-            ));
-        }
-    });
-}
-
-/// The server's replication role changed.
-#[redis_module_macros::role_changed_event_handler]
-fn on_role_changed(ctx: &Context, role: ServerRole) {
-    guard::run("role change", || {
-        let master = role == ServerRole::Primary;
-        state::with(|st| set_role(ctx, st, master));
-    });
-}
-
-/// Applies a role change.
-pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
+/// Applies a role change; true when the role changed (the caller then
+/// arms the timer).
+pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) -> bool {
     if st.engine.master == master {
-        return;
+        return false;
     }
     let selected = crate::host::list::select(ctx).is_ok();
     if !master && selected {
@@ -114,46 +36,7 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) {
         st.slots.owned.clear();
         st.slots.next_check = None;
     }
-    timer::arm(ctx, st);
-}
-
-/// In cluster mode, receives module broadcasts (the crate has no wrapper).
-pub fn register(ctx: &Context, cluster: bool) {
-    if !cluster {
-        return;
-    }
-    // SAFETY: OnLoad, valid context; `on_message` lives as long as the library.
-    unsafe {
-        if let Some(reg) = raw::RedisModule_RegisterClusterMessageReceiver {
-            reg(ctx.ctx, MSG_TYPE, Some(on_message));
-        }
-    }
-}
-
-/// Removes the receiver (a clean unload: the server does not remove it).
-pub fn unregister(ctx: &Context, cluster: bool) {
-    if !cluster {
-        return;
-    }
-    // SAFETY: valid context; a NULL callback unregisters the type.
-    unsafe {
-        if let Some(reg) = raw::RedisModule_RegisterClusterMessageReceiver {
-            reg(ctx.ctx, MSG_TYPE, None);
-        }
-    }
-}
-
-/// What this node knows of its slots (cluster mode only).
-#[derive(Debug, Default)]
-pub struct SlotView {
-    /// Canonical hash tag of every slot (empty outside cluster mode).
-    pub tags: Vec<u32>,
-    /// Slots this node owns, sorted.
-    pub owned: Vec<u16>,
-    /// Fallback keys of this module found in owned slots, other than our own.
-    pub found: Vec<String>,
-    /// When to look at `CLUSTER NODES` again.
-    pub next_check: Option<std::time::Instant>,
+    true
 }
 
 /// How often slot ownership is re-read.

@@ -1,12 +1,16 @@
-//! The module commands' entry point. Each command is parsed into a
+//! The module commands' entry points. Each command is parsed into a
 //! [`Command`], validated completely before anything changes, applied, and
-//! in cluster mode broadcast to every node.
+//! in cluster mode broadcast to every node, whose receiver applies it too.
+//!
+//! Cluster messages are keyed by module name and this module's name is not
+//! 9 bytes long, so it shares module id 0 with others: every payload starts
+//! with a magic header and a version, and uses an unusual type byte.
 
-use crate::command::{Command, LinkAction};
-use crate::config::Settings;
-use crate::host::state::{Link, State};
-use crate::host::{cluster, guard, state, timer};
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+use crate::bus::MSG_TYPE;
+use crate::command::Command;
+use crate::host::{configs, guard, state, timer};
+use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
+use std::os::raw::{c_char, c_uchar};
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("ERR {e}")
@@ -16,32 +20,15 @@ fn err(e: impl std::fmt::Display) -> String {
 pub fn apply(ctx: &Context, cmd: &Command) -> Result<(), String> {
     with_state(|st| {
         let (settings, action) = cmd.apply(&st.engine.settings).map_err(err)?;
-        use_settings(st, settings, action);
+        // What a `CONFIG SET` staged is older than this change.
+        configs::forget_pending();
+        st.use_settings(settings, action);
         timer::arm(ctx, st);
         Ok(())
     })
 }
 
-/// Puts `settings` in force and does what `action` asks of the connection
-/// (commands and `CONFIG SET` both come here).
-pub fn use_settings(st: &mut State, settings: Settings, action: LinkAction) {
-    crate::host::configs::forget_pending();
-    st.engine.settings = settings;
-    match action {
-        LinkAction::Keep => {}
-        LinkAction::Connect if st.engine.master => timer::request_connect(st),
-        // A replica connects when promoted.
-        LinkAction::Connect => st.engine.link = Link::Idle,
-        LinkAction::Reconnect => {
-            if st.engine.master && st.engine.link.active() {
-                timer::request_connect(st);
-            }
-        }
-        LinkAction::Disconnect => timer::request_disconnect(st),
-    }
-}
-
-fn with_state(f: impl FnOnce(&mut State) -> Result<(), String>) -> Result<(), String> {
+fn with_state(f: impl FnOnce(&mut state::State) -> Result<(), String>) -> Result<(), String> {
     state::with(f).unwrap_or_else(|| Err(err("module state is busy")))
 }
 
@@ -126,12 +113,102 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let args: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
         let cmd = Command::parse(&name, &args).map_err(err)?;
         apply(ctx, &cmd)?;
-        cluster::broadcast(ctx, &cmd);
+        broadcast(ctx, &cmd);
         Ok::<_, String>(())
     });
     match out {
         Some(Ok(())) => Ok(RedisValue::SimpleStringStatic("OK")),
         Some(Err(e)) => Err(RedisError::String(e)),
         None => Err(RedisError::Str("ERR internal error, see the server log")),
+    }
+}
+
+/// Sends a command to every other node (cluster mode only).
+pub fn broadcast(ctx: &Context, cmd: &Command) {
+    if !state::with(|st| st.cluster).unwrap_or(false) {
+        return;
+    }
+    let Some(payload) = cmd.encode() else {
+        return;
+    };
+    let Ok(len) = u32::try_from(payload.len()) else {
+        return;
+    };
+    // SAFETY: main thread, valid context; a NULL target means every node.
+    unsafe {
+        if let Some(send) = raw::RedisModule_SendClusterMessage {
+            send(
+                ctx.ctx,
+                std::ptr::null_mut(),
+                MSG_TYPE,
+                payload.as_ptr().cast(),
+                len,
+            );
+        }
+    }
+}
+
+extern "C" fn on_message(
+    ctx: *mut raw::RedisModuleCtx,
+    sender: *const c_char,
+    _type: u8,
+    payload: *const c_uchar,
+    len: u32,
+) {
+    guard::run("cluster message", || {
+        if payload.is_null() {
+            return;
+        }
+        // SAFETY: Redis passes `len` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
+        let Some(cmd) = Command::decode(bytes) else {
+            return;
+        };
+        let ctx = Context::new(ctx);
+        // The sender id is 40 bytes, not NUL-terminated.
+        let from = if sender.is_null() {
+            String::new()
+        } else {
+            // SAFETY: Redis passes REDISMODULE_NODE_ID_LEN bytes.
+            let id = unsafe { std::slice::from_raw_parts(sender.cast::<u8>(), 40) };
+            String::from_utf8_lossy(id).into_owned()
+        };
+        let applied = cmd.map_err(|e| format!("ERR {e}")).and_then(|cmd| {
+            crate::host::log::notice(&format!(
+                "key_evt_amqp: applying broadcast {cmd} from node {from}"
+            ));
+            apply(&ctx, &cmd)
+        });
+        if let Err(e) = applied {
+            crate::host::log::warning(&format!(
+                "key_evt_amqp: broadcast from node {from} refused: {e}"
+            ));
+        }
+    });
+}
+
+/// In cluster mode, receives module broadcasts (the crate has no wrapper).
+pub fn register(ctx: &Context, cluster: bool) {
+    if !cluster {
+        return;
+    }
+    // SAFETY: OnLoad, valid context; `on_message` lives as long as the library.
+    unsafe {
+        if let Some(reg) = raw::RedisModule_RegisterClusterMessageReceiver {
+            reg(ctx.ctx, MSG_TYPE, Some(on_message));
+        }
+    }
+}
+
+/// Removes the receiver (a clean unload: the server does not remove it).
+pub fn unregister(ctx: &Context, cluster: bool) {
+    if !cluster {
+        return;
+    }
+    // SAFETY: valid context; a NULL callback unregisters the type.
+    unsafe {
+        if let Some(reg) = raw::RedisModule_RegisterClusterMessageReceiver {
+            reg(ctx.ctx, MSG_TYPE, None);
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::config::{
     FALLBACK_KEY_DEFAULT, ON_UNROUTABLE, OUTBOX, TUNABLES,
 };
 use crate::host::rawconfig::{self, Config};
-use crate::host::{commands, outbox, redact, state};
+use crate::host::{outbox, redact, state};
 use crate::setting::{Setting, Value};
 use redis_module::configuration::{
     register_enum_configuration, register_i64_configuration, ConfigurationContext,
@@ -93,7 +93,7 @@ fn apply_pending() -> Result<(), String> {
     };
     state::with(|st| {
         let action = LinkAction::after(&st.engine.settings, &new);
-        commands::use_settings(st, new, action);
+        st.use_settings(new, action);
     })
     .ok_or_else(|| "module state is busy".to_string())
 }

@@ -5,8 +5,8 @@ use crate::engine::{Engine, Intake};
 use crate::host::info::{self, Snapshot};
 use crate::host::list::ListKey;
 use crate::host::state::{self, State};
-use crate::host::{cluster, configs, guard, notify, shutdown, timer};
-use redis_module::server_events::LoadingSubevent;
+use crate::host::{cluster, commands, configs, guard, notify, shutdown, timer};
+use redis_module::server_events::{LoadingSubevent, ServerRole};
 use redis_module::{raw, Context, ContextFlags, InfoContext, RedisResult, RedisString, Status};
 
 /// Module option that Valkey 9 needs for atomic slot migration.
@@ -159,7 +159,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         cluster: is_cluster,
         slots: Default::default(),
     });
-    cluster::register(ctx, is_cluster);
+    commands::register(ctx, is_cluster);
     if is_valkey_9(ctx) {
         ctx.set_module_options(raw::ModuleOptions::from_bits_retain(
             HANDLE_ATOMIC_SLOT_MIGRATION,
@@ -212,7 +212,7 @@ pub fn unload(ctx: &Context) -> Status {
         return Status::Err;
     }
     let cluster = state::with(|st| st.cluster).unwrap_or(false);
-    cluster::unregister(ctx, cluster);
+    commands::unregister(ctx, cluster);
     shutdown::unload();
     crate::host::redact::unload();
     configs::forget_pending();
@@ -228,6 +228,19 @@ pub fn unload(ctx: &Context) -> Status {
 fn on_cron(ctx: &Context, _hz: u64) {
     guard::run("cron", || {
         state::with(|st| timer::on_cron(ctx, st));
+    });
+}
+
+/// The server's replication role changed.
+#[redis_module_macros::role_changed_event_handler]
+fn on_role_changed(ctx: &Context, role: ServerRole) {
+    guard::run("role change", || {
+        let master = role == ServerRole::Primary;
+        state::with(|st| {
+            if cluster::set_role(ctx, st, master) {
+                timer::arm(ctx, st);
+            }
+        });
     });
 }
 

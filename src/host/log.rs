@@ -4,6 +4,7 @@
 //! through a fixed `"%s"`), and control bytes are made visible so that one
 //! call is one log line.
 
+use crate::engine::{Engine, Notice};
 use redis_module::raw;
 use std::ffi::CString;
 
@@ -46,6 +47,16 @@ pub fn notice(msg: &str) {
 /// Logs at warning level.
 pub fn warning(msg: &str) {
     emit(std::ptr::null_mut(), c"warning", msg);
+}
+
+/// Writes the engine's log lines.
+pub fn notices(engine: &mut Engine) {
+    for n in engine.take_notices() {
+        match n {
+            Notice::Notice(t) => notice(&t),
+            Notice::Warning(t) => warning(&t),
+        }
+    }
 }
 
 #[cfg(test)]

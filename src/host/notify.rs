@@ -5,7 +5,8 @@
 use crate::config::OUTBOX;
 use crate::engine::{Accepted, Origin};
 use crate::event;
-use crate::host::{guard, outbox, state, timer};
+use crate::host::state::{self, State};
+use crate::host::{guard, outbox, timer};
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
@@ -66,10 +67,33 @@ extern "C" fn on_keyspace_event(
             };
             match st.engine.accept(event, key, &origin) {
                 Accepted::Queued { was_empty: true } => timer::hurry(&Context::new(ctx), st),
-                Accepted::Outbox { arm: true } => outbox::arm(&Context::new(ctx), st),
+                Accepted::Outbox { arm: true } => arm_outbox(&Context::new(ctx), st),
                 _ => {}
             }
         });
     });
     0
+}
+
+/// Arms the job of the current execution unit, after the engine put an
+/// event's record in its outbox. If the server refuses the job, the records
+/// wait in memory instead.
+fn arm_outbox(ctx: &Context, st: &mut State) {
+    if outbox::add_job(ctx, outbox_job) {
+        st.engine.intake.outbox_armed = true;
+    } else {
+        st.engine.outbox_to_queue();
+        timer::hurry(ctx, st);
+    }
+}
+
+/// The job: the unit's records go to the list, and the timer sends them.
+fn outbox_job(ctx: &Context) {
+    guard::run("outbox job", || {
+        state::with(|st| {
+            if outbox::flush(ctx, st) {
+                timer::hurry(ctx, st);
+            }
+        });
+    });
 }

@@ -10,8 +10,7 @@
 //! forwards from the list and trims after confirms, as for any list record.
 
 use crate::host::list::{self, RedisList};
-use crate::host::state::{self, State};
-use crate::host::{guard, timer};
+use crate::host::state::State;
 use redis_module::{raw, Context, Status};
 
 /// The server has post-notification jobs (Redis 7.2+, Valkey 7.2+).
@@ -20,43 +19,29 @@ pub fn supported() -> bool {
     unsafe { raw::RedisModule_AddPostNotificationJob }.is_some()
 }
 
-/// Arms the job of the current execution unit, after the engine put an
-/// event's record in its outbox. If the server refuses the job, the records
-/// wait in memory instead.
-#[inline]
-pub fn arm(ctx: &Context, st: &mut State) {
-    if st.engine.intake.outbox_armed {
-        return;
-    }
-    let armed = ctx.add_post_notification_job(|ctx| {
-        guard::run("outbox job", || {
-            state::with(|st| flush(ctx, st));
-        });
-    });
-    if armed == Ok(Status::Ok) {
-        st.engine.intake.outbox_armed = true;
-    } else {
-        st.engine.outbox_to_queue();
-        timer::hurry(ctx, st);
-    }
+/// Asks the server to run `job` at the end of the current execution unit;
+/// false when it refuses.
+pub fn add_job(ctx: &Context, job: fn(&Context)) -> bool {
+    ctx.add_post_notification_job(job) == Ok(Status::Ok)
 }
 
 /// Appends what the outbox holds to the list (the job; the timer too, as a
-/// safety net should a job not have run).
-pub fn flush(ctx: &Context, st: &mut State) {
+/// safety net should a job not have run). True when records were appended:
+/// the caller brings the timer forward to send them.
+pub fn flush(ctx: &Context, st: &mut State) -> bool {
     if st.engine.intake.outbox.is_empty() {
         st.engine.intake.outbox_armed = false;
-        return;
+        return false;
     }
     if let Err(e) = list::select(ctx) {
         st.set_error(e);
         st.engine.outbox_to_queue();
-        return;
+        return false;
     }
     // The write that caused these events was accepted: its events must be
     // kept even over maxmemory, like the write itself.
     let mut store = RedisList::new(ctx, &mut st.list_key).without_oom_check();
     st.engine.flush_outbox(&mut store);
-    timer::log_notices(st);
-    timer::hurry(ctx, st);
+    crate::host::log::notices(&mut st.engine);
+    true
 }

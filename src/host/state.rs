@@ -2,9 +2,12 @@
 //! point that touches it (notifications, timer, commands, server events,
 //! INFO) runs there, so a thread-local `RefCell` is enough.
 
+use crate::command::LinkAction;
+use crate::config::Settings;
 use crate::engine::{Engine, LazyClient};
 use crate::event::EventTypes;
 use crate::host::list::ListKey;
+use crate::slots::SlotView;
 use std::cell::RefCell;
 
 pub use crate::engine::Link;
@@ -25,12 +28,12 @@ pub struct State {
     pub timer_fast: bool,
     /// The armed timer, if any.
     pub timer: Option<u64>,
-    /// When the last tick ran (the cron arms an idle tick after [`crate::host::timer::IDLE_INTERVAL`]).
+    /// When the last tick ran (the cron arms an idle tick when it is old).
     pub last_tick: Option<std::time::Instant>,
     /// This node runs in cluster mode.
     pub cluster: bool,
     /// Cluster only: slot ownership and fallback lists found in owned slots.
-    pub slots: crate::host::cluster::SlotView,
+    pub slots: SlotView,
 }
 
 thread_local! {
@@ -61,5 +64,23 @@ impl State {
     /// Records the error shown in INFO.
     pub fn set_error(&mut self, e: impl Into<String>) {
         self.engine.set_error(e);
+    }
+
+    /// Puts `settings` in force and does what `action` asks of the
+    /// connection (commands and `CONFIG SET` both come here).
+    pub fn use_settings(&mut self, settings: Settings, action: LinkAction) {
+        self.engine.settings = settings;
+        match action {
+            LinkAction::Keep => {}
+            LinkAction::Connect if self.engine.master => self.engine.connect(&mut self.client),
+            // A replica connects when promoted.
+            LinkAction::Connect => self.engine.link = Link::Idle,
+            LinkAction::Reconnect => {
+                if self.engine.master && self.engine.link.active() {
+                    self.engine.connect(&mut self.client);
+                }
+            }
+            LinkAction::Disconnect => self.engine.disconnect(&mut self.client),
+        }
     }
 }

@@ -6,8 +6,9 @@ use crate::config::{
     Unroutable, BATCH_SIZE, BURST_MAX_MS, BURST_RATE, FLUSH_INTERVAL_MS, INFLIGHT_MAX,
     ON_UNROUTABLE, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS, UNROUTABLE_RETRY_MAX_MS,
 };
-use crate::engine::{Limits, Notice};
+use crate::engine::Limits;
 use crate::host::guard;
+
 use crate::host::list::RedisList;
 use crate::host::state::{self, State};
 use redis_module::Context;
@@ -101,26 +102,6 @@ pub fn hurry(ctx: &Context, st: &mut State) {
     arm(ctx, st);
 }
 
-/// Writes the engine's log lines.
-pub fn log_notices(st: &mut State) {
-    for n in st.engine.take_notices() {
-        match n {
-            Notice::Notice(t) => crate::host::log::notice(&t),
-            Notice::Warning(t) => crate::host::log::warning(&t),
-        }
-    }
-}
-
-/// Asks the AMQP side to connect with the current settings.
-pub fn request_connect(st: &mut State) {
-    st.engine.connect(&mut st.client);
-}
-
-/// Asks the AMQP side to disconnect and stay disconnected.
-pub fn request_disconnect(st: &mut State) {
-    st.engine.disconnect(&mut st.client);
-}
-
 /// One flush.
 pub fn tick(ctx: &Context, st: &mut State) {
     let now = Instant::now();
@@ -132,8 +113,8 @@ pub fn tick(ctx: &Context, st: &mut State) {
         st.client.reset();
     }
     st.engine.intake.chunk = BATCH_SIZE.get_usize().max(1);
-    if !st.engine.intake.outbox.is_empty() {
-        crate::host::outbox::flush(ctx, st);
+    if !st.engine.intake.outbox.is_empty() && crate::host::outbox::flush(ctx, st) {
+        hurry(ctx, st);
     }
     if st.engine.master && !st.engine.loading {
         crate::host::cluster::refresh(ctx, st, false);
@@ -144,7 +125,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if std::mem::take(&mut st.engine.want_slot_refresh) {
         crate::host::cluster::refresh(ctx, st, true);
     }
-    log_notices(st);
+    crate::host::log::notices(&mut st.engine);
 }
 
 /// Moves the whole in-memory queue to the tail of the list.
@@ -154,7 +135,7 @@ pub fn spill(ctx: &Context, st: &mut State) {
     }
     let mut list = RedisList::new(ctx, &mut st.list_key);
     st.engine.spill(&mut list);
-    log_notices(st);
+    crate::host::log::notices(&mut st.engine);
 }
 
 /// Writes everything held only in memory to the list (before SHUTDOWN).
@@ -165,5 +146,5 @@ pub fn persist_memory(ctx: &Context, st: &mut State) {
     }
     let mut list = RedisList::new(ctx, &mut st.list_key);
     st.engine.persist_memory(&mut list, &mut st.client);
-    log_notices(st);
+    crate::host::log::notices(&mut st.engine);
 }
