@@ -1,5 +1,5 @@
 //! INFO figures beyond the counters: confirm latency, connection uptime,
-//! and the age of the oldest record waiting in the fallback list.
+//! and the age of the oldest event waiting in the fallback list and in memory.
 
 mod common;
 
@@ -127,4 +127,58 @@ fn module_memory_counts_the_events_held_in_memory() {
             figures,
         );
     }
+}
+
+/// INFO shows how old the oldest event is in memory and in the fallback
+/// list: with the broker stalled (a proxy that stops forwarding) the events
+/// held in memory age; past the queue's bound the oldest queued go to the
+/// list, whose head then ages too; once the broker is back both fall to 0.
+#[test]
+fn the_oldest_event_ages_in_memory_and_in_the_list() {
+    let kind = Kind::Redis;
+    let mut sink = Sink::new(amqp_port());
+    let proxy = Proxy::new(amqp_port());
+    // Long heartbeats: the stalled link stays up while the test looks.
+    let args = ModuleArgs::new(&sink)
+        .port(proxy.port)
+        .heartbeat(60)
+        .build();
+    let srv = Server::start(kind, &args, &[]);
+    let set = |name: &str, value: &str| {
+        srv.cmd(&["CONFIG", "SET", &format!("key_evt_amqp.{name}"), value])
+            .unwrap();
+    };
+    set("inflight-max", "10");
+    set("batch-size", "10");
+    srv.set_keys(&["warm"]);
+    sink.expect_keys(&["warm"], T);
+    wait_for("warm confirmed", T, || srv.stat("events_confirmed") == 1);
+    assert_eq!(srv.stat("oldest_memory_age_ms"), 0);
+    assert_eq!(srv.stat("oldest_list_age_ms"), 0);
+    proxy.stall(true);
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    srv.set_keys(&keys);
+    wait_for("held in memory", T, || {
+        srv.stat("queue_len") + srv.stat("inflight") == 100
+    });
+    let first = srv.stat("oldest_memory_age_ms");
+    wait_for("the memory age grows", T, || {
+        srv.stat("oldest_memory_age_ms") >= (first + 1000).max(1500)
+    });
+    assert_eq!(srv.stat("fallback_len"), 0);
+    assert_eq!(srv.stat("oldest_list_age_ms"), 0);
+    // Past the queue's bound the oldest queued records go to the list.
+    set("queue-max-events", "1");
+    wait_for("spilled", T, || srv.stat("fallback_len") > 0);
+    wait_for("the list age shows", T, || {
+        srv.stat("oldest_list_age_ms") >= 1500
+    });
+    proxy.stall(false);
+    set("queue-max-events", "1000000");
+    sink.expect_sequence("k", 100, T);
+    wait_for("drained, both ages back to 0", T, || {
+        srv.stat("fallback_len") == 0
+            && srv.stat("oldest_memory_age_ms") == 0
+            && srv.stat("oldest_list_age_ms") == 0
+    });
 }

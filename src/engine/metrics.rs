@@ -1,5 +1,6 @@
 //! Figures for INFO: confirm latency over the last minute, connection
-//! uptime, and the age of the oldest record in the fallback list.
+//! uptime, and the age of the oldest record in the fallback list and in
+//! memory.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -72,6 +73,13 @@ impl Metrics {
     }
 }
 
+/// Milliseconds from a record's timestamp (whole seconds since the epoch)
+/// to `now_ms`; 0 without a record. The timestamp is cut to the second, so
+/// the age reads up to 1 s high.
+pub fn age_ms(ts: Option<u64>, now_ms: u64) -> u64 {
+    ts.map_or(0, |ts| now_ms.saturating_sub(ts.saturating_mul(1000)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +104,8 @@ mod tests {
         assert_eq!(m.latency_percentile(later, 50), None);
         m.oldest_record_ts = Some(100);
         assert_eq!(m.oldest_age(130), 30);
+        assert_eq!(age_ms(m.oldest_record_ts, 130_250), 30_250);
+        assert_eq!(age_ms(None, 130_250), 0);
+        assert_eq!(age_ms(Some(200), 130_250), 0);
     }
 }

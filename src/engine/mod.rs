@@ -251,6 +251,26 @@ impl Engine {
         out
     }
 
+    /// The timestamp (seconds since the epoch) of the oldest record held
+    /// only in memory, for INFO: the earliest of the first record of each
+    /// place records wait (records going back to the list, queue batches in
+    /// flight, the queue, the outbox). A few records are read, never all.
+    pub fn oldest_in_memory(&self) -> Option<u64> {
+        let inflight = self
+            .inflight
+            .iter()
+            .filter(|b| !b.stored)
+            .filter_map(|b| b.records.as_ref().and_then(|r| r.get(0)));
+        self.returns
+            .get(0)
+            .into_iter()
+            .chain(inflight)
+            .chain(self.queue.chunks().find_map(|c| c.get(0)))
+            .chain(self.intake.outbox.get(0))
+            .filter_map(|r| crate::event::split(r).map(|p| p.timestamp))
+            .min()
+    }
+
     /// Records published and not settled.
     pub fn inflight_events(&self) -> usize {
         self.inflight_events

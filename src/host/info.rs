@@ -57,6 +57,10 @@ pub struct Snapshot {
     pub last_error: String,
     /// Seconds since the oldest record in the fallback list happened.
     pub fallback_oldest_age_seconds: u64,
+    /// Milliseconds since the oldest event held only in memory happened (0: none).
+    pub oldest_memory_age_ms: u64,
+    /// Milliseconds since the oldest record in the fallback list happened (0: empty).
+    pub oldest_list_age_ms: u64,
     /// Confirm latency over the last minute, p50 and p99, in ms (0: none).
     pub confirm_latency_ms: (u64, u64),
     /// Seconds the broker connection has been up.
@@ -129,6 +133,8 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("keymask_bytes", s.keymask_bytes as u64),
         ("fallback_moved_aside", s.fallback_moved_aside),
         ("fallback_oldest_age_seconds", s.fallback_oldest_age_seconds),
+        ("oldest_memory_age_ms", s.oldest_memory_age_ms),
+        ("oldest_list_age_ms", s.oldest_list_age_ms),
         ("confirm_latency_p50_ms", s.confirm_latency_ms.0),
         ("confirm_latency_p99_ms", s.confirm_latency_ms.1),
         ("connection_uptime_seconds", s.connection_uptime_seconds),

@@ -1,6 +1,7 @@
 //! Load, unload, server events (loading, shutdown) and the INFO snapshot.
 
 use crate::config::{Settings, FALLBACK_KEY, FALLBACK_KEY_DEFAULT};
+use crate::engine::metrics::age_ms;
 use crate::engine::{Engine, Intake};
 use crate::host::info::{self, Snapshot};
 use crate::host::list::ListKey;
@@ -271,6 +272,9 @@ fn on_config_changed(ctx: &Context, names: &[&str]) {
 
 /// Fills `INFO key_evt_amqp`.
 pub fn info(ctx: &InfoContext) -> RedisResult<()> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let snap = state::with(|st| Snapshot {
         stats: crate::engine::Stats {
             resent: st.engine.stats.resent + st.engine.list.reread,
@@ -306,6 +310,13 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
             st.engine.settings.amqp.host, st.engine.settings.amqp.port
         ),
         fallback_oldest_age_seconds: st.engine.metrics.oldest_age(crate::event::now_secs()),
+        oldest_memory_age_ms: age_ms(st.engine.oldest_in_memory(), now_ms),
+        // The head record as the last tick read it (no read here).
+        oldest_list_age_ms: if st.engine.list.len > 0 {
+            age_ms(st.engine.metrics.oldest_record_ts, now_ms)
+        } else {
+            0
+        },
         confirm_latency_ms: {
             let now = std::time::Instant::now();
             let ms = |p| {
