@@ -379,6 +379,10 @@ mod tests {
             bad(&["h", "1", "u", "p", "1", "e", "r", "1", "ten"]).contains("fallback_storage_size")
         );
         assert!(bad(&[""]).contains("host"));
+        assert!(bad(&["a,,b"]).contains("host"));
+        assert!(bad(&["::1"]).contains("brackets"));
+        let list = Settings::default().with_args(&["a:5673,[::1],b"]).unwrap();
+        assert_eq!(list.amqp.host, "a:5673,[::1],b");
         let e = Settings::from_load_args(&["xq"]).unwrap_err().to_string();
         assert!(e.contains("event_types") && e.contains('q'), "{e}");
     }

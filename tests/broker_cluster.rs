@@ -179,8 +179,11 @@ fn failover_run(mode: Kill) {
     let written = Arc::new(AtomicUsize::new(0));
     // 100 keys every 10 ms: a steady 10,000 events/s for 2 s.
     let writer = steady_stream(&srv, "k", EVENTS, 100, Arc::clone(&written));
-    wait_for("a third of the stream written", T, || {
-        written.load(Ordering::SeqCst) >= EVENTS / 3
+    // SIGKILL a third of the way through; `stop_app` as the stream starts:
+    // its command needs a second or two before the node stops.
+    let at = if mode == Kill::Sigkill { EVENTS / 3 } else { 0 };
+    wait_for("the stream under way", T, || {
+        written.load(Ordering::SeqCst) >= at
     });
     let confirmed_before = srv.stat("events_confirmed");
     let killed_at = Instant::now();
@@ -209,7 +212,7 @@ fn failover_run(mode: Kill) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if lost.is_none() && now != connected {
-            lost = Some(killed_at.elapsed());
+            lost = Some((killed_at.elapsed(), written.load(Ordering::SeqCst)));
         }
         if !now.is_empty() && now != connected && confirmed > confirmed_before {
             took = Some(killed_at.elapsed());
@@ -233,11 +236,12 @@ fn failover_run(mode: Kill) {
     let (missing, dups) = missing_and_duplicates(&keys, "k", EVENTS);
     let info = srv.info();
     eprintln!(
-        "failover ({mode:?}): {EVENTS} events in {:.2} s; kill to first event confirmed through {}: {} ms (the module saw the loss after {} ms); missing {missing}, duplicates {dups} (resent {}), broker_failovers {}",
+        "failover ({mode:?}): {EVENTS} events in {:.2} s; kill to first event confirmed through {}: {} ms (the module saw the loss after {} ms, {} events written then); missing {missing}, duplicates {dups} (resent {}), broker_failovers {}",
         stream_time.as_secs_f64(),
         info["broker_connected"],
         took.as_millis(),
-        lost.unwrap_or_default().as_millis(),
+        lost.unwrap_or_default().0.as_millis(),
+        lost.unwrap_or_default().1,
         info["events_resent"],
         info["broker_failovers"],
     );
