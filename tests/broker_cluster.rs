@@ -177,8 +177,11 @@ fn failover_run(mode: Kill) {
         .port;
 
     let written = Arc::new(AtomicUsize::new(0));
-    // 100 keys every 10 ms: a steady 10,000 events/s for 2 s.
-    let writer = steady_stream(&srv, "k", EVENTS, 100, Arc::clone(&written));
+    // SIGKILL: 100 keys every 10 ms, a steady 10,000 events/s for 2 s.
+    // `stop_app`: 4,000 events/s for 5 s, so that the stop, which its
+    // command takes one to four seconds to make, lands inside the stream.
+    let per_tick = if mode == Kill::Sigkill { 100 } else { 40 };
+    let writer = steady_stream(&srv, "k", EVENTS, per_tick, Arc::clone(&written));
     // SIGKILL a third of the way through; `stop_app` as the stream starts:
     // its command needs a second or two before the node stops.
     let at = if mode == Kill::Sigkill { EVENTS / 3 } else { 0 };
