@@ -26,6 +26,9 @@ pub enum ConfigError {
     /// Key masks beyond the limits.
     #[error("invalid keymask: {0}")]
     Mask(#[from] MaskError),
+    /// A bad `uri` (the text names the entry, never the URI).
+    #[error("invalid uri '***': {0}")]
+    Uri(String),
     /// A command got the wrong number of arguments.
     #[error("wrong number of arguments")]
     Arity,
@@ -62,6 +65,23 @@ pub struct AmqpSettings {
     /// PEM file of the CA(s) that sign the broker's certificate; empty:
     /// the system's trusted roots.
     pub tls_ca_file: String,
+    /// `amqp://`/`amqps://` URI, or a comma-separated list of them; when
+    /// set it wins over `host`, `port` and `tls` (see [`crate::endpoint::targets`]).
+    /// Secret: it may hold a password.
+    pub uri: Secret,
+    /// How the entries of the list are tried.
+    pub host_order: crate::endpoint::HostOrder,
+    /// PEM file of the client certificate (mutual TLS); empty: none.
+    pub tls_cert_file: String,
+    /// PEM file of the client certificate's private key.
+    pub tls_key_file: String,
+    /// The name checked against the broker's certificate (and sent as
+    /// SNI); empty: the entry's host.
+    pub tls_server_name: String,
+    /// Verify the broker's certificate (`tls-verify`).
+    pub tls_verify: bool,
+    /// SASL EXTERNAL instead of PLAIN (`auth-mechanism external`).
+    pub external: bool,
     /// Put the `event`, `db`, `key` and `node` headers on every message.
     /// They cost the broker about a third of its publish rate (it decodes
     /// the table of every message), so a consumer that reads the body can
@@ -112,6 +132,13 @@ impl Default for AmqpSettings {
             vhost: "/".into(),
             tls: false,
             tls_ca_file: String::new(),
+            uri: Secret::default(),
+            host_order: crate::endpoint::HostOrder::Ordered,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_server_name: String::new(),
+            tls_verify: true,
+            external: false,
             headers: true,
         }
     }
@@ -147,7 +174,7 @@ const TOO_LONG: &str = "too long (255 bytes at most)";
 pub(crate) fn text(name: &'static str, v: &[u8]) -> Result<String, ConfigError> {
     let invalid = |reason| ConfigError::Invalid {
         name,
-        value: if name == "password" {
+        value: if name == "password" || name == "uri" {
             "***".into()
         } else {
             crate::keymask::printable(v)
@@ -238,6 +265,13 @@ impl Settings {
                             reason: "must not be empty",
                         });
                     }
+                    crate::endpoint::parse_hosts(&s.amqp.host).map_err(|reason| {
+                        ConfigError::Invalid {
+                            name: "host",
+                            value: crate::keymask::printable(v),
+                            reason,
+                        }
+                    })?;
                 }
                 1 => {
                     let port: u32 = number("port", v, "must be 1..65535")?;
@@ -345,6 +379,10 @@ mod tests {
             bad(&["h", "1", "u", "p", "1", "e", "r", "1", "ten"]).contains("fallback_storage_size")
         );
         assert!(bad(&[""]).contains("host"));
+        assert!(bad(&["a,,b"]).contains("host"));
+        assert!(bad(&["::1"]).contains("brackets"));
+        let list = Settings::default().with_args(&["a:5673,[::1],b"]).unwrap();
+        assert_eq!(list.amqp.host, "a:5673,[::1],b");
         let e = Settings::from_load_args(&["xq"]).unwrap_err().to_string();
         assert!(e.contains("event_types") && e.contains('q'), "{e}");
     }

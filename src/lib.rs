@@ -10,6 +10,7 @@ pub mod amqp;
 pub mod bus;
 pub mod command;
 pub mod config;
+pub mod endpoint;
 pub mod engine;
 pub mod event;
 #[doc(hidden)]

@@ -2,7 +2,8 @@
 //! read from and written to the same [`Settings`] that the positional load
 //! arguments and the commands change. Pure: no Redis import.
 
-use crate::config::{text, ConfigError, Settings};
+use crate::config::{text, ConfigError, Secret, Settings};
+use crate::endpoint::HostOrder;
 use crate::keymask::KeyMasks;
 
 /// One setting, exposed as a module config.
@@ -37,6 +38,21 @@ pub enum Setting {
     TlsCaFile,
     /// `headers`: `yes` puts the `event`, `db`, `key` and `node` headers on each message
     Headers,
+    /// `uri`: `amqp://`/`amqps://` URI or a comma-separated list of them
+    /// (hidden from `CONFIG GET` patterns, redacted in logs)
+    Uri,
+    /// `host-order`: `ordered` or `random`
+    HostOrder,
+    /// `tls-cert-file`: PEM client certificate (mutual TLS)
+    TlsCertFile,
+    /// `tls-key-file`: PEM private key of the client certificate
+    TlsKeyFile,
+    /// `tls-server-name`: the name checked in the broker's certificate
+    TlsServerName,
+    /// `tls-verify`: `no` accepts any broker certificate (warned at every connect)
+    TlsVerify,
+    /// `auth-mechanism`: `plain` or `external`
+    AuthMechanism,
 }
 
 /// A setting's value: text (binary-safe) or a number.
@@ -50,7 +66,7 @@ pub enum Value {
 
 impl Setting {
     /// Every setting, in the order of the README's table.
-    pub const ALL: [Setting; 14] = [
+    pub const ALL: [Setting; 21] = [
         Self::Host,
         Self::Port,
         Self::Vhost,
@@ -65,6 +81,13 @@ impl Setting {
         Self::Tls,
         Self::TlsCaFile,
         Self::Headers,
+        Self::Uri,
+        Self::HostOrder,
+        Self::TlsCertFile,
+        Self::TlsKeyFile,
+        Self::TlsServerName,
+        Self::TlsVerify,
+        Self::AuthMechanism,
     ];
 
     /// The config name, without the module prefix.
@@ -84,6 +107,13 @@ impl Setting {
             Self::Tls => "tls",
             Self::TlsCaFile => "tls-ca-file",
             Self::Headers => "headers",
+            Self::Uri => "uri",
+            Self::HostOrder => "host-order",
+            Self::TlsCertFile => "tls-cert-file",
+            Self::TlsKeyFile => "tls-key-file",
+            Self::TlsServerName => "tls-server-name",
+            Self::TlsVerify => "tls-verify",
+            Self::AuthMechanism => "auth-mechanism",
         }
     }
 
@@ -110,7 +140,7 @@ impl Setting {
             Self::RoutingKey => Some(6),
             Self::DeliveryMode => Some(7),
             Self::FallbackSize => Some(8),
-            Self::Vhost | Self::Keymasks | Self::Tls | Self::TlsCaFile | Self::Headers => None,
+            _ => None,
         }
     }
 
@@ -133,6 +163,13 @@ impl Setting {
             Self::Tls => t(yes_no(a.tls)),
             Self::TlsCaFile => t(&a.tls_ca_file),
             Self::Headers => t(yes_no(a.headers)),
+            Self::Uri => t(a.uri.expose()),
+            Self::HostOrder => t(a.host_order.name()),
+            Self::TlsCertFile => t(&a.tls_cert_file),
+            Self::TlsKeyFile => t(&a.tls_key_file),
+            Self::TlsServerName => t(&a.tls_server_name),
+            Self::TlsVerify => t(yes_no(a.tls_verify)),
+            Self::AuthMechanism => t(if a.external { "external" } else { "plain" }),
         }
     }
 
@@ -154,6 +191,32 @@ impl Setting {
             Self::Tls => out.amqp.tls = parse_yes_no("tls", &bytes)?,
             Self::TlsCaFile => out.amqp.tls_ca_file = text("tls-ca-file", &bytes)?,
             Self::Headers => out.amqp.headers = parse_yes_no("headers", &bytes)?,
+            Self::Uri => out.amqp.uri = uri(&bytes)?,
+            Self::HostOrder => {
+                out.amqp.host_order =
+                    HostOrder::parse(&bytes).ok_or_else(|| ConfigError::Invalid {
+                        name: "host-order",
+                        value: crate::keymask::printable(&bytes),
+                        reason: "must be ordered or random",
+                    })?
+            }
+            Self::TlsCertFile => out.amqp.tls_cert_file = text("tls-cert-file", &bytes)?,
+            Self::TlsKeyFile => out.amqp.tls_key_file = text("tls-key-file", &bytes)?,
+            Self::TlsServerName => out.amqp.tls_server_name = text("tls-server-name", &bytes)?,
+            Self::TlsVerify => out.amqp.tls_verify = parse_yes_no("tls-verify", &bytes)?,
+            Self::AuthMechanism => {
+                out.amqp.external = match bytes.as_slice() {
+                    b"plain" => false,
+                    b"external" => true,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            name: "auth-mechanism",
+                            value: crate::keymask::printable(&bytes),
+                            reason: "must be plain or external",
+                        })
+                    }
+                }
+            }
             _ => {
                 let masks =
                     crate::keymask::text::split(&bytes).map_err(|e| ConfigError::Invalid {
@@ -166,6 +229,28 @@ impl Setting {
         }
         Ok(out)
     }
+}
+
+/// The longest `uri` value, in bytes.
+pub const URI_MAX: usize = 1024;
+
+/// Checks a `uri` value (empty: none); the error never shows it.
+fn uri(bytes: &[u8]) -> Result<Secret, ConfigError> {
+    let invalid = |reason| ConfigError::Invalid {
+        name: "uri",
+        value: "***".into(),
+        reason,
+    };
+    if bytes.len() > URI_MAX {
+        return Err(invalid("too long (1024 bytes at most)"));
+    }
+    let s = std::str::from_utf8(bytes).map_err(|_| invalid("must be UTF-8"))?;
+    if s.contains('\0') {
+        return Err(invalid("must not contain NUL bytes"));
+    }
+    // The reason names the entry and what is wrong, never the text.
+    crate::endpoint::parse_uri_list(s).map_err(ConfigError::Uri)?;
+    Ok(Secret::new(s))
 }
 
 /// A flag as its config text.

@@ -9,8 +9,11 @@
 //! connector hook, and a duplicate of its descriptor is kept: shutting it
 //! down ends lapin's I/O thread and the attempt with it.
 
+use super::tls::Tls;
 use super::*;
+use crate::endpoint::Target;
 use lapin::tcp::AsyncTcpStream;
+use lapin::uri::SASLMechanism;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::time::Instant;
 
@@ -89,22 +92,32 @@ fn abandoned() -> std::io::Error {
 /// attempt. An attempt that times out or is replaced shuts its connection
 /// down (or refuses one that comes later), so that lapin's I/O thread ends;
 /// one that failed on its own leaves lapin to close what it opened.
-/// `connect-timeout-ms` is read when the attempt starts.
+/// `connect-timeout-ms` (or the URI's `connection_timeout`) is read when
+/// the attempt starts.
 pub(super) async fn try_open(
     settings: &AmqpSettings,
+    target: &Target,
     rx: &Receiver<Request>,
     tx: &Sender<Outcome>,
 ) -> Attempt {
     enum Step {
-        Opened(Result<(Connection, Channel), String>),
+        Opened(Result<Box<(Connection, Channel)>, String>),
         TimedOut,
         Req(Result<Request, async_channel::RecvError>),
     }
-    let ms = crate::config::CONNECT_TIMEOUT_MS.get().unsigned_abs();
+    let ms = target
+        .connection_timeout_ms
+        .unwrap_or_else(|| crate::config::CONNECT_TIMEOUT_MS.get().unsigned_abs());
     let deadline = Instant::now() + Duration::from_millis(ms);
     let socket = Socket::new();
     let opening = future::or(
-        async { Step::Opened(open(settings, &socket, deadline).await) },
+        async {
+            Step::Opened(
+                open(settings, target, &socket, deadline)
+                    .await
+                    .map(Box::new),
+            )
+        },
         async {
             sleep_ms(ms).await;
             Step::TimedOut
@@ -115,7 +128,10 @@ pub(super) async fn try_open(
     loop {
         let step = future::or(&mut opening, async { Step::Req(rx.recv().await) }).await;
         let (attempt, cut) = match step {
-            Step::Opened(Ok((conn, channel))) => (Attempt::Open(conn, channel), false),
+            Step::Opened(Ok(open)) => {
+                let (conn, channel) = *open;
+                (Attempt::Open(conn, channel), false)
+            }
             Step::Opened(Err(error)) => (Attempt::Failed { error, retry_now }, false),
             Step::TimedOut => (
                 Attempt::Failed {
@@ -129,11 +145,11 @@ pub(super) async fn try_open(
                 let _ = tx.send(fail_batch(b, "not connected")).await;
                 continue;
             }
-            Step::Req(Ok(Request::Connect(s))) if s == *settings => {
+            Step::Req(Ok(Request::Connect(s))) if *s == *settings => {
                 retry_now = true;
                 continue;
             }
-            Step::Req(Ok(Request::Connect(s))) => (Attempt::Replaced(Some(s)), true),
+            Step::Req(Ok(Request::Connect(s))) => (Attempt::Replaced(Some(*s)), true),
             Step::Req(Ok(Request::Disconnect)) => (Attempt::Replaced(None), true),
         };
         socket.end(cut);
@@ -141,20 +157,27 @@ pub(super) async fn try_open(
     }
 }
 
-pub(super) fn uri(s: &AmqpSettings) -> AMQPUri {
+/// lapin's URI for one entry of the list.
+pub(super) fn uri(t: &Target) -> AMQPUri {
     AMQPUri {
-        scheme: AMQPScheme::AMQP,
+        scheme: if t.tls {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        },
         authority: AMQPAuthority {
             userinfo: AMQPUserInfo {
-                username: s.user.clone(),
-                password: s.password.expose().to_string(),
+                username: t.user.clone(),
+                password: t.password.expose().to_string(),
             },
-            host: s.host.clone(),
-            port: s.port,
+            host: t.host.clone(),
+            port: t.port,
         },
-        vhost: s.vhost.clone(),
+        vhost: t.vhost.clone(),
         query: AMQPQueryString {
-            heartbeat: Some(s.heartbeat),
+            heartbeat: Some(t.heartbeat),
+            channel_max: t.channel_max,
+            auth_mechanism: t.external.then_some(SASLMechanism::External),
             ..AMQPQueryString::default()
         },
     }
@@ -165,7 +188,7 @@ pub(super) fn uri(s: &AmqpSettings) -> AMQPUri {
 /// resolution is fine.
 async fn tcp(
     uri: &AMQPUri,
-    tls: &lapin::tcp::OwnedTLSConfig,
+    tls: &Tls,
     socket: &Socket,
     deadline: Instant,
 ) -> std::io::Result<AsyncTcpStream<async_io::Async<TcpStream>>> {
@@ -190,9 +213,17 @@ async fn tcp(
                 stream.get_ref().set_nodelay(true)?;
                 socket.keep(stream.get_ref())?;
                 let stream = AsyncTcpStream::Plain(stream);
-                return match uri.scheme {
-                    AMQPScheme::AMQPS => stream.into_tls(host, tls.as_ref()).await,
-                    AMQPScheme::AMQP => Ok(stream),
+                let name = if tls.server_name.is_empty() {
+                    host
+                } else {
+                    tls.server_name.as_str()
+                };
+                return match (&uri.scheme, &tls.unverified) {
+                    (AMQPScheme::AMQP, _) => Ok(stream),
+                    (AMQPScheme::AMQPS, Some(connector)) => {
+                        stream.into_rustls(connector, name).await
+                    }
+                    (AMQPScheme::AMQPS, None) => stream.into_tls(name, tls.config.as_ref()).await,
                 };
             }
             Err(e) => last = Some(e),
@@ -208,22 +239,19 @@ async fn tcp(
 
 async fn open(
     s: &AmqpSettings,
+    t: &Target,
     socket: &Socket,
     deadline: Instant,
 ) -> Result<(Connection, Channel), String> {
     // A name per node, so the broker's management UI tells nodes apart.
     let name = format!("key_evt_amqp {}", s.node);
     let props = ConnectionProperties::default().with_connection_name(name.as_str().into());
-    let mut u = uri(s);
-    let mut tls = lapin::tcp::OwnedTLSConfig::default();
-    if s.tls {
-        u.scheme = AMQPScheme::AMQPS;
-        if !s.tls_ca_file.is_empty() {
-            let pem = std::fs::read_to_string(&s.tls_ca_file)
-                .map_err(|e| format!("tls-ca-file '{}': {e}", s.tls_ca_file))?;
-            tls.cert_chain = Some(pem);
-        }
-    }
+    let u = uri(t);
+    let tls = if t.tls {
+        super::tls::client(s)?
+    } else {
+        Tls::default()
+    };
     let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
     let socket = socket.clone();
     let tls = Arc::new(tls);

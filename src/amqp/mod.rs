@@ -25,7 +25,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum Request {
     /// Connect (or reconnect) with these settings, and keep reconnecting.
-    Connect(AmqpSettings),
+    Connect(Box<AmqpSettings>),
     /// Close the connection and stay closed.
     Disconnect,
     /// Publish these records, in order.
@@ -67,6 +67,24 @@ pub enum Outcome {
     Blocked(bool),
     /// A batch is settled.
     Settled(Settled),
+    /// An attempt on one entry of the broker list connected or failed, or
+    /// its connection was lost; sent before `Connected` or `Down`.
+    Node(NodeReport),
+}
+
+/// What happened on one entry of the broker list (no credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The entry's position in the list.
+    pub index: usize,
+    /// Entries in the list.
+    pub count: usize,
+    /// `host:port`.
+    pub address: String,
+    /// `None`: connected now; else why the attempt failed or the connection ended.
+    pub error: Option<String>,
+    /// Connected over TLS without checking the broker's certificate (`tls-verify no`).
+    pub unverified: bool,
 }
 
 /// The fate of one batch.
@@ -159,7 +177,7 @@ enum Next {
     /// The broker left publishes unconfirmed past `confirm-timeout-ms`.
     ConfirmTimeout(String),
     Disconnect,
-    Reconnect(AmqpSettings),
+    Reconnect(Box<AmqpSettings>),
     Stop,
 }
 
@@ -206,6 +224,7 @@ mod connect;
 mod publish;
 pub mod route;
 mod serve;
+mod tls;
 
 pub use publish::deliverable;
 use serve::supervisor;
@@ -215,6 +234,7 @@ mod tests {
     use super::connect::uri;
     use super::serve::broker_size_limit;
     use super::*;
+    use crate::endpoint::targets;
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
@@ -236,8 +256,9 @@ mod tests {
             heartbeat: 7,
             ..AmqpSettings::default()
         };
-        let u = uri(&s);
+        let u = uri(&targets(&s).unwrap()[0]);
         assert_eq!(u.query.heartbeat, Some(7));
+        assert_eq!(u.query.auth_mechanism, None);
         assert_eq!(u.authority.userinfo.password, "p@ss:/word");
         assert_eq!(u.vhost, "/");
     }

@@ -4,10 +4,47 @@
 use super::connect::{try_open, Attempt};
 use super::publish::*;
 use super::*;
+use crate::endpoint::Rotation;
+
+/// The entries of the current settings and the order they are tried in.
+struct Plan {
+    /// The settings this plan was made for.
+    settings: AmqpSettings,
+    /// Every entry, or why the settings give none.
+    targets: Result<Vec<crate::endpoint::Target>, String>,
+    rotation: Rotation,
+}
+
+impl Plan {
+    fn new(settings: &AmqpSettings, seed: u64) -> Self {
+        let targets = match crate::endpoint::targets(settings) {
+            Ok(t) if t.is_empty() => Err("no broker address".to_string()),
+            other => other,
+        };
+        let n = targets.as_ref().map_or(1, Vec::len);
+        Self {
+            settings: settings.clone(),
+            targets,
+            rotation: Rotation::new(n, settings.host_order, seed),
+        }
+    }
+
+    /// The report on the current entry.
+    fn report(&self, t: &crate::endpoint::Target, error: Option<String>) -> Outcome {
+        Outcome::Node(NodeReport {
+            index: self.rotation.current(),
+            count: self.targets.as_ref().map_or(0, Vec::len),
+            address: t.address(),
+            error,
+            unverified: t.tls && !self.settings.tls_verify,
+        })
+    }
+}
 
 pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
     lower_priority();
     let mut target: Option<AmqpSettings> = None;
+    let mut plan: Option<Plan> = None;
     // The broker's max_message_size, once a publish ran into it.
     let broker_max = Arc::new(AtomicUsize::new(usize::MAX));
     let mut attempt = 0u32;
@@ -21,7 +58,7 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
         let Some(settings) = target.clone() else {
             match rx.recv().await {
                 Err(_) => return,
-                Ok(Request::Connect(s)) => target = Some(s),
+                Ok(Request::Connect(s)) => target = Some(*s),
                 Ok(Request::Disconnect) => {
                     let _ = tx.send(Outcome::Closed).await;
                 }
@@ -31,68 +68,122 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             }
             continue;
         };
-        let (error, confirm_timeout, retry_now) = match try_open(&settings, &rx, &tx).await {
-            Attempt::Stop => return,
-            Attempt::Replaced(next) => {
-                if next.is_none() {
-                    let _ = tx.send(Outcome::Closed).await;
-                }
-                target = next;
-                attempt = 0;
-                continue;
-            }
-            Attempt::Open(conn, channel) => {
-                attempt = 0;
-                generation += 1;
-                let _ = tx.send(Outcome::Connected { generation }).await;
-                let next = serve(
-                    &conn,
-                    &channel,
-                    generation,
-                    &rx,
-                    &tx,
-                    &settings,
-                    &broker_max,
-                )
-                .await;
-                if !matches!(next, Next::Lost(_)) {
-                    // Bounded: a stalled broker must not keep us from the next request.
-                    let _ = future::or(
-                        async {
-                            let _ = conn.close(200, "bye".into()).await;
-                        },
-                        sleep_ms(2000),
-                    )
-                    .await;
-                }
-                match next {
-                    Next::Stop => return,
-                    Next::Disconnect => {
-                        target = None;
-                        let _ = tx.send(Outcome::Closed).await;
-                        continue;
-                    }
-                    Next::Reconnect(s) => {
-                        target = Some(s);
-                        continue;
-                    }
-                    Next::Lost(e) => (e, false, false),
-                    Next::ConfirmTimeout(e) => (e, true, false),
-                }
-            }
-            Attempt::Failed { error, retry_now } => (error, false, retry_now),
+        if plan.as_ref().is_none_or(|p| p.settings != settings) {
+            plan = Some(Plan::new(&settings, jitter(&mut seed)));
+        }
+        let Some(p) = plan.as_mut() else { continue };
+        let entry = match &p.targets {
+            Ok(t) => t.get(p.rotation.current()).cloned(),
+            Err(_) => None,
         };
-        let delay = if retry_now {
-            attempt = 0;
-            0
-        } else {
-            backoff_ms(
+        let Some(entry) = entry else {
+            // Settings that give no address (checked when set, so not met):
+            // retried with backoff like a refused connection.
+            let error = p.targets.as_ref().err().cloned().unwrap_or_default();
+            let delay = backoff_ms(
                 attempt,
                 crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
                 &mut seed,
-            )
+            );
+            attempt = attempt.saturating_add(1);
+            let _ = tx
+                .send(Outcome::Down {
+                    error,
+                    retry_in_ms: delay,
+                    confirm_timeout: false,
+                })
+                .await;
+            match wait_out(delay, &rx, &tx).await {
+                None => {}
+                Some(None) => return,
+                Some(Some(next)) => {
+                    target = next;
+                    attempt = 0;
+                }
+            }
+            continue;
         };
-        attempt = attempt.saturating_add(1);
+        let (error, confirm_timeout, retry_now, round_over) =
+            match try_open(&settings, &entry, &rx, &tx).await {
+                Attempt::Stop => return,
+                Attempt::Replaced(next) => {
+                    if next.is_none() {
+                        let _ = tx.send(Outcome::Closed).await;
+                    }
+                    target = next;
+                    attempt = 0;
+                    continue;
+                }
+                Attempt::Open(conn, channel) => {
+                    attempt = 0;
+                    generation += 1;
+                    p.rotation.connected();
+                    let _ = tx.send(p.report(&entry, None)).await;
+                    let _ = tx.send(Outcome::Connected { generation }).await;
+                    let next = serve(
+                        &conn,
+                        &channel,
+                        generation,
+                        &rx,
+                        &tx,
+                        &settings,
+                        &broker_max,
+                    )
+                    .await;
+                    if !matches!(next, Next::Lost(_)) {
+                        // Bounded: a stalled broker must not keep us from the next request.
+                        let _ = future::or(
+                            async {
+                                let _ = conn.close(200, "bye".into()).await;
+                            },
+                            sleep_ms(2000),
+                        )
+                        .await;
+                    }
+                    match next {
+                        Next::Stop => return,
+                        Next::Disconnect => {
+                            target = None;
+                            let _ = tx.send(Outcome::Closed).await;
+                            continue;
+                        }
+                        Next::Reconnect(s) => {
+                            target = Some(*s);
+                            continue;
+                        }
+                        Next::Lost(e) => {
+                            let _ = tx.send(p.report(&entry, Some(e.clone()))).await;
+                            let round_over = p.rotation.lost();
+                            (e, false, false, round_over)
+                        }
+                        Next::ConfirmTimeout(e) => {
+                            let _ = tx.send(p.report(&entry, Some(e.clone()))).await;
+                            let round_over = p.rotation.lost();
+                            (e, true, false, round_over)
+                        }
+                    }
+                }
+                Attempt::Failed { error, retry_now } => {
+                    let _ = tx.send(p.report(&entry, Some(error.clone()))).await;
+                    let round_over = p.rotation.failed();
+                    (error, false, retry_now, round_over)
+                }
+            };
+        // The next entry at once; the backoff only after a whole round failed.
+        let delay = if retry_now {
+            attempt = 0;
+            0
+        } else if !round_over {
+            0
+        } else {
+            let d = backoff_ms(
+                attempt,
+                crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
+                &mut seed,
+            );
+            attempt = attempt.saturating_add(1);
+            d
+        };
         let _ = tx
             .send(Outcome::Down {
                 error,
@@ -100,35 +191,47 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
                 confirm_timeout,
             })
             .await;
-        // Wait out the delay, answering requests meanwhile.
-        let deadline = std::time::Instant::now() + Duration::from_millis(delay);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
+        match wait_out(delay, &rx, &tx).await {
+            None => {}
+            Some(None) => return,
+            Some(Some(next)) => {
+                target = next;
+                attempt = 0;
             }
-            let req = future::or(async { Some(rx.recv().await) }, async {
-                async_io::Timer::after(left).await;
-                None
-            })
-            .await;
-            match req {
-                None => break,
-                Some(Err(_)) => return,
-                Some(Ok(Request::Publish(b))) => {
-                    let _ = tx.send(fail_batch(b, "not connected")).await;
-                }
-                Some(Ok(Request::Disconnect)) => {
-                    target = None;
-                    let _ = tx.send(Outcome::Closed).await;
-                    break;
-                }
-                Some(Ok(Request::Connect(s))) => {
-                    target = Some(s);
-                    attempt = 0;
-                    break;
-                }
+        }
+    }
+}
+
+/// Waits out `delay` ms, answering requests meanwhile. `None`: the delay
+/// passed; `Some(None)`: the main thread is gone; `Some(Some(t))`: a
+/// `connect` (new settings) or a `disconnect` (`None`) came.
+async fn wait_out(
+    delay: u64,
+    rx: &Receiver<Request>,
+    tx: &Sender<Outcome>,
+) -> Option<Option<Option<AmqpSettings>>> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(delay);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let req = future::or(async { Some(rx.recv().await) }, async {
+            async_io::Timer::after(left).await;
+            None
+        })
+        .await;
+        match req {
+            None => return None,
+            Some(Err(_)) => return Some(None),
+            Some(Ok(Request::Publish(b))) => {
+                let _ = tx.send(fail_batch(b, "not connected")).await;
             }
+            Some(Ok(Request::Disconnect)) => {
+                let _ = tx.send(Outcome::Closed).await;
+                return Some(Some(None));
+            }
+            Some(Ok(Request::Connect(s))) => return Some(Some(Some(*s))),
         }
     }
 }
@@ -222,7 +325,7 @@ pub(super) async fn serve(
             Wake::Req(Err(_)) => break Next::Stop,
             Wake::Req(Ok(Request::Disconnect)) => break Next::Disconnect,
             Wake::Req(Ok(Request::Connect(s))) => {
-                if &s != settings || !conn.status().connected() {
+                if *s != *settings || !conn.status().connected() {
                     break Next::Reconnect(s);
                 }
                 let _ = tx.send(Outcome::Connected { generation }).await;

@@ -20,6 +20,7 @@ pub mod broker;
 pub mod intake;
 pub mod list;
 pub mod metrics;
+pub mod nodes;
 pub mod stats;
 pub mod storage;
 pub mod unroutable;
@@ -169,6 +170,8 @@ pub struct Engine {
     pub want_slot_refresh: bool,
     /// Latency, uptime and the list's oldest record, for INFO.
     pub metrics: metrics::Metrics,
+    /// The broker list: the entry connected now, failovers, each entry's state.
+    pub nodes: nodes::Nodes,
     /// A moved fallback list is being adopted into ours: this node's own
     /// records wait in memory (as while writes are paused), so that the
     /// adopted records stay contiguous and ahead of them.
@@ -214,6 +217,7 @@ impl Engine {
             last_error: String::new(),
             want_slot_refresh: false,
             metrics: metrics::Metrics::default(),
+            nodes: nodes::Nodes::default(),
             hold_tail: false,
             tick_accepted: 0,
             now: Instant::now(),
@@ -313,10 +317,12 @@ impl Engine {
     }
 
     fn log_link(&mut self, what: &str) {
-        let text = format!(
-            "key_evt_amqp: {what} (broker {}:{})",
-            self.settings.amqp.host, self.settings.amqp.port
-        );
+        let at = if self.nodes.latest.is_empty() {
+            crate::endpoint::addresses(&self.settings.amqp).join(",")
+        } else {
+            self.nodes.latest.clone()
+        };
+        let text = format!("key_evt_amqp: {what} (broker {at})");
         self.notice(text);
     }
 
@@ -327,7 +333,7 @@ impl Engine {
 
     /// Asks the broker side to connect with the current settings.
     pub fn connect(&mut self, broker: &mut dyn Broker) {
-        broker.send(Request::Connect(self.settings.amqp.clone()));
+        broker.send(Request::Connect(Box::new(self.settings.amqp.clone())));
         if self.link != Link::Up {
             self.link = Link::Connecting;
         }

@@ -40,7 +40,25 @@ impl Engine {
                     }
                     self.set_error(error);
                 }
+                Outcome::Node(r) => {
+                    if r.error.is_none() && r.unverified {
+                        self.warning(format!(
+                            "key_evt_amqp: connected to {} over TLS WITHOUT checking the broker's certificate (tls-verify no)",
+                            r.address
+                        ));
+                    }
+                    self.nodes.latest = r.address.clone();
+                    if self.nodes.report(&r) {
+                        self.notice(format!(
+                            "key_evt_amqp: failed over to broker {} (entry {} of {})",
+                            r.address,
+                            r.index + 1,
+                            r.count
+                        ));
+                    }
+                }
                 Outcome::Closed => {
+                    self.nodes.closed();
                     self.metrics.connected_at = None;
                     if self.link == Link::Closed {
                         self.log_link("disconnected on request");

@@ -45,7 +45,7 @@ static SETTINGS: [SettingConfig; Setting::ALL.len()] = {
 };
 
 fn register_setting(ctx: &Context, c: &'static SettingConfig) -> Result<(), String> {
-    let flags = if c.0 == Setting::Password {
+    let flags = if matches!(c.0, Setting::Password | Setting::Uri) {
         // Out of `CONFIG GET *` and redacted from logs; `CONFIG REWRITE`
         // still persists it. SLOWLOG and MONITOR: see `redact`.
         ConfigurationFlags::SENSITIVE | ConfigurationFlags::HIDDEN
@@ -120,9 +120,9 @@ impl SettingConfig {
 
     fn stage(&self, v: Value) -> Result<(), String> {
         let v = match v {
-            Value::Text(t) if self.0 == Setting::Password => {
+            Value::Text(t) if matches!(self.0, Setting::Password | Setting::Uri) => {
                 Value::Text(redact::resolve(t).ok_or(
-                    "the password is over 1024 bytes, or was pushed out by newer ones (retry)",
+                    "the value is over 1024 bytes, or was pushed out by newer ones (retry)",
                 )?)
             }
             other => other,

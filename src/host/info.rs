@@ -51,8 +51,15 @@ pub struct Snapshot {
     pub fallback_moved_aside: u64,
     /// The server asks modules not to write now (paused writes, failover).
     pub writes_paused: bool,
-    /// Broker address (no credentials).
+    /// Broker addresses, comma-separated (no credentials).
     pub broker: String,
+    /// The entry connected now (empty: none).
+    pub broker_connected: String,
+    /// Connections made to another entry than the one before.
+    pub broker_failovers: u64,
+    /// Each entry of the list: address and state (`connected`, `ok`,
+    /// `untried` or `error: <last error>`).
+    pub broker_entries: Vec<(String, String)>,
     /// The last error, if any.
     pub last_error: String,
     /// Seconds since the oldest record in the fallback list happened.
@@ -70,6 +77,9 @@ pub struct Snapshot {
     pub unroutable: (u64, u64),
 }
 
+/// The most entries of the broker list INFO shows one by one.
+pub const BROKER_ENTRIES_SHOWN: usize = 16;
+
 /// Writes the section; field names get the `key_evt_amqp_` prefix from Redis.
 pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
     let st = &s.stats;
@@ -82,6 +92,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
             if s.forwarding { "yes" } else { "no" }.to_string(),
         ),
         ("broker", s.broker.clone()),
+        ("broker_connected", s.broker_connected.clone()),
         ("event_types", s.event_types.clone()),
         ("keymasks", s.keymasks.clone()),
         ("keymask_matcher", s.keymask_matcher.clone()),
@@ -127,6 +138,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("fallback_len", s.fallback_len),
         ("fallback_lists_found", s.fallback_lists_found as u64),
         ("reconnects", st.reconnects),
+        ("broker_failovers", s.broker_failovers),
         ("confirm_timeouts", st.confirm_timeouts),
         ("supervisor_restarts", st.supervisor_restarts),
         ("keymask_count", s.keymask_count as u64),
@@ -143,6 +155,17 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
     ];
     for (name, value) in numbers {
         section = section.field(name, value)?;
+    }
+    // One line per entry, `<address> <state>`: the address has no space,
+    // so a reader splits at the first one.
+    for (i, (address, state)) in s
+        .broker_entries
+        .iter()
+        .take(BROKER_ENTRIES_SHOWN)
+        .enumerate()
+    {
+        let line = crate::host::log::visible(&format!("{address} {state}"));
+        section = section.field(&format!("broker_entry_{i}"), line)?;
     }
     section
         .field("fallback_size", s.fallback_size)?

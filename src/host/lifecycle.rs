@@ -139,8 +139,8 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     let tag = node_tag();
     settings.amqp.node = node_name(ctx, &tag);
     crate::host::log::notice(&format!(
-        "key_evt_amqp: loaded; events '{types}', broker {}:{}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
-        settings.amqp.host, settings.amqp.port, settings.amqp.exchange, settings.amqp.routing_key
+        "key_evt_amqp: loaded; events '{types}', broker {}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
+        crate::endpoint::addresses(&settings.amqp).join(","), settings.amqp.exchange, settings.amqp.routing_key
     ));
     let chunk = crate::config::BATCH_SIZE.get_usize();
     let mut engine = Engine::new(settings, master, Intake::new(&tag, &base, chunk));
@@ -305,10 +305,13 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
         keymask_bytes: st.engine.settings.masks.memory(),
         fallback_moved_aside: st.list_key.moved_aside,
         writes_paused: crate::host::list::writes_paused(),
-        broker: format!(
-            "{}:{}",
-            st.engine.settings.amqp.host, st.engine.settings.amqp.port
-        ),
+        broker: crate::endpoint::addresses(&st.engine.settings.amqp).join(","),
+        broker_connected: st.engine.nodes.now.clone(),
+        broker_failovers: st.engine.nodes.failovers,
+        broker_entries: st
+            .engine
+            .nodes
+            .describe(&crate::endpoint::addresses(&st.engine.settings.amqp)),
         fallback_oldest_age_seconds: st.engine.metrics.oldest_age(crate::event::now_secs()),
         oldest_memory_age_ms: age_ms(st.engine.oldest_in_memory(), now_ms),
         // The head record as the last tick read it (no read here).

@@ -1,5 +1,6 @@
-//! Keeps the broker password out of SLOWLOG (and anything else that shows a
-//! command's arguments) after `CONFIG SET key_evt_amqp.password <value>`.
+//! Keeps the broker password and URI out of SLOWLOG (and anything else that
+//! shows a command's arguments) after `CONFIG SET key_evt_amqp.password
+//! <value>` or `CONFIG SET key_evt_amqp.uri <value>`.
 //!
 //! No server redacts a module config flagged SENSITIVE (found by
 //! experiment: Redis 7.0.15 and 8.2, Valkey 9.1 log the value as given). A
@@ -28,6 +29,8 @@ pub const PASSWORD_MAX: usize = 1024;
 
 const MARKER: &[u8] = b"\0kea-password:";
 const CONFIG_NAME: &[u8] = b"key_evt_amqp.password";
+/// The `uri` config: it may carry a password too.
+const URI_NAME: &[u8] = b"key_evt_amqp.uri";
 
 struct Stash {
     next: u64,
@@ -76,7 +79,8 @@ pub fn resolve(value: Vec<u8>) -> Option<Vec<u8>> {
 }
 
 /// The positions of the values to hide in a command's arguments: after
-/// each `key_evt_amqp.password` name of a `CONFIG SET`. Pure, for tests.
+/// each `key_evt_amqp.password` or `key_evt_amqp.uri` name of a `CONFIG
+/// SET`. Pure, for tests.
 fn password_values(argv: &[&[u8]]) -> Vec<usize> {
     if argv.len() < 4
         || !argv[0].eq_ignore_ascii_case(b"config")
@@ -86,7 +90,9 @@ fn password_values(argv: &[&[u8]]) -> Vec<usize> {
     }
     (2..argv.len() - 1)
         .step_by(2)
-        .filter(|&i| argv[i].eq_ignore_ascii_case(CONFIG_NAME))
+        .filter(|&i| {
+            argv[i].eq_ignore_ascii_case(CONFIG_NAME) || argv[i].eq_ignore_ascii_case(URI_NAME)
+        })
         .map(|i| i + 1)
         .collect()
 }
@@ -209,6 +215,17 @@ mod tests {
         ])
         .is_empty());
         assert!(v(&["CONFIG", "GET", "key_evt_amqp.password", "x"]).is_empty());
+        assert_eq!(
+            v(&[
+                "config",
+                "set",
+                "key_evt_amqp.URI",
+                "amqp://u:p@h",
+                "x",
+                "y"
+            ]),
+            [3]
+        );
         assert!(v(&["SET", "key_evt_amqp.password", "x", "y"]).is_empty());
     }
 

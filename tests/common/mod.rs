@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod conn;
 pub mod msg;
 pub mod proxy;
+pub mod rabbit_cluster;
 pub mod scripted;
 pub mod server;
 pub mod tls;

@@ -37,6 +37,17 @@ fn script() -> &'static str {
 impl TlsBroker {
     /// Makes the certificates and starts the node (a few seconds).
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Like [`TlsBroker::start`], but the TLS listener asks for a client
+    /// certificate signed by the CA and offers SASL EXTERNAL (the user is
+    /// the certificate's CN, `kea-client`: see [`TlsBroker::client_cert`]).
+    pub fn start_mutual() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(mutual: bool) -> Self {
         let name = super::unique("tls");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("cert dir");
@@ -113,10 +124,53 @@ impl TlsBroker {
                 "ext.cnf",
             ],
         );
+        if mutual {
+            openssl(
+                &dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "client.key",
+                    "-out",
+                    "client.csr",
+                    "-subj",
+                    "/CN=kea-client",
+                ],
+            );
+            std::fs::write(
+                dir.join("client-ext.cnf"),
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+            )
+            .expect("client-ext.cnf");
+            openssl(
+                &dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "client.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "client.pem",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "client-ext.cnf",
+                ],
+            );
+        }
         let (port, tls_port) = (free_port(), free_port());
         let out = Command::new(script())
             .args(["start", &name, &port.to_string()])
             .env("KEA_RABBITMQ_TLS", format!("{tls_port} {}", dir.display()))
+            .env("KEA_RABBITMQ_TLS_PEER", if mutual { "yes" } else { "no" })
             .output()
             .expect("start rabbitmq");
         assert!(
@@ -140,6 +194,17 @@ impl TlsBroker {
     /// The CA that signed the server's certificate.
     pub fn ca(&self) -> String {
         self.dir.join("ca.pem").display().to_string()
+    }
+
+    /// The client certificate (CN `kea-client`, signed by the CA), PEM;
+    /// made by [`TlsBroker::start_mutual`].
+    pub fn client_cert(&self) -> String {
+        self.dir.join("client.pem").display().to_string()
+    }
+
+    /// The client certificate's key, PEM.
+    pub fn client_key(&self) -> String {
+        self.dir.join("client.key").display().to_string()
     }
 
     /// A CA that signed nothing here.

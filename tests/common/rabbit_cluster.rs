@@ -1,0 +1,192 @@
+//! A RabbitMQ cluster on this machine: N nodes started in parallel with
+//! `scripts/rabbitmq` (own names, ports, data directories, one Erlang
+//! cookie), joined to the first with `rabbitmqctl join_cluster`. The nodes
+//! are stopped when the process exits (also after a failed test), and
+//! `scripts/test` stops them too by their prefix (`KEA_CLUSTER_PREFIX`).
+
+use super::{free_port, try_rabbitmqctl};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One node of the cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Name for `scripts/rabbitmq` (the Erlang node is `kea_<name>@localhost`).
+    pub name: String,
+    /// AMQP port.
+    pub port: u16,
+}
+
+/// The cluster's nodes, first one the seed.
+#[derive(Debug)]
+pub struct RabbitCluster {
+    /// Every node.
+    pub nodes: Vec<Node>,
+    cookie: String,
+}
+
+fn script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq")
+}
+
+/// Node names to stop when the process exits.
+static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+extern "C" fn stop_all() {
+    let names = STARTED.lock().map(|n| n.clone()).unwrap_or_default();
+    let stops: Vec<_> = names
+        .iter()
+        .filter_map(|n| Command::new(script()).args(["stop", n]).spawn().ok())
+        .collect();
+    for mut s in stops {
+        let _ = s.wait();
+    }
+}
+
+fn start_node(node: &Node, cookie: &str) -> Result<(), String> {
+    let out = Command::new(script())
+        .args(["start", &node.name, &node.port.to_string()])
+        .env("KEA_RABBITMQ_COOKIE", cookie)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl RabbitCluster {
+    /// The cluster of this test binary: `n` nodes, started and joined on
+    /// first use (about 20 s), shared by every test after.
+    pub fn shared(n: usize) -> &'static RabbitCluster {
+        static CLUSTER: OnceLock<RabbitCluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| Self::start(n))
+    }
+
+    fn start(n: usize) -> Self {
+        let prefix = std::env::var("KEA_CLUSTER_PREFIX")
+            .unwrap_or_else(|_| format!("cl{}", std::process::id()));
+        let cookie = format!("KEACLUSTER{}", std::process::id());
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| Node {
+                name: format!("{prefix}{}", (b'a' + i as u8) as char),
+                port: free_port(),
+            })
+            .collect();
+        {
+            let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+            if started.is_empty() {
+                // SAFETY: registers a plain function to run at exit.
+                unsafe {
+                    libc::atexit(stop_all);
+                }
+            }
+            started.extend(nodes.iter().map(|n| n.name.clone()));
+        }
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| s.spawn(|| start_node(node, &cookie)))
+                .collect();
+            for (h, node) in handles.into_iter().zip(&nodes) {
+                let r = h.join().expect("start thread");
+                r.unwrap_or_else(|e| panic!("start {}: {e}", node.name));
+            }
+        });
+        let booted = t.elapsed();
+        let seed = format!("kea_{}@localhost", nodes[0].name);
+        std::thread::scope(|s| {
+            for node in &nodes[1..] {
+                let seed = seed.as_str();
+                s.spawn(move || {
+                    let join = || -> Result<(), String> {
+                        // join_cluster resets the (fresh) node itself.
+                        try_rabbitmqctl(&node.name, &["stop_app"])?;
+                        try_rabbitmqctl(&node.name, &["join_cluster", seed])?;
+                        try_rabbitmqctl(&node.name, &["start_app"])?;
+                        Ok(())
+                    };
+                    let mut last = String::new();
+                    for _ in 0..3 {
+                        match join() {
+                            Ok(()) => return,
+                            Err(e) => last = e,
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    panic!("{} could not join {seed}: {last}", node.name);
+                });
+            }
+        });
+        let c = Self { nodes, cookie };
+        let status = super::rabbitmqctl(&c.nodes[0].name, &["cluster_status"]);
+        for node in &c.nodes {
+            assert!(
+                status.contains(&format!("kea_{}@localhost", node.name)),
+                "{} is not in the cluster: {status}",
+                node.name
+            );
+        }
+        eprintln!(
+            "rabbitmq cluster of {n} nodes: started in {:.1} s, joined {:.1} s later",
+            booted.as_secs_f64(),
+            (t.elapsed() - booted).as_secs_f64()
+        );
+        c
+    }
+
+    /// The address list of every node, `127.0.0.1:port,...`.
+    pub fn host_list(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node serving `port`.
+    pub fn node_at(&self, port: u16) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of the cluster")
+    }
+
+    /// The nodes holding a connection whose client properties (the
+    /// connection name the client gave) contain `needle`, as
+    /// `rabbitmqctl list_connections pid client_properties` shows them (it
+    /// lists the connections of the whole cluster; a pid names its node).
+    pub fn nodes_with_connection(&self, needle: &str) -> Vec<&Node> {
+        let out = self
+            .nodes
+            .iter()
+            .find_map(|n| {
+                try_rabbitmqctl(
+                    &n.name,
+                    &["list_connections", "-q", "pid", "client_properties"],
+                )
+                .ok()
+            })
+            .unwrap_or_default();
+        self.nodes
+            .iter()
+            .filter(|n| {
+                let pid = format!("<kea_{}@localhost.", n.name);
+                out.lines()
+                    .any(|l| l.contains(needle) && l.starts_with(&pid))
+            })
+            .collect()
+    }
+
+    /// Brings a stopped (`stop_app`) or killed node back, and waits until it
+    /// runs in the cluster again.
+    pub fn revive(&self, node: &Node) {
+        if try_rabbitmqctl(&node.name, &["start_app"]).is_err() {
+            start_node(node, &self.cookie).unwrap_or_else(|e| panic!("restart {}: {e}", node.name));
+        }
+        super::rabbitmqctl(&node.name, &["await_startup"]);
+    }
+}
