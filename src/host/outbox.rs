@@ -66,6 +66,8 @@ pub fn flush(ctx: &Context, st: &mut State) {
         st.engine.queue.push_records(records);
         return;
     }
+    // A list moved away with its slot: switch keys before writing.
+    crate::host::cluster::check_list_moved(ctx, st);
     // The write that caused these events was accepted: its events must be
     // kept even over maxmemory, like the write itself.
     let mut store = RedisList::new(ctx, &mut st.list_key).without_oom_check();
