@@ -71,8 +71,13 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
                             sleep_ms(CLOSE_WAIT_MS),
                         )
                         .await;
+                        drop(conn);
+                        crate::memory::release_freed();
                     })
                     .detach();
+                } else {
+                    drop((conn, channel));
+                    crate::memory::release_freed();
                 }
                 match next {
                     Next::Stop => return,
