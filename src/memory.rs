@@ -117,6 +117,21 @@ fn shown(n: usize) -> usize {
     }
 }
 
+/// Hands the heap's free pages back to the system (glibc's `malloc_trim`),
+/// after a broker connection ended. Each connection's I/O thread and buffers
+/// (about 8 MB while it runs) are freed when it ends, but glibc keeps freed
+/// memory in its arenas: with connections replaced after broker stalls, RSS
+/// rose by a third while the module's own count stayed flat. Called from the
+/// AMQP thread, never from Redis's; a no-op on other C libraries.
+pub fn release_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: thread-safe libc call without pointers; it only returns free
+    // memory of malloc's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,17 @@ pub fn line_slots(line: &str) -> Vec<u16> {
     out
 }
 
-/// The slots owned by the `myself` line of `CLUSTER NODES`, sorted.
+/// Slots a `CLUSTER NODES` line shows as migrating away (`[slot->-id]`).
+pub fn migrating_slots(line: &str) -> Vec<u16> {
+    line.split(' ')
+        .skip(8)
+        .filter_map(|f| f.strip_prefix('[')?.split_once("->-")?.0.parse().ok())
+        .collect()
+}
+
+/// The slots owned by the `myself` line of `CLUSTER NODES`, sorted, less
+/// those migrating away: a list there is about to move (`MIGRATE`), so the
+/// module neither keeps its own list nor adopts one in such a slot.
 pub fn owned_slots(cluster_nodes: &str) -> Vec<u16> {
     cluster_nodes
         .lines()
@@ -95,7 +105,12 @@ pub fn owned_slots(cluster_nodes: &str) -> Vec<u16> {
                 .nth(2)
                 .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
         })
-        .map(line_slots)
+        .map(|l| {
+            let leaving = migrating_slots(l);
+            let mut owned = line_slots(l);
+            owned.retain(|s| !leaving.contains(s));
+            owned
+        })
         .unwrap_or_default()
 }
 
@@ -134,5 +149,9 @@ c3 127.0.0.1:7003@17003 slave b2 0 0 2 connected
 ";
         assert_eq!(owned_slots(nodes), vec![5461, 5462, 5463, 7000, 8000, 8001]);
         assert!(owned_slots("x 1:1@1 slave,myself y 0 0 1 connected\n").is_empty());
+        // A slot being migrated away is still in the ranges; it does not count.
+        let migrating =
+            "b2 127.0.0.1:7002@17002 myself,master - 0 0 2 connected 10-12 [11->-a1] [20-<-c3]\n";
+        assert_eq!(owned_slots(migrating), vec![10, 12]);
     }
 }

@@ -496,6 +496,65 @@ fn resharding_the_slot_of_a_list_in_flight_does_not_stall_forwarding() {
     assert_eq!(c.nodes[a].stat("events_dropped"), 0);
 }
 
+/// Issue 16, the soak's shortfall: a node whose list's slot is being
+/// migrated (the list already moved to the importing node, the slot not yet
+/// handed over) takes writes. Their events must reach the broker, and the
+/// moved records, which the new owner sends, are not counted as lost.
+#[test]
+fn writes_while_the_list_slot_migrates_keep_their_events() {
+    let mut sink = Sink::new(amqp_port());
+    let proxy = Proxy::new(sink.port);
+    let args = ModuleArgs::new(&sink)
+        .port(proxy.port)
+        .heartbeat(30)
+        .build();
+    let c = Topology::cluster(Kind::Redis8, 3, &args);
+    outbox(&c);
+    let masters = c.masters();
+    let (a, b) = (masters[0], masters[1]);
+    let first = c.set_keys(&keys_on(&c, a, "a", 50));
+    sink.expect_keys(&first, T);
+    // The broker stalls: a's records stay in its list (some in flight).
+    proxy.stall(true);
+    let second = c.set_keys(&keys_on(&c, a, "b", 200));
+    wait_for("a's list holds them", T, || {
+        c.nodes[a].stat("fallback_len") >= 200
+    });
+    let (key, slot) = list_slot(&c, a);
+    let third: Vec<String> = keys_on(&c, a, "c", 400)
+        .into_iter()
+        .filter(|k| key_slot(k.as_bytes()) != slot)
+        .take(100)
+        .collect();
+    let accepted = c.nodes[a].stat("events_accepted");
+    move_slot(&c, a, b, slot, || {
+        // The list is on b now; a still serves the slot's other keys.
+        c.nodes[a].set_keys(&third);
+        wait_for("a took the writes", T, || {
+            c.nodes[a].stat("events_accepted") >= accepted + third.len() as i64
+        });
+        wait_for("a ticked with its list gone", T, || {
+            c.nodes[a].stat("fallback_len") != 200 || c.nodes[a].stat("queue_len") > 0
+        });
+    });
+    eprintln!("moved slot {slot} of '{key}' from node {a} to node {b}; 100 writes on a in between");
+    proxy.stall(false);
+    let all: Vec<String> = [first, second, third].concat();
+    sink.expect_keys(&all, T);
+    let counts = counts(&sink);
+    let missing = all.iter().filter(|k| !counts.contains_key(*k)).count();
+    let lost = c.nodes[a].stat("events_lost");
+    let dropped = c.nodes[a].stat("events_dropped");
+    eprintln!(
+        "{missing} missing; a: events_lost {lost}, events_dropped {dropped}, lists on a {:?}",
+        c.nodes[a].cmd(&["KEYS", "key_evt_amqp:*"])
+    );
+    assert_eq!(missing, 0);
+    assert_eq!(lost, 0, "the moved records are b's to send, not lost");
+    assert_eq!(dropped, 0);
+    assert_ordered_per_node(&sink);
+}
+
 /// Issue 16 case 6: adopting a moved list never drops it, whatever the
 /// adopter's memory or fallback size.
 fn adoption_keeps_every_record(squeeze: &[(&str, &str)]) {

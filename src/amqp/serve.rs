@@ -41,6 +41,9 @@ impl Plan {
     }
 }
 
+/// How long a detached close may wait for the broker's close-ok.
+const CLOSE_WAIT_MS: u64 = 60_000;
+
 pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
     lower_priority();
     let mut target: Option<AmqpSettings> = None;
@@ -131,14 +134,25 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
                     )
                     .await;
                     if !matches!(next, Next::Lost(_)) {
-                        // Bounded: a stalled broker must not keep us from the next request.
-                        let _ = future::or(
-                            async {
-                                let _ = conn.close(200, "bye".into()).await;
-                            },
-                            sleep_ms(2000),
-                        )
-                        .await;
+                        // The close runs on in its own task, so a stalled broker
+                        // does not keep us from the next request. It is given
+                        // time to finish (the heartbeat ends it on a dead link):
+                        // a close dropped half-way leaves lapin's resolver behind.
+                        async_global_executor::spawn(async move {
+                            let _ = future::or(
+                                async {
+                                    let _ = conn.close(200, "bye".into()).await;
+                                },
+                                sleep_ms(CLOSE_WAIT_MS),
+                            )
+                            .await;
+                            drop(conn);
+                            crate::memory::release_freed();
+                        })
+                        .detach();
+                    } else {
+                        drop((conn, channel));
+                        crate::memory::release_freed();
                     }
                     match next {
                         Next::Stop => return,

@@ -149,6 +149,27 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
     st.slots.found.retain(|k| *k != own);
 }
 
+/// Before a write or a tick: if our list vanished while the engine knows
+/// records in it, its slot is likely being migrated (`MIGRATE` moved the
+/// list to the importing node while this node still serves the slot's other
+/// keys). Slot ownership is read at once, so that the node switches to a key
+/// in a slot it keeps before it writes: an `RPUSH` now would create a new
+/// list in the migrating slot, left behind on this node when the slot is
+/// handed over. The moved records are the new owner's to send, not lost. A
+/// list that vanished otherwise (a `DEL`) is counted as lost, as before.
+pub fn check_list_moved(ctx: &Context, st: &mut state::State) {
+    if !st.cluster || !st.engine.master || st.list_key.key.is_empty() {
+        return;
+    }
+    let known = st.engine.list.len > 0 || st.engine.list_in_flight() || st.engine.list.acked > 0;
+    if !known || st.engine.list.unknown {
+        return;
+    }
+    if crate::host::list::local_list_len(ctx, st.list_key.key.as_bytes()) == Some(0) {
+        refresh(ctx, st, true);
+    }
+}
+
 /// Moves a chunk of the first found fallback list to the tail of ours; the
 /// records are then drained like our own. The chunk is read (`LRANGE`),
 /// pushed to ours without the OOM check and whatever the fallback size (the

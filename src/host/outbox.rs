@@ -38,6 +38,8 @@ pub fn flush(ctx: &Context, st: &mut State) -> bool {
         st.engine.outbox_to_queue();
         return false;
     }
+    // A list moved away with its slot: switch keys before writing.
+    crate::host::cluster::check_list_moved(ctx, st);
     // The write that caused these events was accepted: its events must be
     // kept even over maxmemory, like the write itself.
     let mut store = RedisList::new(ctx, &mut st.list_key).without_oom_check();

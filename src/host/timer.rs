@@ -113,6 +113,9 @@ pub fn tick(ctx: &Context, st: &mut State) {
         st.client.reset();
     }
     st.engine.intake.chunk = BATCH_SIZE.get_usize().max(1);
+    if st.engine.master && !st.engine.loading {
+        crate::host::cluster::check_list_moved(ctx, st);
+    }
     if !st.engine.intake.outbox.is_empty() && crate::host::outbox::flush(ctx, st) {
         hurry(ctx, st);
     }
