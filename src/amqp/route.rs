@@ -209,7 +209,7 @@ mod tests {
             255
         );
         let odd = b"0\nset\n\xff\xfe";
-        assert!(!render(&RoutingKey::parse("{key}"), odd).as_str().is_empty());
+        assert!(!render(&RoutingKey::parse("{key}"), odd).is_empty());
     }
 
     #[test]
