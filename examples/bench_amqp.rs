@@ -98,7 +98,12 @@ async fn publish(
                 .with_message_id(format!("ref-{i}").into())
                 .with_timestamp(1);
             if headers {
-                props = props.with_headers(route::headers(&b, "6379/reference"));
+                let rec = [&b"ref-1\n1\n"[..], &b].concat();
+                let mut t = lapin::types::FieldTable::default();
+                if let Some(p) = redis_keyspace_amqp::event::split(&rec) {
+                    route::headers(&mut t, &p, "6379/reference");
+                }
+                props = props.with_headers(t);
             }
             let ch = ch.clone();
             let (ex, rk) = (exchange.to_string(), rk.to_string());
