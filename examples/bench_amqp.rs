@@ -98,7 +98,12 @@ async fn publish(
                 .with_message_id(format!("ref-{i}").into())
                 .with_timestamp(1);
             if headers {
-                props = props.with_headers(route::headers(&b, "6379/reference"));
+                let rec = [&b"ref-1\n1\n"[..], &b].concat();
+                let mut t = lapin::types::FieldTable::default();
+                if let Some(p) = redis_keyspace_amqp::event::split(&rec) {
+                    route::headers(&mut t, &p, "6379/reference");
+                }
+                props = props.with_headers(t);
             }
             let ch = ch.clone();
             let (ex, rk) = (exchange.to_string(), rk.to_string());
@@ -198,17 +203,28 @@ async fn e2e(
     let writer = std::thread::spawn(move || -> redis::RedisResult<()> {
         let mut c =
             redis::Client::open(format!("redis://127.0.0.1:{redis_port}/"))?.get_connection()?;
-        let pause = Duration::from_micros(1_000_000 / rate.max(1));
-        for _ in 0..count {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            redis::cmd("SET")
-                .arg(format!("e2e:{now}"))
-                .arg("v")
-                .query::<()>(&mut c)?;
-            std::thread::sleep(pause);
+        // Paced against the clock: every millisecond, the writes due by then
+        // go in one pipeline (so that 20,000/s and more fit one connection).
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while sent < count {
+            let due = (start.elapsed().as_secs_f64() * rate.max(1) as f64) as usize;
+            let due = due.min(count);
+            if due <= sent {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            let mut p = redis::pipe();
+            for _ in sent..due {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                p.cmd("SET").arg(format!("e2e:{now}")).arg("v").ignore();
+            }
+            p.query::<()>(&mut c)?;
+            sent = due;
+            std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
     });

@@ -2,6 +2,7 @@
 //! the module configs (`CONFIG SET key_evt_amqp.*`) that tune the pipeline.
 
 use crate::event::{BadEventType, EventTypes};
+use crate::json::{Format, Values};
 use crate::keymask::{KeyMasks, MaskError};
 use thiserror::Error;
 
@@ -87,6 +88,9 @@ pub struct AmqpSettings {
     /// the table of every message), so a consumer that reads the body can
     /// do without them.
     pub headers: bool,
+    /// Put the CloudEvents attributes (`cloudEvents_*` headers) on every
+    /// JSON message (`key_evt_amqp.cloudevents`).
+    pub cloudevents: bool,
 }
 
 /// A password: shown as `***` by `Debug` and `Display`, everywhere.
@@ -140,6 +144,7 @@ impl Default for AmqpSettings {
             tls_verify: true,
             external: false,
             headers: true,
+            cloudevents: false,
         }
     }
 }
@@ -153,7 +158,16 @@ pub struct Settings {
     pub fallback_size: i64,
     /// Which keys are forwarded.
     pub masks: KeyMasks,
+    /// The message body: seed or JSON (`key_evt_amqp.format`).
+    pub format: Format,
+    /// The values a JSON message carries (`key_evt_amqp.values`).
+    pub values: Values,
+    /// Values over this many raw bytes are left out (`key_evt_amqp.value-max-bytes`).
+    pub value_max_bytes: u64,
 }
+
+/// The default `value-max-bytes`.
+pub const VALUE_MAX_BYTES_DEFAULT: u64 = 65_536;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -161,7 +175,24 @@ impl Default for Settings {
             amqp: AmqpSettings::default(),
             fallback_size: 10_000_000,
             masks: KeyMasks::None,
+            format: Format::Seed,
+            values: Values::None,
+            value_max_bytes: VALUE_MAX_BYTES_DEFAULT,
         }
+    }
+}
+
+impl Settings {
+    /// Checks what one setting alone cannot: values need `format json`.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.values != Values::None && self.format != Format::Json {
+            return Err(ConfigError::Invalid {
+                name: "values",
+                value: self.values.name().into(),
+                reason: "values need format json (set key_evt_amqp.format json first, or in the same CONFIG SET)",
+            });
+        }
+        Ok(())
     }
 }
 

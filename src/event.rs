@@ -3,6 +3,12 @@
 //! A *record* is what the module keeps in memory and in the fallback list:
 //! `<message_id>\n<timestamp>\n<body>`, where the body is the AMQP message
 //! body `<db>\n<event>\n<key>` (no trailing newline; the key is raw bytes).
+//!
+//! A JSON record (`format json`) is `<message_id>\n<timestamp>\nJ<db>\n<event>\n<key length>\n<key><json>`:
+//! the `J` (a seed body starts with a digit or `-`) marks it, the seed
+//! fields give the publisher the routing key, headers and CloudEvents
+//! attributes without parsing the JSON, and `<json>` alone is the AMQP
+//! body. Each record keeps the format it was written in.
 
 use std::fmt;
 use thiserror::Error;
@@ -31,6 +37,10 @@ pub mod flags {
     pub const KEY_MISS: i32 = 1 << 11;
     /// `n`
     pub const NEW: i32 = 1 << 14;
+    /// `o` (Redis 8.2+)
+    pub const OVERWRITTEN: i32 = 1 << 15;
+    /// `c` (Redis 8.2+)
+    pub const TYPE_CHANGED: i32 = 1 << 16;
     /// `A`: `g$lshzxe`
     pub const ALL: i32 = GENERIC | STRING | LIST | SET | HASH | ZSET | EXPIRED | EVICTED;
 }
@@ -39,10 +49,10 @@ pub mod flags {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BadEventType {
     /// A letter that names no class.
-    #[error("unknown event type letter '{0}' (use g $ l s h z x e t n m A)")]
+    #[error("unknown event type letter '{0}' (use g $ l s h z x e t n m o c A)")]
     Unknown(char),
     /// No letter at all.
-    #[error("no event type given (use one or more of g $ l s h z x e t n m A)")]
+    #[error("no event type given (use one or more of g $ l s h z x e t n m o c A)")]
     Empty,
 }
 
@@ -51,6 +61,21 @@ pub enum BadEventType {
 pub struct EventTypes(pub i32);
 
 impl EventTypes {
+    /// The first letter whose class is not in `known` (the classes the
+    /// server has), if any.
+    pub fn unknown_to(&self, known: i32) -> Option<char> {
+        const ORDER: [(i32, char); 4] = [
+            (flags::NEW, 'n'),
+            (flags::KEY_MISS, 'm'),
+            (flags::OVERWRITTEN, 'o'),
+            (flags::TYPE_CHANGED, 'c'),
+        ];
+        ORDER
+            .iter()
+            .find(|(f, _)| self.0 & f != 0 && known & f == 0)
+            .map(|(_, c)| *c)
+    }
+
     /// Parses a string such as `xe` or `A`.
     pub fn parse(s: &[u8]) -> Result<Self, BadEventType> {
         let mut mask = 0;
@@ -67,6 +92,8 @@ impl EventTypes {
                 b't' => flags::STREAM,
                 b'm' => flags::KEY_MISS,
                 b'n' => flags::NEW,
+                b'o' => flags::OVERWRITTEN,
+                b'c' => flags::TYPE_CHANGED,
                 b'A' => flags::ALL,
                 other => return Err(BadEventType::Unknown(char::from(other))),
             };
@@ -80,7 +107,7 @@ impl EventTypes {
 
 impl fmt::Display for EventTypes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const LETTERS: [(i32, char); 11] = [
+        const LETTERS: [(i32, char); 13] = [
             (flags::GENERIC, 'g'),
             (flags::STRING, '$'),
             (flags::LIST, 'l'),
@@ -92,6 +119,8 @@ impl fmt::Display for EventTypes {
             (flags::STREAM, 't'),
             (flags::NEW, 'n'),
             (flags::KEY_MISS, 'm'),
+            (flags::OVERWRITTEN, 'o'),
+            (flags::TYPE_CHANGED, 'c'),
         ];
         for (flag, c) in LETTERS {
             if self.0 & flag != 0 {
@@ -208,6 +237,59 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// Encodes one event as a JSON record (see the module doc), appending
+    /// it to `out`; `extra` appends the `"before"` / `"after"` members.
+    #[allow(clippy::too_many_arguments)]
+    pub fn json_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        now_secs: u64,
+        db: i32,
+        event: &[u8],
+        key: &[u8],
+        node: &str,
+        extra: impl FnOnce(&mut Vec<u8>),
+    ) {
+        self.count_up();
+        if self.ts != now_secs {
+            self.set_time(now_secs);
+        }
+        out.reserve(self.header.len() * 2 + 80 + event.len() * 2 + key.len() * 2 + node.len());
+        out.extend_from_slice(&self.header);
+        out.push(b'J');
+        push_i64(out, db);
+        out.push(b'\n');
+        out.extend_from_slice(event);
+        out.push(b'\n');
+        push_u64(out, key.len() as u64);
+        out.push(b'\n');
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"{\"id\":\"");
+        // The id is `<hex tag>-<digits>`: nothing to escape.
+        out.extend_from_slice(&self.header[..self.seq_end]);
+        out.extend_from_slice(b"\",\"time\":");
+        push_u64(out, now_secs);
+        out.extend_from_slice(b",\"node\":");
+        crate::json::push_str(out, node);
+        out.extend_from_slice(b",\"db\":");
+        push_i64(out, db);
+        out.extend_from_slice(b",\"event\":");
+        crate::json::push_bytes(out, event);
+        out.extend_from_slice(b",\"key\":");
+        crate::json::push_bytes(out, key);
+        extra(out);
+        out.push(b'}');
+    }
+}
+
+fn push_i64(out: &mut Vec<u8>, v: i32) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, u64::from(v.unsigned_abs()));
+}
+
 /// Seconds since the epoch from the coarse real-time clock (cheap: no syscall, tick resolution).
 #[inline]
 pub fn now_secs() -> u64 {
@@ -236,6 +318,14 @@ pub struct Parts<'a> {
     pub timestamp: u64,
     /// The AMQP body.
     pub body: &'a [u8],
+    /// The database number, as text.
+    pub db: &'a [u8],
+    /// The event name.
+    pub event: &'a [u8],
+    /// The key.
+    pub key: &'a [u8],
+    /// A JSON record (the body is JSON).
+    pub json: bool,
 }
 
 /// Splits a record; `None` when it is not one (a foreign list element).
@@ -244,10 +334,37 @@ pub fn split(record: &[u8]) -> Option<Parts<'_>> {
     let b = a + 1 + memchr::memchr(b'\n', &record[a + 1..])?;
     let message_id = std::str::from_utf8(&record[..a]).ok()?;
     let timestamp = std::str::from_utf8(&record[a + 1..b]).ok()?.parse().ok()?;
+    let rest = &record[b + 1..];
+    if let Some(j) = rest.strip_prefix(b"J") {
+        let mut it = j.splitn(4, |c| *c == b'\n');
+        let (db, event, len, tail) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        let len: usize = std::str::from_utf8(len).ok()?.parse().ok()?;
+        if tail.len() < len {
+            return None;
+        }
+        let (key, body) = tail.split_at(len);
+        return Some(Parts {
+            message_id,
+            timestamp,
+            body,
+            db,
+            event,
+            key,
+            json: true,
+        });
+    }
+    let mut it = rest.splitn(3, |c| *c == b'\n');
+    let db = it.next().unwrap_or_default();
+    let event = it.next().unwrap_or_default();
+    let key = it.next().unwrap_or_default();
     Some(Parts {
         message_id,
         timestamp,
-        body: &record[b + 1..],
+        body: rest,
+        db,
+        event,
+        key,
+        json: false,
     })
 }
 
@@ -294,6 +411,45 @@ mod tests {
             "abc-1001"
         );
         assert!(now_secs() > 1_600_000_000);
+    }
+
+    #[test]
+    fn json_records_carry_the_seed_fields() {
+        let mut e = Encoder::new("abc");
+        let mut r = Vec::new();
+        e.json_into(&mut r, 7, 3, b"set", b"k\n\xff", "6379/abc", |o| {
+            o.extend_from_slice(b",\"after\":1")
+        });
+        let p = split(&r).unwrap();
+        assert!(p.json);
+        assert_eq!(
+            (p.message_id, p.timestamp, p.db, p.event, p.key),
+            ("abc-1", 7, &b"3"[..], &b"set"[..], &b"k\n\xff"[..])
+        );
+        assert_eq!(
+            std::str::from_utf8(p.body).unwrap(),
+            r#"{"id":"abc-1","time":7,"node":"6379/abc","db":3,"event":"set","key":{"base64":"awr/"},"after":1}"#
+        );
+        let seed = e.record(7, 3, b"set", b"k");
+        let p = split(&seed).unwrap();
+        assert!(!p.json);
+        assert_eq!((p.db, p.event, p.key), (&b"3"[..], &b"set"[..], &b"k"[..]));
+        assert_eq!(p.message_id, "abc-2");
+        assert_eq!(split(b"id\n1\nJ0\nset\n9\nkey"), None);
+    }
+
+    #[test]
+    fn new_letters() {
+        let t = EventTypes::parse(b"Anmoc").unwrap();
+        assert_eq!(t.to_string(), "g$lshzxenmoc");
+        assert_eq!(
+            t.unknown_to(flags::ALL | flags::NEW | flags::KEY_MISS),
+            Some('o')
+        );
+        assert_eq!(
+            EventTypes::parse(b"A").unwrap().unknown_to(flags::ALL),
+            None
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod json;
 pub mod keymask;
 pub mod memory;
 pub mod queue;

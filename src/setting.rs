@@ -4,6 +4,7 @@
 
 use crate::config::{text, ConfigError, Secret, Settings};
 use crate::endpoint::HostOrder;
+use crate::json::{Format, Values};
 use crate::keymask::KeyMasks;
 
 /// One setting, exposed as a module config.
@@ -53,7 +54,18 @@ pub enum Setting {
     TlsVerify,
     /// `auth-mechanism`: `plain` or `external`
     AuthMechanism,
+    /// `format`: `seed` or `json`
+    Format,
+    /// `values`: `none`, `after`, `before` or `both` (needs `format json`)
+    Values,
+    /// `value-max-bytes`: values over this many raw bytes are left out
+    ValueMaxBytes,
+    /// `cloudevents`: `yes` puts the CloudEvents headers on JSON messages
+    CloudEvents,
 }
+
+/// The largest `value-max-bytes` (512 MB, a string's limit).
+pub const VALUE_MAX_BYTES_MAX: i64 = 512 << 20;
 
 /// A setting's value: text (binary-safe) or a number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +78,7 @@ pub enum Value {
 
 impl Setting {
     /// Every setting, in the order of the README's table.
-    pub const ALL: [Setting; 21] = [
+    pub const ALL: [Setting; 25] = [
         Self::Host,
         Self::Port,
         Self::Vhost,
@@ -88,6 +100,10 @@ impl Setting {
         Self::TlsServerName,
         Self::TlsVerify,
         Self::AuthMechanism,
+        Self::Format,
+        Self::Values,
+        Self::ValueMaxBytes,
+        Self::CloudEvents,
     ];
 
     /// The config name, without the module prefix.
@@ -114,6 +130,10 @@ impl Setting {
             Self::TlsServerName => "tls-server-name",
             Self::TlsVerify => "tls-verify",
             Self::AuthMechanism => "auth-mechanism",
+            Self::Format => "format",
+            Self::Values => "values",
+            Self::ValueMaxBytes => "value-max-bytes",
+            Self::CloudEvents => "cloudevents",
         }
     }
 
@@ -124,6 +144,7 @@ impl Setting {
             Self::Heartbeat => Some((0, 65535)),
             Self::DeliveryMode => Some((1, 2)),
             Self::FallbackSize => Some((i64::MIN, i64::MAX)),
+            Self::ValueMaxBytes => Some((0, VALUE_MAX_BYTES_MAX)),
             _ => None,
         }
     }
@@ -170,6 +191,12 @@ impl Setting {
             Self::TlsServerName => t(&a.tls_server_name),
             Self::TlsVerify => t(yes_no(a.tls_verify)),
             Self::AuthMechanism => t(if a.external { "external" } else { "plain" }),
+            Self::Format => t(s.format.name()),
+            Self::Values => t(s.values.name()),
+            Self::ValueMaxBytes => {
+                Value::Number(i64::try_from(s.value_max_bytes).unwrap_or(i64::MAX))
+            }
+            Self::CloudEvents => t(yes_no(a.cloudevents)),
         }
     }
 
@@ -216,6 +243,33 @@ impl Setting {
                         })
                     }
                 }
+            }
+            Self::CloudEvents => out.amqp.cloudevents = parse_yes_no("cloudevents", &bytes)?,
+            Self::Format => {
+                out.format = Format::parse(&bytes).ok_or_else(|| ConfigError::Invalid {
+                    name: "format",
+                    value: crate::keymask::printable(&bytes),
+                    reason: "must be seed or json",
+                })?
+            }
+            Self::Values => {
+                out.values = Values::parse(&bytes).ok_or_else(|| ConfigError::Invalid {
+                    name: "values",
+                    value: crate::keymask::printable(&bytes),
+                    reason: "must be none, after, before or both",
+                })?
+            }
+            Self::ValueMaxBytes => {
+                out.value_max_bytes = std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .filter(|n| (0..=VALUE_MAX_BYTES_MAX).contains(n))
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| ConfigError::Invalid {
+                        name: "value-max-bytes",
+                        value: crate::keymask::printable(&bytes),
+                        reason: "must be 0..536870912",
+                    })?
             }
             _ => {
                 let masks =
@@ -325,6 +379,28 @@ mod tests {
         assert!(Setting::Keymasks
             .set(&s, &Value::Text(b"\"open".to_vec()))
             .is_err());
+        let j = Setting::Format
+            .set(&s, &Value::Text(b"json".to_vec()))
+            .unwrap();
+        let v = Setting::Values
+            .set(&j, &Value::Text(b"both".to_vec()))
+            .unwrap();
+        assert!(v.check().is_ok());
+        let seed = Setting::Format
+            .set(&v, &Value::Text(b"seed".to_vec()))
+            .unwrap();
+        assert!(seed.check().unwrap_err().to_string().contains("values"));
+        assert!(Setting::Values
+            .set(&s, &Value::Text(b"all".to_vec()))
+            .is_err());
+        assert!(Setting::ValueMaxBytes.set(&s, &Value::Number(-1)).is_err());
+        assert_eq!(
+            Setting::ValueMaxBytes
+                .set(&s, &Value::Number(10))
+                .unwrap()
+                .value_max_bytes,
+            10
+        );
         let e = Setting::Port
             .set(&s, &Value::Number(0))
             .unwrap_err()

@@ -11,6 +11,9 @@ pub(super) struct Target<'a> {
     pub(super) routing_key: &'a route::RoutingKey,
     /// This node's name, for the `node` header; `None`: no headers.
     pub(super) node: Option<&'a str>,
+    /// This node's name, for the CloudEvents attributes of JSON records;
+    /// `None`: `cloudevents no`.
+    pub(super) cloudevents: Option<&'a str>,
     pub(super) base: &'a BasicProperties,
     /// Largest body sent; larger records are rejected.
     pub(super) limit: usize,
@@ -62,12 +65,22 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
             .clone()
             .with_message_id(p.message_id.into())
             .with_timestamp(p.timestamp);
+        let mut headers = lapin::types::FieldTable::default();
         if let Some(node) = target.node {
-            props = props.with_headers(route::headers(p.body, node));
+            route::headers(&mut headers, &p, node);
+        }
+        if p.json {
+            props = props.with_content_type("application/json".into());
+            if let Some(node) = target.cloudevents {
+                route::cloudevents(&mut headers, &p, node);
+            }
+        }
+        if !headers.inner().is_empty() {
+            props = props.with_headers(headers);
         }
         let skip = record.len() - p.body.len();
         let (ch, buf) = (channel.clone(), Arc::clone(&batch.records));
-        let (ex, rk) = (target.exchange.clone(), target.routing_key.render(p.body));
+        let (ex, rk) = (target.exchange.clone(), target.routing_key.render(&p));
         let mut fut: PublishFuture = Box::pin(async move {
             let body = buf.get(i).map_or(&[][..], |r| &r[skip..]);
             // Mandatory: an unroutable message comes back instead of vanishing.

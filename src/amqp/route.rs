@@ -2,6 +2,7 @@
 //! key (a fixed text, or a template), and headers that let consumers and
 //! header exchanges route without parsing the body.
 
+use crate::event::Parts;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 /// The longest routing key AMQP carries (a short string).
@@ -82,14 +83,14 @@ impl RoutingKey {
         Self::Template(parts)
     }
 
-    /// The routing key of one message, from its body `<db>\n<event>\n<key>`;
+    /// The routing key of one message, from the seed fields of its record;
     /// cut to 255 bytes on a character boundary.
-    pub fn render(&self, body: &[u8]) -> ShortString {
+    pub fn render(&self, p: &Parts<'_>) -> ShortString {
         let parts = match self {
             Self::Fixed(k) => return k.clone(),
             Self::Template(parts) => parts,
         };
-        let (db, event, key) = body_parts(body);
+        let (db, event, key) = (p.db, p.event, p.key);
         let mut out = String::new();
         for p in parts {
             match p {
@@ -117,20 +118,14 @@ impl RoutingKey {
     }
 }
 
-fn body_parts(body: &[u8]) -> (&[u8], &[u8], &[u8]) {
-    let mut it = body.splitn(3, |b| *b == b'\n');
-    let db = it.next().unwrap_or_default();
-    let event = it.next().unwrap_or_default();
-    let key = it.next().unwrap_or_default();
-    (db, event, key)
+fn text(b: &[u8]) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(b.to_vec()))
 }
 
 /// Headers `event`, `db`, `node`, and `key` when the key is UTF-8 and at
-/// most 1 KiB.
-pub fn headers(body: &[u8], node: &str) -> FieldTable {
-    let (db, event, key) = body_parts(body);
-    let mut t = FieldTable::default();
-    let text = |b: &[u8]| AMQPValue::LongString(LongString::from(b.to_vec()));
+/// most 1 KiB, added to `t`.
+pub fn headers(t: &mut FieldTable, p: &Parts<'_>, node: &str) {
+    let (db, event, key) = (p.db, p.event, p.key);
     t.insert("event".into(), text(event));
     if let Some(n) = std::str::from_utf8(db)
         .ok()
@@ -142,44 +137,121 @@ pub fn headers(body: &[u8], node: &str) -> FieldTable {
         t.insert("key".into(), text(key));
     }
     t.insert("node".into(), text(node.as_bytes()));
-    t
+}
+
+/// The CloudEvents attributes of a JSON record in binary content mode,
+/// as `cloudEvents_*` headers added to `t` (RabbitMQ 4 hands them to AMQP
+/// 1.0 consumers as CloudEvents application properties). `subject` is the
+/// key when it is UTF-8 (else it is left out: the body has it in base64).
+pub fn cloudevents(t: &mut FieldTable, p: &Parts<'_>, node: &str) {
+    t.insert("cloudEvents_specversion".into(), text(b"1.0"));
+    let mut ty = b"redis.keyspace.".to_vec();
+    ty.extend_from_slice(p.event);
+    t.insert("cloudEvents_type".into(), text(&ty));
+    let mut src = b"redis://".to_vec();
+    src.extend_from_slice(node.as_bytes());
+    src.push(b'/');
+    src.extend_from_slice(p.db);
+    t.insert("cloudEvents_source".into(), text(&src));
+    t.insert("cloudEvents_id".into(), text(p.message_id.as_bytes()));
+    t.insert(
+        "cloudEvents_time".into(),
+        text(crate::json::rfc3339(p.timestamp).as_bytes()),
+    );
+    if std::str::from_utf8(p.key).is_ok() {
+        t.insert("cloudEvents_subject".into(), text(p.key));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn rec(body: &[u8]) -> Vec<u8> {
+        [&b"id-1\n5\n"[..], body].concat()
+    }
+
+    fn render(k: &RoutingKey, body: &[u8]) -> String {
+        let r = rec(body);
+        k.render(&crate::event::split(&r).unwrap())
+            .as_str()
+            .to_string()
+    }
+
+    fn headers_of(body: &[u8], node: &str) -> FieldTable {
+        let r = rec(body);
+        let mut t = FieldTable::default();
+        headers(&mut t, &crate::event::split(&r).unwrap(), node);
+        t
+    }
+
     #[test]
     fn templates_render() {
         let body = b"3\nexpired\nuser:42:session";
-        assert_eq!(RoutingKey::parse("rk").render(body).as_str(), "rk");
+        assert_eq!(render(&RoutingKey::parse("rk"), body).as_str(), "rk");
         let t = RoutingKey::parse("kea.{event}.{db}.{prefix:1}");
-        assert_eq!(t.render(body).as_str(), "kea.expired.3.user");
+        assert_eq!(render(&t, body).as_str(), "kea.expired.3.user");
         assert_eq!(
-            RoutingKey::parse("{prefix:2}|{key}").render(body).as_str(),
+            render(&RoutingKey::parse("{prefix:2}|{key}"), body).as_str(),
             "user:42|user:42:session"
         );
         assert_eq!(
-            RoutingKey::parse("{prefix:9}").render(body).as_str(),
+            render(&RoutingKey::parse("{prefix:9}"), body).as_str(),
             "user:42:session"
         );
         assert_eq!(
-            RoutingKey::parse("a{unknown}b").render(body).as_str(),
+            render(&RoutingKey::parse("a{unknown}b"), body).as_str(),
             "a{unknown}b"
         );
         let long = [b"0\nset\n".as_slice(), &[b'k'; 400]].concat();
-        assert_eq!(RoutingKey::parse("{key}").render(&long).as_str().len(), 255);
+        assert_eq!(
+            render(&RoutingKey::parse("{key}"), &long).as_str().len(),
+            255
+        );
         let odd = b"0\nset\n\xff\xfe";
-        assert!(!RoutingKey::parse("{key}").render(odd).as_str().is_empty());
+        assert!(!render(&RoutingKey::parse("{key}"), odd).is_empty());
     }
 
     #[test]
     fn headers_carry_event_db_key_node() {
-        let h = headers(b"5\nset\nk1", "n1");
+        let h = headers_of(b"5\nset\nk1", "n1");
         let m = h.inner();
         assert_eq!(m.len(), 4);
         assert!(matches!(m.get("db"), Some(AMQPValue::LongInt(5))));
-        let no_key = headers(b"0\nset\n\xff", "n1");
+        let no_key = headers_of(b"0\nset\n\xff", "n1");
         assert!(!no_key.inner().contains_key("key"));
+    }
+
+    #[test]
+    fn cloudevents_attributes() {
+        let mut e = crate::event::Encoder::new("ab");
+        let mut r = Vec::new();
+        e.json_into(
+            &mut r,
+            1_700_000_000,
+            2,
+            b"set",
+            b"user:1",
+            "6379/ab",
+            |_| {},
+        );
+        let p = crate::event::split(&r).unwrap();
+        assert_eq!(
+            RoutingKey::parse("{event}.{db}.{key}").render(&p).as_str(),
+            "set.2.user:1"
+        );
+        let mut t = FieldTable::default();
+        cloudevents(&mut t, &p, "6379/ab");
+        let m = t.inner();
+        let get = |k: &str| match m.get(k) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
+            _ => String::new(),
+        };
+        assert_eq!(get("cloudEvents_specversion"), "1.0");
+        assert_eq!(get("cloudEvents_type"), "redis.keyspace.set");
+        assert_eq!(get("cloudEvents_source"), "redis://6379/ab/2");
+        assert_eq!(get("cloudEvents_id"), "ab-1");
+        assert_eq!(get("cloudEvents_time"), "2023-11-14T22:13:20Z");
+        assert_eq!(get("cloudEvents_subject"), "user:1");
     }
 }

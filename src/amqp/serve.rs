@@ -379,6 +379,7 @@ pub(super) async fn serve(
                         exchange: &exchange,
                         routing_key: &routing_key,
                         node: settings.headers.then_some(settings.node.as_str()),
+                        cloudevents: settings.cloudevents.then_some(settings.node.as_str()),
                         base: &base,
                         limit,
                     },

@@ -8,8 +8,9 @@
 //! it gets back (bring the timer forward, arm the outbox job).
 
 use super::{Drop, Engine};
-use crate::config::QUEUE_MAX_BYTES;
+use crate::config::{Settings, QUEUE_MAX_BYTES};
 use crate::event::Encoder;
+use crate::json::{Format, Values};
 use crate::queue::Records;
 
 /// The smallest hard limit of the queue.
@@ -62,6 +63,43 @@ pub trait Origin {
     /// is known, and the server runs post-notification jobs (the engine
     /// checks that the fallback list is on).
     fn outbox(&self) -> bool;
+    /// `format json`: appends the `,"before":...` and `,"after":...`
+    /// members that `values` asks for, never reading more than `cap` bytes
+    /// of a value (the host reads the value; the default reads none).
+    fn values(
+        &self,
+        _db: i32,
+        _event: &[u8],
+        _key: &[u8],
+        _values: Values,
+        _cap: usize,
+        _out: &mut Vec<u8>,
+    ) {
+    }
+}
+
+/// Encodes one event in the format in force (see [`crate::event`]).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn encode(
+    encoder: &mut Encoder,
+    s: &Settings,
+    origin: &impl Origin,
+    out: &mut Vec<u8>,
+    now: u64,
+    db: i32,
+    event: &[u8],
+    key: &[u8],
+) {
+    match s.format {
+        Format::Seed => encoder.record_into(out, now, db, event, key),
+        Format::Json => {
+            let cap = usize::try_from(s.value_max_bytes).unwrap_or(usize::MAX);
+            encoder.json_into(out, now, db, event, key, &s.amqp.node, |out| {
+                origin.values(db, event, key, s.values, cap, out)
+            })
+        }
+    }
 }
 
 /// The callback's side of the engine: the encoder and the outbox.
@@ -132,10 +170,10 @@ impl Engine {
         let now = origin.now_secs();
         let intake = &mut self.intake;
         if self.settings.fallback_size >= 0 && origin.outbox() {
-            let encoder = &mut intake.encoder;
+            let (encoder, settings) = (&mut intake.encoder, &self.settings);
             intake
                 .outbox
-                .push_with(|out| encoder.record_into(out, now, db, event, key));
+                .push_with(|out| encode(encoder, settings, origin, out, now, db, event, key));
             return Accepted::Outbox {
                 arm: !intake.outbox_armed,
             };
@@ -147,9 +185,9 @@ impl Engine {
             self.queue.push_records(earlier);
         }
         let was_empty = self.queue.is_empty();
-        let encoder = &mut intake.encoder;
+        let (encoder, settings) = (&mut intake.encoder, &self.settings);
         self.queue.push_with(intake.chunk, |out| {
-            encoder.record_into(out, now, db, event, key)
+            encode(encoder, settings, origin, out, now, db, event, key)
         });
         Accepted::Queued { was_empty }
     }

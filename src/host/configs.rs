@@ -10,7 +10,7 @@ use crate::config::{
     FALLBACK_KEY_DEFAULT, ON_UNROUTABLE, OUTBOX, TUNABLES,
 };
 use crate::host::rawconfig::{self, Config};
-use crate::host::{outbox, redact, state};
+use crate::host::{outbox, redact, state, values};
 use crate::setting::{Setting, Value};
 use redis_module::configuration::{
     register_enum_configuration, register_i64_configuration, ConfigurationContext,
@@ -91,6 +91,9 @@ fn apply_pending() -> Result<(), String> {
     let Some(new) = PENDING.lock().ok().and_then(|mut p| p.take()) else {
         return Ok(());
     };
+    // What no single setting can check (values need format json), on the
+    // whole `CONFIG SET`: a refusal makes the server set the old values back.
+    new.check().map_err(|e| e.to_string())?;
     state::with(|st| {
         let action = LinkAction::after(&st.engine.settings, &new);
         st.use_settings(new, action);
@@ -137,6 +140,7 @@ impl SettingConfig {
                 };
                 if !unset {
                     *s = self.0.set(s, &v).map_err(|e| e.to_string())?;
+                    needs_key_event(s)?;
                 }
                 return Ok(());
             }
@@ -145,11 +149,20 @@ impl SettingConfig {
             let mut pending = PENDING.lock().map_err(|_| "config lock poisoned")?;
             let base = pending.as_ref().unwrap_or(&st.engine.settings);
             let new = self.0.set(base, &v).map_err(|e| e.to_string())?;
+            needs_key_event(&new)?;
             *pending = Some(new);
             Ok(())
         })
         .unwrap_or_else(|| Err("module state is busy".to_string()))
     }
+}
+
+/// Refuses `values before|both` where the server has no key event.
+fn needs_key_event(s: &Settings) -> Result<(), String> {
+    if s.values.before() && !values::key_event_supported() {
+        return Err(values::NO_KEY_EVENT.into());
+    }
+    Ok(())
 }
 
 impl Config for SettingConfig {

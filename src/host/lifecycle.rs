@@ -115,6 +115,12 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     if let Err(e) = configs::register(ctx, &mut settings) {
         return refuse_load(ctx, &e);
     }
+    if let Err(e) = settings.check() {
+        return refuse_load(ctx, &e.to_string());
+    }
+    if let Err(e) = crate::host::classes::check(ctx, types) {
+        return refuse_load(ctx, &e);
+    }
     if let Err(e) = crate::host::list::select(ctx) {
         return refuse_load(ctx, &e);
     }
@@ -148,6 +154,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     if !notify::subscribe(ctx, types.0) {
         return refuse_load(ctx, "cannot subscribe to keyspace events");
     }
+    crate::host::values::subscribe(ctx);
     // Only now, with every check passed, does the module hold state.
     state::install(State {
         engine,

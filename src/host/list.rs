@@ -1,7 +1,13 @@
 //! The fallback list: a real Redis list that holds records the
-//! broker has not confirmed. Writes go through `RedisModule_Call` with `!`,
-//! so they reach the AOF and replicas; records leave the list only after the
-//! broker confirmed them (`LTRIM` after the ack).
+//! broker has not confirmed. Pushes go through the key API
+//! (`RedisModule_ListPush` on an open key) plus one `RedisModule_Replicate`
+//! of the equivalent `RPUSH`/`LPUSH` per chunk, so they reach the AOF and
+//! replicas without a command's argument parsing and reply; where the key API
+//! would skip a check `RedisModule_Call` makes (a cluster node: slot
+//! ownership; near `maxmemory`: eviction and the OOM refusal; a value of
+//! another type under the key), the push goes through `RedisModule_Call`
+//! with `!`. Records leave the list only after the broker confirmed them
+//! (`LTRIM` after the ack, one call per batch).
 //!
 //! Every operation runs in one fixed database ([`select`]), and no write is
 //! made while the server asks modules to avoid replication traffic (CLIENT
@@ -144,6 +150,10 @@ pub struct RedisList<'a> {
     key: &'a mut ListKey,
     /// Writes are refused over `maxmemory` (all but durable-mode appends).
     oom_check: bool,
+    /// The context is an execution unit that propagates what
+    /// `RedisModule_Replicate` queued when it ends (a timer callback, a
+    /// post-notification job): pushes may use the key API.
+    unit: bool,
 }
 
 impl<'a> RedisList<'a> {
@@ -153,7 +163,18 @@ impl<'a> RedisList<'a> {
             ctx,
             key,
             oom_check: true,
+            unit: false,
         }
+    }
+
+    /// Pushes may go through the key API: `ctx` is a timer callback's or a
+    /// post-notification job's, whose end propagates what was replicated.
+    /// Elsewhere (the SHUTDOWN filter, a server event) a replicated write
+    /// could stay queued until after the final AOF write, so pushes there
+    /// go through `RedisModule_Call`, which propagates at once.
+    pub fn in_unit(mut self) -> Self {
+        self.unit = true;
+        self
     }
 
     /// Writes even over `maxmemory`: durable-mode appends, whose write was
@@ -287,11 +308,148 @@ impl RedisList<'_> {
         if records.is_empty() {
             return self.read_len();
         }
+        if self.unit && self.direct_ok() {
+            if let Some(len) = push_direct(self.ctx, self.key.key.as_bytes(), cmd, records)? {
+                return Ok(len);
+            }
+        }
         let mut len = 0;
         let opts = write_options(self.oom_check);
         for chunk in records.chunks(CHUNK) {
             len = self.on_key(cmd, &opts, chunk)?;
         }
         Ok(u64::try_from(len).unwrap_or(0))
+    }
+
+    /// The key API may push here: not a cluster node (it makes no slot
+    /// check), and, for writes refused over `maxmemory`, used memory under
+    /// [`DIRECT_MEMORY_RATIO`] of it (`RedisModule_Call` evicts or refuses there).
+    fn direct_ok(&self) -> bool {
+        if self
+            .ctx
+            .get_flags()
+            .contains(redis_module::ContextFlags::CLUSTER)
+        {
+            return false;
+        }
+        if !self.oom_check {
+            return true;
+        }
+        // SAFETY: takes no arguments; main thread. 0 when maxmemory is off.
+        let ratio = unsafe { redis_module::raw::RedisModule_GetUsedMemoryRatio.map(|f| f()) };
+        ratio.is_some_and(|r| r < DIRECT_MEMORY_RATIO)
+    }
+}
+
+/// Used memory (as a share of `maxmemory`) under which a push may skip
+/// `RedisModule_Call`'s eviction and OOM check: one chunk cannot reach the limit.
+const DIRECT_MEMORY_RATIO: f32 = 0.9;
+
+/// Pushes `records` (in the order given; `cmd` is `RPUSH` or `LPUSH`) through
+/// the key API, replicating one `cmd` per chunk of [`CHUNK`]. `Ok(None)`: the
+/// key holds another type, or the API is missing; the caller uses
+/// `RedisModule_Call`, which moves the value aside.
+fn push_direct(
+    ctx: &Context,
+    key: &[u8],
+    cmd: &str,
+    records: &[&[u8]],
+) -> Result<Option<u64>, StoreError> {
+    use redis_module::raw;
+    let (where_, cname) = if cmd == "LPUSH" {
+        (raw::REDISMODULE_LIST_HEAD, c"LPUSH")
+    } else {
+        (raw::REDISMODULE_LIST_TAIL, c"RPUSH")
+    };
+    // SAFETY: main thread, valid context; every string made here is freed
+    // here and the key is closed here. `Replicate` takes its own references.
+    unsafe {
+        let (
+            Some(create),
+            Some(free),
+            Some(open),
+            Some(close),
+            Some(kind),
+            Some(len),
+            Some(push),
+            Some(replicate),
+        ) = (
+            raw::RedisModule_CreateString,
+            raw::RedisModule_FreeString,
+            raw::RedisModule_OpenKey,
+            raw::RedisModule_CloseKey,
+            raw::RedisModule_KeyType,
+            raw::RedisModule_ValueLength,
+            raw::RedisModule_ListPush,
+            raw::RedisModule_Replicate,
+        )
+        else {
+            return Ok(None);
+        };
+        let name = create(ctx.ctx, key.as_ptr().cast(), key.len());
+        if name.is_null() {
+            return Ok(None);
+        }
+        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as i32;
+        let k = open(ctx.ctx, name, mode);
+        let usable = !k.is_null()
+            && matches!(
+                kind(k) as isize,
+                raw::REDISMODULE_KEYTYPE_EMPTY | raw::REDISMODULE_KEYTYPE_LIST
+            );
+        if !usable {
+            if !k.is_null() {
+                close(k);
+            }
+            free(ctx.ctx, name);
+            return Ok(None);
+        }
+        let mut out = Ok(());
+        let mut argv: Vec<*mut raw::RedisModuleString> =
+            Vec::with_capacity(CHUNK.min(records.len()));
+        for chunk in records.chunks(CHUNK) {
+            argv.clear();
+            for r in chunk {
+                let s = create(ctx.ctx, r.as_ptr().cast(), r.len());
+                if s.is_null() {
+                    out = Err(StoreError::Refused("cannot create a string".into()));
+                    break;
+                }
+                argv.push(s);
+            }
+            let mut pushed: usize = 0;
+            if out.is_ok() {
+                for &s in &argv {
+                    if push(k, where_ as i32, s) != raw::Status::Ok as i32 {
+                        out = Err(StoreError::Refused(format!(
+                            "{cmd} through the key API failed"
+                        )));
+                        break;
+                    }
+                    pushed += 1;
+                }
+            }
+            if pushed > 0 {
+                // What was pushed, replicated as one command of this unit.
+                replicate(
+                    ctx.ctx,
+                    cname.as_ptr(),
+                    c"sv".as_ptr(),
+                    name,
+                    argv.as_ptr(),
+                    pushed,
+                );
+            }
+            for &s in &argv {
+                free(ctx.ctx, s);
+            }
+            if out.is_err() {
+                break;
+            }
+        }
+        let n = u64::try_from(len(k)).unwrap_or(0);
+        close(k);
+        free(ctx.ctx, name);
+        out.map(|()| Some(n))
     }
 }

@@ -4,6 +4,7 @@
 //! It adapts Redis to the engine and calls down into it; nothing below
 //! imports it.
 
+pub mod classes;
 pub mod cluster;
 pub mod commands;
 pub mod configs;
@@ -19,6 +20,7 @@ pub mod redact;
 pub mod shutdown;
 pub mod state;
 pub mod timer;
+pub mod values;
 
 use crate::MODULE_NAME;
 use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};

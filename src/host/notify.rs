@@ -6,7 +6,8 @@ use crate::config::OUTBOX;
 use crate::engine::{Accepted, Origin};
 use crate::event;
 use crate::host::state::{self, State};
-use crate::host::{guard, outbox, timer};
+use crate::host::{guard, outbox, timer, values};
+use crate::json::Values;
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
@@ -25,6 +26,8 @@ pub fn subscribe(ctx: &Context, types: i32) -> bool {
 /// The notification's server side, read only when the engine keeps the event.
 struct Notification {
     ctx: *mut raw::RedisModuleCtx,
+    /// The key string Redis passed (to open the key for its value).
+    key: *mut raw::RedisModuleString,
     /// The fallback key is known (in cluster mode, after the first tick).
     list_key: bool,
 }
@@ -45,6 +48,10 @@ impl Origin for Notification {
     fn outbox(&self) -> bool {
         OUTBOX.load(Ordering::Relaxed) && self.list_key && outbox::supported()
     }
+
+    fn values(&self, db: i32, event: &[u8], key: &[u8], v: Values, cap: usize, out: &mut Vec<u8>) {
+        values::images(self.ctx, self.key, db, event, key, v, cap, out);
+    }
 }
 
 extern "C" fn on_keyspace_event(
@@ -59,10 +66,12 @@ extern "C" fn on_keyspace_event(
         }
         // SAFETY: Redis passes a NUL-terminated event name and a live key string.
         let event = unsafe { CStr::from_ptr(event) }.to_bytes();
-        let key = RedisString::string_as_slice(key);
+        let keyobj = key;
+        let key = RedisString::string_as_slice(keyobj);
         state::with(|st| {
             let origin = Notification {
                 ctx,
+                key: keyobj,
                 list_key: !st.list_key.key.is_empty(),
             };
             match st.engine.accept(event, key, &origin) {

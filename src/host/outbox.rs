@@ -4,8 +4,9 @@
 //! one post-notification job per execution unit. Redis runs the job at
 //! the end of that unit (after the command, the whole MULTI/EXEC, the script,
 //! or the expiry or eviction), and the job appends the unit's records to the
-//! fallback list in one `RPUSH`. Writes made there are propagated with the
-//! command that caused them, inside its MULTI/EXEC: the AOF and the replicas
+//! fallback list in one push through the key API (`RedisModule_ListPush` on
+//! the open key, and one `RedisModule_Replicate` of the `RPUSH`). Writes
+//! made there are propagated with the command that caused them, inside its MULTI/EXEC: the AOF and the replicas
 //! get the write and its events together, or neither. The timer then
 //! forwards from the list and trims after confirms, as for any list record.
 
@@ -42,7 +43,9 @@ pub fn flush(ctx: &Context, st: &mut State) -> bool {
     crate::host::cluster::check_list_moved(ctx, st);
     // The write that caused these events was accepted: its events must be
     // kept even over maxmemory, like the write itself.
-    let mut store = RedisList::new(ctx, &mut st.list_key).without_oom_check();
+    let mut store = RedisList::new(ctx, &mut st.list_key)
+        .without_oom_check()
+        .in_unit();
     st.engine.flush_outbox(&mut store);
     crate::host::log::notices(&mut st.engine);
     true

@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 /// answer), and at `hz` below 10 idle ticks come once per cron.
 pub const IDLE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The tick interval while half the in-flight window or more waits for
+/// confirms (`flush-interval-ms` when that is longer).
+const BUSY_WINDOW_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Records one tick spills beyond what arrived since the last tick while
 /// the broker is unreachable (a few ms of `RPUSH` on the main thread).
 const SPILL_CHUNK: usize = 16_384;
@@ -83,7 +87,12 @@ pub fn arm(ctx: &Context, st: &mut State) {
     if !st.timer_fast {
         return;
     }
-    let period = Duration::from_millis(FLUSH_INTERVAL_MS.get().unsigned_abs());
+    let mut period = Duration::from_millis(FLUSH_INTERVAL_MS.get().unsigned_abs());
+    // Half the window or more in flight: the broker has work for a while
+    // and a tick would find few confirms, so the main thread wakes less often.
+    if st.engine.inflight_events() >= INFLIGHT_MAX.get_usize().div_ceil(2).max(1) {
+        period = period.max(BUSY_WINDOW_INTERVAL);
+    }
     st.timer = Some(ctx.create_timer(period, on_timer, ()));
 }
 
@@ -123,7 +132,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
         crate::host::cluster::refresh(ctx, st, false);
         crate::host::cluster::adopt(ctx, st);
     }
-    let mut list = RedisList::new(ctx, &mut st.list_key);
+    let mut list = RedisList::new(ctx, &mut st.list_key).in_unit();
     st.engine.tick(&mut list, &mut st.client, &limits(), now);
     if std::mem::take(&mut st.engine.want_slot_refresh) {
         crate::host::cluster::refresh(ctx, st, true);

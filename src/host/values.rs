@@ -1,0 +1,372 @@
+//! Values in events (`key_evt_amqp.values`, `format json`).
+//!
+//! - After-images: the keyspace callback opens the key READ (it sees the
+//!   value just written) and writes the value straight into the record.
+//! - Before-images: the server event `RedisModuleEvent_Key` (Redis 7.2+,
+//!   Valkey 8+) fires before a key is deleted, expired, evicted or
+//!   overwritten, with the key opened READ on the value about to go. Its
+//!   image is stashed here and attached to the next keyspace event of the
+//!   same key (an `expired` / `evicted` image only to that event); a
+//!   post-notification job drops what no event took at the end of the
+//!   execution unit.
+//!
+//! Values are read through the low-level key API, never through
+//! `RedisModule_Call`, and never past `value-max-bytes` (see
+//! [`crate::json::Image`]).
+
+use crate::host::{guard, state};
+use crate::json::{self, Format, Image, Kind, Values};
+use redis_module::{raw, Context, RedisString};
+use std::cell::{Cell, RefCell};
+use std::os::raw::{c_int, c_long, c_void};
+
+/// How a value is opened: read only, and with no side effect the server
+/// lets a module avoid (no LRU touch, no keymiss notification, no hit/miss
+/// stats, no lazy expiry). Servers older than the flags ignore them.
+const OPEN: c_int = (raw::REDISMODULE_READ
+    | raw::REDISMODULE_OPEN_KEY_NOTOUCH
+    | raw::REDISMODULE_OPEN_KEY_NONOTIFY
+    | raw::REDISMODULE_OPEN_KEY_NOSTATS
+    | raw::REDISMODULE_OPEN_KEY_NOEXPIRE) as c_int;
+
+/// The most before-images held at once (a safety bound: the job empties
+/// the stash at the end of every execution unit).
+const STASH_MAX: usize = 64;
+
+/// A before-image waiting for its keyspace event.
+struct Stashed {
+    db: i32,
+    key: Vec<u8>,
+    subevent: u64,
+    image: Vec<u8>,
+}
+
+thread_local! {
+    static STASH: RefCell<Vec<Stashed>> = const { RefCell::new(Vec::new()) };
+    static CLEAR_ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn key_event() -> raw::RedisModuleEvent {
+    raw::RedisModuleEvent {
+        id: raw::REDISMODULE_EVENT_KEY,
+        dataver: 1,
+    }
+}
+
+/// The server has `RedisModuleEvent_Key` (Redis 7.2+, Valkey 8+): before
+/// images are possible.
+pub fn key_event_supported() -> bool {
+    // SAFETY: reads a function pointer the server filled in at load, and
+    // calls it with a plain value.
+    unsafe {
+        raw::RedisModule_IsSubEventSupported.is_some_and(|f| {
+            f(key_event(), raw::REDISMODULE_SUBEVENT_KEY_DELETED) != 0
+                && f(key_event(), raw::REDISMODULE_SUBEVENT_KEY_OVERWRITTEN) != 0
+        })
+    }
+}
+
+/// The refusal of `values before|both` on a server without the key event.
+pub const NO_KEY_EVENT: &str = "values before and both need the server's key event (RedisModuleEvent_Key: Redis 7.2+ or Valkey 8+); this server has none";
+
+/// Subscribes to the key event where the server has it (at load). The
+/// callback returns at once unless before-images are asked for.
+pub fn subscribe(ctx: &Context) {
+    if !key_event_supported() {
+        return;
+    }
+    // SAFETY: OnLoad, valid context; the crate has no wrapper.
+    unsafe {
+        if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
+            sub(ctx.ctx, key_event(), Some(on_key_event));
+        }
+    }
+}
+
+extern "C" fn on_key_event(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    data: *mut c_void,
+) {
+    guard::run("key event", || {
+        if data.is_null() {
+            return;
+        }
+        // SAFETY: for this event the server passes a `RedisModuleKeyInfoV1`.
+        let kp = unsafe { (*(data as *const raw::RedisModuleKeyInfo)).key };
+        if kp.is_null() {
+            return;
+        }
+        let wanted = state::with(|st| {
+            let s = &st.engine.settings;
+            if !s.values.before() || s.format != Format::Json {
+                return None;
+            }
+            if !st.engine.master || st.engine.loading {
+                return None;
+            }
+            // SAFETY: a live key handle from the server.
+            let name = unsafe { raw::RedisModule_GetKeyNameFromModuleKey.map(|f| f(kp)) }?;
+            if name.is_null() {
+                return None;
+            }
+            let key = RedisString::string_as_slice(name.cast_mut());
+            let prefix = st.list_key.key_prefix.as_bytes();
+            if key.starts_with(prefix) || !s.masks.matches(key) {
+                return None;
+            }
+            Some((
+                key.to_vec(),
+                usize::try_from(s.value_max_bytes).unwrap_or(usize::MAX),
+            ))
+        })
+        .flatten();
+        let Some((key, cap)) = wanted else {
+            return;
+        };
+        // SAFETY: a live key handle from the server.
+        let db = unsafe { raw::RedisModule_GetDbIdFromModuleKey.map_or(0, |f| f(kp)) };
+        let mut image = Vec::new();
+        // SAFETY: the server's key handle, opened READ; `ctx` is live.
+        if !unsafe { read(ctx, kp, cap, &mut image) } {
+            return;
+        }
+        STASH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.retain(|e| !(e.db == db && e.key == key));
+            if s.len() >= STASH_MAX {
+                s.remove(0);
+            }
+            s.push(Stashed {
+                db,
+                key,
+                subevent,
+                image,
+            });
+        });
+        arm_clear(ctx);
+    });
+}
+
+/// Arms the job that empties the stash at the end of the execution unit.
+fn arm_clear(ctx: *mut raw::RedisModuleCtx) {
+    if CLEAR_ARMED.with(Cell::get) {
+        return;
+    }
+    let armed = Context::new(ctx).add_post_notification_job(|_| {
+        guard::run("values job", || {
+            CLEAR_ARMED.with(|a| a.set(false));
+            STASH.with(|s| s.borrow_mut().clear());
+        });
+    });
+    if armed.is_ok() {
+        CLEAR_ARMED.with(|a| a.set(true));
+    }
+}
+
+/// Takes the before-image stashed for this event of `key`, if any.
+fn take(db: i32, key: &[u8], event: &[u8]) -> Option<Vec<u8>> {
+    STASH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.is_empty() {
+            return None;
+        }
+        let i = s.iter().position(|e| e.db == db && e.key == key)?;
+        let fits = match s[i].subevent {
+            raw::REDISMODULE_SUBEVENT_KEY_EXPIRED => event == b"expired",
+            raw::REDISMODULE_SUBEVENT_KEY_EVICTED => event == b"evicted",
+            _ => true,
+        };
+        fits.then(|| s.remove(i).image)
+    })
+}
+
+/// Appends the `,"before":...` and `,"after":...` members that `v` asks
+/// for to the JSON record of `event` on `key` in `db`. `keyobj` is the key
+/// string the server passed to the keyspace callback (`key` is its bytes).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn images(
+    ctx: *mut raw::RedisModuleCtx,
+    keyobj: *mut raw::RedisModuleString,
+    db: i32,
+    event: &[u8],
+    key: &[u8],
+    v: Values,
+    cap: usize,
+    out: &mut Vec<u8>,
+) {
+    if v.before() {
+        if let Some(b) = take(db, key, event) {
+            out.extend_from_slice(b",\"before\":");
+            out.extend_from_slice(&b);
+        }
+    }
+    if v.after() {
+        // SAFETY: the callback's live context and key string.
+        unsafe { after_image(ctx, keyobj, cap, out) };
+    }
+}
+
+/// Appends `,"after":<image>` when the key holds a value now.
+unsafe fn after_image(
+    ctx: *mut raw::RedisModuleCtx,
+    keyobj: *mut raw::RedisModuleString,
+    cap: usize,
+    out: &mut Vec<u8>,
+) {
+    let (Some(open), Some(close)) = (raw::RedisModule_OpenKey, raw::RedisModule_CloseKey) else {
+        return;
+    };
+    let kp = open(ctx, keyobj, OPEN);
+    if kp.is_null() {
+        return;
+    }
+    let mark = out.len();
+    out.extend_from_slice(b",\"after\":");
+    if !read(ctx, kp, cap, out) {
+        out.truncate(mark);
+    }
+    close(kp);
+}
+
+/// The server's key type as the JSON type; `None` for an empty key.
+fn kind_of(t: c_int) -> Option<Kind> {
+    Some(match t as isize {
+        raw::REDISMODULE_KEYTYPE_STRING => Kind::String,
+        raw::REDISMODULE_KEYTYPE_LIST => Kind::List,
+        raw::REDISMODULE_KEYTYPE_HASH => Kind::Hash,
+        raw::REDISMODULE_KEYTYPE_SET => Kind::Set,
+        raw::REDISMODULE_KEYTYPE_ZSET => Kind::Zset,
+        raw::REDISMODULE_KEYTYPE_STREAM => Kind::Stream,
+        raw::REDISMODULE_KEYTYPE_EMPTY => return None,
+        _ => Kind::Module,
+    })
+}
+
+/// Writes the image of the value `kp` holds (`{"type":...}`) into `out`;
+/// false (nothing written) when the key is empty.
+unsafe fn read(
+    ctx: *mut raw::RedisModuleCtx,
+    kp: *mut raw::RedisModuleKey,
+    cap: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    let (Some(key_type), Some(value_len)) =
+        (raw::RedisModule_KeyType, raw::RedisModule_ValueLength)
+    else {
+        return false;
+    };
+    let Some(kind) = kind_of(key_type(kp)) else {
+        return false;
+    };
+    let n = value_len(kp);
+    match kind {
+        Kind::Stream | Kind::Module => json::push_omitted_type(out, kind),
+        Kind::String => {
+            if n > cap {
+                json::push_omitted_size(out, kind, n as u64);
+                return true;
+            }
+            let mut len = 0usize;
+            let p = raw::RedisModule_StringDMA.map_or(std::ptr::null_mut(), |f| {
+                f(kp, &mut len, raw::REDISMODULE_READ as c_int)
+            });
+            let bytes = if p.is_null() || len == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(p.cast::<u8>(), len)
+            };
+            json::push_string_value(out, bytes, cap);
+        }
+        _ if json::over_by_count(n as u64, cap) => json::push_omitted_size(out, kind, n as u64),
+        Kind::List => {
+            let mut img = Image::begin(out, kind, cap);
+            if let (Some(get), Some(free)) = (raw::RedisModule_ListGet, raw::RedisModule_FreeString)
+            {
+                for i in 0..n {
+                    let s = get(kp, i as c_long);
+                    if s.is_null() {
+                        break;
+                    }
+                    let ok = img.elem(out, RedisString::string_as_slice(s));
+                    free(ctx, s);
+                    if !ok {
+                        break;
+                    }
+                }
+            }
+            img.finish(out, n as u64);
+        }
+        _ => {
+            let img = Image::begin(out, kind, cap);
+            let mut scan = Scan { img, out, kind };
+            if let (Some(create), Some(scan_key), Some(destroy)) = (
+                raw::RedisModule_ScanCursorCreate,
+                raw::RedisModule_ScanKey,
+                raw::RedisModule_ScanCursorDestroy,
+            ) {
+                let cursor = create();
+                while scan_key(
+                    kp,
+                    cursor,
+                    Some(on_element),
+                    (&mut scan as *mut Scan<'_>).cast(),
+                ) != 0
+                    && !scan.img.over()
+                {}
+                destroy(cursor);
+            }
+            let Scan { img, out, .. } = scan;
+            img.finish(out, n as u64);
+        }
+    }
+    true
+}
+
+/// What a `RedisModule_ScanKey` pass writes into.
+struct Scan<'a> {
+    img: Image,
+    out: &'a mut Vec<u8>,
+    kind: Kind,
+}
+
+/// One hash field and value, set member, or zset member and score (the
+/// score comes as its text).
+unsafe extern "C" fn on_element(
+    _key: *mut raw::RedisModuleKey,
+    field: *mut raw::RedisModuleString,
+    value: *mut raw::RedisModuleString,
+    privdata: *mut c_void,
+) {
+    if privdata.is_null() || field.is_null() {
+        return;
+    }
+    // SAFETY: `privdata` is the `Scan` that `read` passed, alive for the call.
+    let scan = &mut *privdata.cast::<Scan<'_>>();
+    if scan.img.over() {
+        return;
+    }
+    let f = RedisString::string_as_slice(field);
+    let v = if value.is_null() {
+        &[][..]
+    } else {
+        RedisString::string_as_slice(value)
+    };
+    match scan.kind {
+        Kind::Hash => {
+            scan.img.pair(scan.out, f, v);
+        }
+        Kind::Zset => {
+            let score = std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.parse::<f64>().ok())
+                .unwrap_or(f64::NAN);
+            scan.img.scored(scan.out, f, score);
+        }
+        _ => {
+            scan.img.elem(scan.out, f);
+        }
+    }
+}
