@@ -108,6 +108,9 @@ fn decode(s: &str) -> Result<String, &'static str> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = b.get(i + 1..i + 3).ok_or("a % escape is cut short")?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err("a bad % escape");
+            }
             let hex = std::str::from_utf8(hex).map_err(|_| "a bad % escape")?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| "a bad % escape")?);
             i += 3;
@@ -163,6 +166,15 @@ pub fn parse_uri(uri: &str) -> Result<UriEntry, &'static str> {
         } else {
             decode(&e.host)?
         };
+        // The decoded host reaches INFO and the log: no control character,
+        // space or URI delimiter may hide in an escape.
+        if host.is_empty()
+            || host
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || "/@,?#%".contains(c))
+        {
+            return Err("the host is not a plain host name");
+        }
         (host, e.port.unwrap_or(default_port))
     };
     let vhost = match path {
@@ -609,5 +621,16 @@ mod tests {
         assert!(orders.len() > 1, "shuffled");
         assert_eq!(HostOrder::parse(b"random"), Some(HostOrder::Random));
         assert_eq!(HostOrder::parse(b"x"), None);
+    }
+
+    #[test]
+    fn escapes_are_two_hex_digits_and_hosts_stay_plain() {
+        assert!(parse_uri("amqp://u:%+f@h/").is_err());
+        assert!(parse_uri("amqp://u:p@h%0d%0aevil/").is_err());
+        assert!(parse_uri("amqp://u:p@h%20x/").is_err());
+        assert_eq!(
+            parse_uri("amqp://u:p%2Bq@host/").map(|e| e.host),
+            Ok("host".to_string())
+        );
     }
 }

@@ -142,7 +142,7 @@ pub fn headers(t: &mut FieldTable, p: &Parts<'_>, node: &str) {
 /// The CloudEvents attributes of a JSON record in binary content mode,
 /// as `cloudEvents_*` headers added to `t` (RabbitMQ 4 hands them to AMQP
 /// 1.0 consumers as CloudEvents application properties). `subject` is the
-/// key when it is UTF-8 (else it is left out: the body has it in base64).
+/// key when it is UTF-8 and at most 1 KiB (else it is left out: the body has it).
 pub fn cloudevents(t: &mut FieldTable, p: &Parts<'_>, node: &str) {
     t.insert("cloudEvents_specversion".into(), text(b"1.0"));
     let mut ty = b"redis.keyspace.".to_vec();
@@ -158,7 +158,9 @@ pub fn cloudevents(t: &mut FieldTable, p: &Parts<'_>, node: &str) {
         "cloudEvents_time".into(),
         text(crate::json::rfc3339(p.timestamp).as_bytes()),
     );
-    if std::str::from_utf8(p.key).is_ok() {
+    // Capped like the `key` header: a header frame cannot be split, and a
+    // long key is in the body anyway.
+    if p.key.len() <= KEY_HEADER_MAX && std::str::from_utf8(p.key).is_ok() {
         t.insert("cloudEvents_subject".into(), text(p.key));
     }
 }

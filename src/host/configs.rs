@@ -157,10 +157,18 @@ impl SettingConfig {
     }
 }
 
-/// Refuses `values before|both` where the server has no key event.
+/// Refuses `values before|both` where the server has no key event, and any
+/// values where it cannot read a key without side effects (Redis 7.0).
 fn needs_key_event(s: &Settings) -> Result<(), String> {
     if s.values.before() && !values::key_event_supported() {
         return Err(values::NO_KEY_EVENT.into());
+    }
+    // With `format seed` the apply callback refuses values for that reason.
+    if s.values != crate::json::Values::None
+        && s.format == crate::json::Format::Json
+        && !values::open_flags_supported()
+    {
+        return Err(values::NO_OPEN_FLAGS.into());
     }
     Ok(())
 }

@@ -10,9 +10,11 @@
 //!   post-notification job drops what no event took at the end of the
 //!   execution unit.
 //!
-//! Values are read through the low-level key API, never through
-//! `RedisModule_Call`, and never past `value-max-bytes` (see
-//! [`crate::json::Image`]).
+//! Values are read through the low-level key API (an after-image's string
+//! through `GET`, see [`read`]), and never past `value-max-bytes` (see
+//! [`crate::json::Image`]). Values need a server whose `OpenKey` takes the
+//! flags below (Redis 7.2+, Valkey 8+): on Redis 7.0 opening a key in the
+//! callback could expire it or notify a miss, so values are refused there.
 
 use crate::host::{guard, state};
 use crate::json::{self, Format, Image, Kind, Values};
@@ -22,7 +24,8 @@ use std::os::raw::{c_int, c_long, c_void};
 
 /// How a value is opened: read only, and with no side effect the server
 /// lets a module avoid (no LRU touch, no keymiss notification, no hit/miss
-/// stats, no lazy expiry). Servers older than the flags ignore them.
+/// stats, no lazy expiry). Older servers ignore them: values are refused
+/// there ([`open_flags_supported`]).
 const OPEN: c_int = (raw::REDISMODULE_READ
     | raw::REDISMODULE_OPEN_KEY_NOTOUCH
     | raw::REDISMODULE_OPEN_KEY_NONOTIFY
@@ -65,6 +68,17 @@ pub fn key_event_supported() -> bool {
         })
     }
 }
+
+/// The server's `OpenKey` honours the flags of [`OPEN`] (Redis 7.2+,
+/// Valkey 8+; `RedisModule_GetOpenKeyModesAll` came with them).
+pub fn open_flags_supported() -> bool {
+    // SAFETY: reads a function pointer the server filled in at load.
+    unsafe { raw::RedisModule_GetOpenKeyModesAll }.is_some()
+}
+
+/// The refusal of `values after` on a server whose `OpenKey` ignores the
+/// flags of [`OPEN`].
+pub const NO_OPEN_FLAGS: &str = "values need a server whose keys can be read without side effects (OpenKey flags NOTOUCH, NONOTIFY, NOEXPIRE: Redis 7.2+ or Valkey 8+); this server has none";
 
 /// The refusal of `values before|both` on a server without the key event.
 pub const NO_KEY_EVENT: &str = "values before and both need the server's key event (RedisModuleEvent_Key: Redis 7.2+ or Valkey 8+); this server has none";
@@ -129,7 +143,7 @@ extern "C" fn on_key_event(
         let db = unsafe { raw::RedisModule_GetDbIdFromModuleKey.map_or(0, |f| f(kp)) };
         let mut image = Vec::new();
         // SAFETY: the server's key handle, opened READ; `ctx` is live.
-        if !unsafe { read(ctx, kp, cap, &mut image) } {
+        if !unsafe { read(ctx, kp, None, cap, &mut image) } {
             return;
         }
         STASH.with(|s| {
@@ -225,10 +239,49 @@ unsafe fn after_image(
     }
     let mark = out.len();
     out.extend_from_slice(b",\"after\":");
-    if !read(ctx, kp, cap, out) {
+    if !read(ctx, kp, Some(keyobj), cap, out) {
         out.truncate(mark);
     }
     close(kp);
+}
+
+/// Writes the image of a string read with `GET` (its length was checked
+/// against the cap first); false when the reply is not a string.
+unsafe fn string_by_get(
+    ctx: *mut raw::RedisModuleCtx,
+    keyobj: *mut raw::RedisModuleString,
+    cap: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    let (Some(call), Some(kind), Some(ptr), Some(free)) = (
+        raw::RedisModule_Call,
+        raw::RedisModule_CallReplyType,
+        raw::RedisModule_CallReplyStringPtr,
+        raw::RedisModule_FreeCallReply,
+    ) else {
+        return false;
+    };
+    let reply = call(ctx, c"GET".as_ptr(), c"s".as_ptr(), keyobj);
+    if reply.is_null() {
+        return false;
+    }
+    let mut len = 0usize;
+    let p = if kind(reply) == raw::REDISMODULE_REPLY_STRING as c_int {
+        ptr(reply, &mut len)
+    } else {
+        std::ptr::null()
+    };
+    let ok = !p.is_null();
+    if ok {
+        let bytes = if len == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(p.cast::<u8>(), len)
+        };
+        json::push_string_value(out, bytes, cap);
+    }
+    free(reply);
+    ok
 }
 
 /// The server's key type as the JSON type; `None` for an empty key.
@@ -247,9 +300,17 @@ fn kind_of(t: c_int) -> Option<Kind> {
 
 /// Writes the image of the value `kp` holds (`{"type":...}`) into `out`;
 /// false (nothing written) when the key is empty.
+///
+/// A string is read through `RedisModule_StringDMA` in the key event (the
+/// server keeps the dying value alive for it), but through `GET` when
+/// `by_call` gives the key's name (the keyspace callback): there
+/// `StringDMA` may replace a shared or integer-encoded value with a copy and
+/// free the object the running command still uses after the notification
+/// (`INCRBYFLOAT` replies with it).
 unsafe fn read(
     ctx: *mut raw::RedisModuleCtx,
     kp: *mut raw::RedisModuleKey,
+    by_call: Option<*mut raw::RedisModuleString>,
     cap: usize,
     out: &mut Vec<u8>,
 ) -> bool {
@@ -268,6 +329,9 @@ unsafe fn read(
             if n > cap {
                 json::push_omitted_size(out, kind, n as u64);
                 return true;
+            }
+            if let Some(keyobj) = by_call {
+                return string_by_get(ctx, keyobj, cap, out);
             }
             let mut len = 0usize;
             let p = raw::RedisModule_StringDMA.map_or(std::ptr::null_mut(), |f| {
