@@ -131,20 +131,7 @@ impl fmt::Display for EventTypes {
     }
 }
 
-/// Appends the decimal form of `v` to `out` without going through `fmt`.
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
+use crate::json::push_u64;
 
 /// Builds records for one node: a fixed id prefix and a sequence number.
 ///

@@ -159,7 +159,7 @@ pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
-/// Appends a decimal number.
+/// Appends the decimal form of `v` to `out` without going through `fmt`.
 pub fn push_u64(out: &mut Vec<u8>, v: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();

@@ -44,6 +44,17 @@ impl Plan {
 /// How long a detached close may wait for the broker's close-ok.
 const CLOSE_WAIT_MS: u64 = 60_000;
 
+/// The wait before the next round of attempts, and one more attempt counted.
+fn next_backoff(attempt: &mut u32, seed: &mut u64) -> u64 {
+    let d = backoff_ms(
+        *attempt,
+        crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
+        seed,
+    );
+    *attempt = attempt.saturating_add(1);
+    d
+}
+
 pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
     lower_priority();
     let mut target: Option<AmqpSettings> = None;
@@ -83,12 +94,7 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
             // Settings that give no address (checked when set, so not met):
             // retried with backoff like a refused connection.
             let error = p.targets.as_ref().err().cloned().unwrap_or_default();
-            let delay = backoff_ms(
-                attempt,
-                crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
-                &mut seed,
-            );
-            attempt = attempt.saturating_add(1);
+            let delay = next_backoff(&mut attempt, &mut seed);
             let _ = tx
                 .send(Outcome::Down {
                     error,
@@ -190,13 +196,7 @@ pub(super) async fn supervisor(rx: Receiver<Request>, tx: Sender<Outcome>) {
         } else if !round_over {
             0
         } else {
-            let d = backoff_ms(
-                attempt,
-                crate::config::RECONNECT_MAX_MS.get().unsigned_abs(),
-                &mut seed,
-            );
-            attempt = attempt.saturating_add(1);
-            d
+            next_backoff(&mut attempt, &mut seed)
         };
         let _ = tx
             .send(Outcome::Down {
