@@ -192,6 +192,15 @@ impl Encoder {
         out
     }
 
+    /// Takes the next sequence number, and the header's timestamp for `now_secs`.
+    #[inline]
+    fn next(&mut self, now_secs: u64) {
+        self.count_up();
+        if self.ts != now_secs {
+            self.set_time(now_secs);
+        }
+    }
+
     /// Encodes one event, appending the record to `out`.
     #[inline]
     pub fn record_into(
@@ -202,19 +211,13 @@ impl Encoder {
         event: &[u8],
         key: &[u8],
     ) {
-        self.count_up();
-        if self.ts != now_secs {
-            self.set_time(now_secs);
-        }
+        self.next(now_secs);
         out.reserve(self.header.len() + 14 + event.len() + key.len());
         out.extend_from_slice(&self.header);
         match u8::try_from(db) {
             Ok(d) if d < 10 => out.extend_from_slice(&[b'0' + d, b'\n']),
             _ => {
-                if db < 0 {
-                    out.push(b'-');
-                }
-                push_u64(out, u64::from(db.unsigned_abs()));
+                push_i32(out, db);
                 out.push(b'\n');
             }
         }
@@ -238,14 +241,11 @@ impl Encoder {
         node: &str,
         extra: impl FnOnce(&mut Vec<u8>),
     ) {
-        self.count_up();
-        if self.ts != now_secs {
-            self.set_time(now_secs);
-        }
+        self.next(now_secs);
         out.reserve(self.header.len() * 2 + 80 + event.len() * 2 + key.len() * 2 + node.len());
         out.extend_from_slice(&self.header);
         out.push(b'J');
-        push_i64(out, db);
+        push_i32(out, db);
         out.push(b'\n');
         out.extend_from_slice(event);
         out.push(b'\n');
@@ -260,7 +260,7 @@ impl Encoder {
         out.extend_from_slice(b",\"node\":");
         crate::json::push_str(out, node);
         out.extend_from_slice(b",\"db\":");
-        push_i64(out, db);
+        push_i32(out, db);
         out.extend_from_slice(b",\"event\":");
         crate::json::push_bytes(out, event);
         out.extend_from_slice(b",\"key\":");
@@ -270,7 +270,9 @@ impl Encoder {
     }
 }
 
-fn push_i64(out: &mut Vec<u8>, v: i32) {
+/// Appends the decimal form of a signed `v`.
+#[inline]
+fn push_i32(out: &mut Vec<u8>, v: i32) {
     if v < 0 {
         out.push(b'-');
     }
