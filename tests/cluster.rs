@@ -419,8 +419,14 @@ fn first_deliveries(sink: &Sink) -> Vec<Msg> {
 
 /// Per node (`message_id` is `<node tag>-<seq>`), first deliveries in order.
 fn assert_ordered_per_node(sink: &Sink) {
+    assert_ordered_among(sink, |_| true);
+}
+
+/// [`assert_ordered_per_node`] over the first deliveries whose key passes
+/// `keep`.
+fn assert_ordered_among(sink: &Sink, keep: impl Fn(&str) -> bool) {
     let mut last: HashMap<String, u64> = HashMap::new();
-    for m in first_deliveries(sink) {
+    for m in first_deliveries(sink).into_iter().filter(|m| keep(&m.key())) {
         let (tag, seq) = m.message_id.rsplit_once('-').expect("tag-seq");
         let seq: u64 = seq.parse().expect("seq");
         if let Some(&l) = last.get(tag) {
@@ -539,7 +545,7 @@ fn writes_while_the_list_slot_migrates_keep_their_events() {
     });
     eprintln!("moved slot {slot} of '{key}' from node {a} to node {b}; 100 writes on a in between");
     proxy.stall(false);
-    let all: Vec<String> = [first, second, third].concat();
+    let all: Vec<String> = [first, second.clone(), third].concat();
     sink.expect_keys(&all, T);
     let counts = counts(&sink);
     let missing = all.iter().filter(|k| !counts.contains_key(*k)).count();
@@ -552,7 +558,11 @@ fn writes_while_the_list_slot_migrates_keep_their_events() {
     assert_eq!(missing, 0);
     assert_eq!(lost, 0, "the moved records are b's to send, not lost");
     assert_eq!(dropped, 0);
-    assert_ordered_per_node(&sink);
+    // The moved list's records go out from b, a's newer ones from a: each
+    // sender keeps its order, the two streams interleave (docs/cluster.md).
+    let moved: std::collections::HashSet<&str> = second.iter().map(String::as_str).collect();
+    assert_ordered_among(&sink, |k| moved.contains(k));
+    assert_ordered_among(&sink, |k| !moved.contains(k));
 }
 
 /// Issue 16 case 6: adopting a moved list never drops it, whatever the
