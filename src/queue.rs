@@ -107,6 +107,17 @@ impl EventQueue {
         self.chunks.push_back(records);
     }
 
+    /// Puts a whole chunk of records back at the head (they are older than
+    /// everything queued: a write that was refused).
+    pub fn push_front_records(&mut self, records: Records) {
+        if records.is_empty() {
+            return;
+        }
+        self.len += records.len();
+        self.bytes += records.bytes();
+        self.chunks.push_front(records);
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.len
@@ -138,6 +149,22 @@ impl EventQueue {
         self.len -= c.len();
         self.bytes -= c.bytes();
         Some(c)
+    }
+
+    /// Removes the oldest records, at most `n` of them (at least one): the
+    /// oldest chunk, or its first `n` records when it holds more (a chunk
+    /// put back whole by [`push_front_records`](Self::push_front_records)
+    /// may be larger than the others).
+    pub fn take_at_most(&mut self, n: usize) -> Option<Records> {
+        let front = self.chunks.front_mut()?;
+        if front.len() <= n.max(1) {
+            return self.take_chunk();
+        }
+        let head = Records::from_slices(front.iter().take(n.max(1)));
+        *front = Records::from_slices(front.iter().skip(n.max(1)));
+        self.len -= head.len();
+        self.bytes -= head.bytes();
+        Some(head)
     }
 
     /// Removes everything, oldest first.
@@ -182,6 +209,13 @@ mod tests {
             vec![&[0u8; 10][..], &[1u8; 10][..]]
         );
         assert_eq!((q.len(), q.bytes()), (3, 30));
+        // A chunk put back whole is taken a bounded part at a time.
+        q.push_front_records(a);
+        let part = q.take_at_most(1).unwrap();
+        assert_eq!(part.iter().collect::<Vec<_>>(), vec![&[0u8; 10][..]]);
+        assert_eq!((q.len(), q.bytes()), (4, 40));
+        let next = q.take_at_most(5).unwrap();
+        assert_eq!(next.iter().collect::<Vec<_>>(), vec![&[1u8; 10][..]]);
         let rest = q.take_all();
         assert_eq!(rest.iter().map(Records::len).sum::<usize>(), 3);
         assert!(q.is_empty() && q.bytes() == 0);

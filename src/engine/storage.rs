@@ -64,6 +64,10 @@ pub struct MemList {
     pub refuse_writes: bool,
     /// The list is not usable.
     pub unusable: bool,
+    /// The key's slot is being migrated away: writes answer `ASK` while the
+    /// key does not exist here (as a server answers: a key still here is
+    /// served here until `MIGRATE` moves it).
+    pub misplaced: bool,
 }
 
 impl MemList {
@@ -74,6 +78,9 @@ impl MemList {
         }
         if self.refuse_writes {
             return Err(StoreError::Refused("OOM".into()));
+        }
+        if self.misplaced && self.items.is_empty() {
+            return Err(StoreError::Refused("ASK 0 127.0.0.1:7001".into()));
         }
         Ok(())
     }

@@ -4,6 +4,17 @@
 use super::{At, Broker, Drop, Engine, Storage, StoreError};
 use crate::queue::Records;
 
+/// What became of records handed to [`Engine::store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stored {
+    /// In the list.
+    Written,
+    /// Dropped and counted by the rules.
+    Dropped,
+    /// Back at the head of the queue: the list's slot is not served here.
+    Requeued,
+}
+
 impl Engine {
     /// Books records a host moved from another node's fallback list to the
     /// tail of ours (adoption after resharding); the list is now `len` long.
@@ -19,28 +30,41 @@ impl Engine {
     }
 
     /// Writes records to the list, or drops and counts them by the rules.
-    pub(super) fn store(&mut self, store: &mut dyn Storage, records: Records, at: At) {
+    /// A write refused because the list's slot is not served here (it moved
+    /// or is being migrated: `ASK`, `MOVED`) drops nothing: the records go
+    /// back to the head of the queue, older than all it holds, until the
+    /// host picks a key in a slot it owns.
+    pub(super) fn store(&mut self, store: &mut dyn Storage, records: Records, at: At) -> Stored {
         if records.is_empty() {
-            return;
+            return Stored::Written;
         }
         let n = records.len() as u64;
         if self.settings.fallback_size < 0 {
             self.stats.drop(Drop::Disabled, n);
-            return;
+            return Stored::Dropped;
         }
         if !self.master || !store.usable() || store.writes_paused() {
             self.stats.drop(Drop::Unwritable, n);
-            return;
+            return Stored::Dropped;
         }
         let written = match at {
             At::Tail => store.append(&records),
             At::Head => store.prepend(&records),
         };
         match written {
-            Ok(len) => self.written(store, at, n, len),
+            Ok(len) => {
+                self.written(store, at, n, len);
+                Stored::Written
+            }
+            Err(e) if e.misplaced() => {
+                self.write_failed(e);
+                self.queue.push_front_records(records);
+                Stored::Requeued
+            }
             Err(e) => {
                 self.stats.drop(Drop::Unwritable, n);
                 self.write_failed(e);
+                Stored::Dropped
             }
         }
     }
@@ -59,6 +83,11 @@ impl Engine {
             return;
         }
         self.spill(store);
+        if !self.queue.is_empty() {
+            // The spill was refused (a moved slot): keep the order.
+            self.queue.push_records(records);
+            return;
+        }
         match store.append(&records) {
             Ok(len) => self.written(store, At::Tail, records.len() as u64, len),
             Err(e) => {
@@ -130,11 +159,13 @@ impl Engine {
         }
         let mut moved = 0usize;
         while moved < limit {
-            let Some(records) = self.queue.take_chunk() else {
+            let Some(records) = self.queue.take_at_most(limit - moved) else {
                 break;
             };
             moved += records.len();
-            self.store(store, records, At::Tail);
+            if self.store(store, records, At::Tail) == Stored::Requeued {
+                break;
+            }
         }
     }
 
@@ -175,9 +206,17 @@ impl Engine {
                 older.extend(records.iter());
             }
         }
-        self.store(store, older, At::Head);
-        for records in self.queue.take_all() {
-            self.store(store, records, At::Tail);
+        if self.store(store, older, At::Head) != Stored::Requeued {
+            // Nothing may stay only in memory now, adoption or not.
+            self.hold_tail = false;
+            self.spill(store);
+        }
+        // Refused as misplaced (the list's slot is being migrated away):
+        // the process ends, so what memory holds is dropped, and counted.
+        let left = self.queue.len() as u64;
+        if left > 0 {
+            self.queue.take_all();
+            self.stats.drop(Drop::Unwritable, left);
         }
     }
 }

@@ -47,6 +47,20 @@ pub fn flush(ctx: &Context, st: &mut State) -> bool {
         .without_oom_check()
         .in_unit();
     st.engine.flush_outbox(&mut store);
+    if st.engine.want_slot_refresh {
+        // Refused with ASK or MOVED: the list's slot is being migrated away
+        // (the records wait at the head of the queue). Pick a key in a slot
+        // this node owns now, and write them there in this unit.
+        st.engine.want_slot_refresh = false;
+        let before = st.list_key.key.clone();
+        crate::host::cluster::refresh(ctx, st, true);
+        if st.list_key.key != before {
+            let mut store = RedisList::new(ctx, &mut st.list_key)
+                .without_oom_check()
+                .in_unit();
+            st.engine.spill(&mut store);
+        }
+    }
     crate::host::log::notices(&mut st.engine);
     true
 }
