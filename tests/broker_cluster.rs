@@ -17,10 +17,7 @@ use common::server::{Kind, Server};
 use common::tls::TlsBroker;
 use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl, wait_for};
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,27 +51,9 @@ fn typed_sink(port: u16, kind: &str) -> Sink {
         vhost: "/".into(),
     };
     sink.declare_exchange();
-    block(async {
-        let (conn, ch) = channel(port).await?;
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
-        let opts = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.queue_declare(sink.queue.as_str().into(), opts, args)
-            .await?;
-        ch.queue_bind(
-            sink.queue.as_str().into(),
-            sink.exchange.as_str().into(),
-            sink.routing_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        conn.close(200, "ok".into()).await
-    })
-    .expect("declare typed queue");
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+    sink.declare_queue_with(args);
     sink
 }
 

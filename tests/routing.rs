@@ -9,6 +9,7 @@ use common::args::ModuleArgs;
 use common::msg::check_sequence;
 use common::server::{Kind, Server};
 use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl, wait_for};
+use lapin::types::{AMQPValue, FieldTable};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -273,4 +274,74 @@ fn each_node_names_its_connection() {
         list.contains(&format!("key_evt_amqp {}/", srv.port)),
         "connection name not found in: {list}"
     );
+}
+
+/// A broker that nacks (a queue with `x-overflow reject-publish` that is
+/// full; a quorum queue without a leader answers the same way): the nacked
+/// records are sent again only after a wait (1 s, doubled per consecutive
+/// nacked round up to `unroutable-retry-max-ms`), one batch at a time,
+/// nothing is sent while the wait runs, and every event arrives once there
+/// is room, in order.
+#[test]
+fn nacked_events_are_sent_again_after_a_wait() {
+    const N: usize = 60;
+    let mut sink = Sink::new(amqp_port());
+    // A second, bounded queue on the same binding: the broker nacks a
+    // message that one of its queues refuses.
+    let full = Sink {
+        port: sink.port,
+        exchange: sink.exchange.clone(),
+        queue: common::unique("kea-full"),
+        routing_key: sink.routing_key.clone(),
+        received: Vec::new(),
+        vhost: "/".into(),
+    };
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    full.declare_queue_with(args);
+    let srv = Server::start(
+        Kind::Redis8,
+        &ModuleArgs::new(&sink).build(),
+        &[("key_evt_amqp.unroutable-retry-max-ms", "4000")],
+    );
+    srv.set_keys(&keys(0, N));
+    wait_for("a nack and a wait", T, || {
+        srv.stat("events_nacked") > 0 && srv.stat("nack_retry_in_ms") > 0
+    });
+    assert!(srv.field("last_error").contains("nacked"));
+    // While a wait runs, nothing is published.
+    let mut waits = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(8) {
+        let info = srv.info();
+        let n = |f: &str| info[f].parse::<i64>().unwrap();
+        let (wait, sent) = (n("nack_retry_in_ms"), n("events_forwarded"));
+        if wait > 300 {
+            std::thread::sleep(Duration::from_millis(200));
+            let info = srv.info();
+            let n = |f: &str| info[f].parse::<i64>().unwrap();
+            if n("nack_retry_in_ms") > 0 && n("nack_retry_in_ms") < wait {
+                assert_eq!(n("events_forwarded"), sent, "published during a wait");
+                waits.push(wait);
+            }
+        }
+    }
+    eprintln!("waits seen (ms left): {waits:?}");
+    assert!(!waits.is_empty());
+    assert!(
+        waits.iter().any(|&w| w > 1000),
+        "the wait doubles: {waits:?}"
+    );
+    // Room again: every event arrives, in order, and the waits end.
+    full.unbind();
+    let msgs = sink.expect_sequence("k", N, T).to_vec();
+    check_sequence(&msgs, "k", N);
+    wait_for("settled", T, || {
+        srv.stat("events_confirmed") >= N as i64 && srv.stat("nack_retry_in_ms") == 0
+    });
+    assert_eq!(srv.stat("events_dropped"), 0);
 }

@@ -199,6 +199,11 @@ pub struct Engine {
     notices: Vec<Notice>,
     /// Records came back unroutable: the backoff and the probe.
     unroutable: unroutable::Retry,
+    /// The broker nacked records (it could not take them: a quorum queue
+    /// without a leader, `x-overflow reject-publish`): the same backoff and
+    /// probe, so that a broker that refuses is not sent the backlog again
+    /// and again.
+    nacked: unroutable::Retry,
     on_unroutable: Unroutable,
 }
 
@@ -234,6 +239,7 @@ impl Engine {
             list_refused: false,
             notices: Vec::new(),
             unroutable: unroutable::Retry::default(),
+            nacked: unroutable::Retry::default(),
             on_unroutable: Unroutable::Store,
         }
     }
@@ -427,7 +433,9 @@ impl Engine {
         if self.on_unroutable != Unroutable::Store {
             self.unroutable.confirmed();
         }
-        let waiting = self.unroutable.waiting(now, limits.unroutable_retry_max);
+        let max = limits.unroutable_retry_max;
+        // Both are brought up to date (no short circuit).
+        let waiting = self.unroutable.waiting(now, max) | self.nacked.waiting(now, max);
         if !self.master {
             self.follow_len_when_due(store, now);
             self.send_from_memory_when_demoted(broker, limits);

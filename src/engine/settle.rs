@@ -130,11 +130,18 @@ impl Engine {
             }
             self.stats.confirmed += acked.saturating_sub(not_taken) as u64;
             self.stats.nacked += nacked as u64;
+            if nacked > 0 {
+                self.nacked.returned(b.sent_at);
+                self.set_error(format!(
+                    "the broker nacked {nacked} events (it could not take them); they are sent again after a wait"
+                ));
+            }
             self.stats.drop(Drop::Rejected, rejected as u64);
             let failed = acked < b.count;
             if !failed && !self.halted {
                 // Sent after every earlier failure and confirmed whole.
                 self.unroutable.confirmed();
+                self.nacked.confirmed();
             }
             if let Some(e) = error {
                 self.set_error(e);

@@ -1,6 +1,6 @@
 //! Retrying records the broker returned as unroutable (`on-unroutable
-//! store`): an exponential backoff, and one batch at a time until a batch is
-//! confirmed without a return.
+//! store`) or nacked: an exponential backoff, and one batch at a time until a
+//! batch is confirmed without a return or a nack.
 
 use super::{Engine, Limits};
 use std::time::{Duration, Instant};
@@ -92,7 +92,7 @@ impl Engine {
     /// The limits to forward with: while probing after returns, one batch.
     pub(super) fn probe_limits(&self, limits: &Limits) -> Limits {
         let mut l = *limits;
-        if self.unroutable.probing() {
+        if self.unroutable.probing() || self.nacked.probing() {
             l.window = l.window.min(l.batch.max(1));
         }
         l
@@ -106,6 +106,12 @@ impl Engine {
         }
         let held = self.list.unread() + (self.queue.len() + self.returns.len()) as u64;
         (held, self.unroutable.retry_in(now))
+    }
+
+    /// How long until records the broker nacked are sent again (zero: no
+    /// wait under way).
+    pub fn nack_retry_in(&self, now: Instant) -> Duration {
+        self.nacked.retry_in(now)
     }
 
     /// The retry state after returns, for checks.

@@ -75,6 +75,8 @@ pub struct Snapshot {
     /// Records held back because the broker returned records as unroutable,
     /// and ms until the next retry (0: none due).
     pub unroutable: (u64, u64),
+    /// Ms until records the broker nacked are sent again (0: no wait).
+    pub nack_retry_in_ms: u64,
 }
 
 /// The most entries of the broker list INFO shows one by one.
@@ -152,6 +154,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("connection_uptime_seconds", s.connection_uptime_seconds),
         ("unroutable_waiting", s.unroutable.0),
         ("unroutable_retry_in_ms", s.unroutable.1),
+        ("nack_retry_in_ms", s.nack_retry_in_ms),
     ];
     for (name, value) in numbers {
         section = section.field(name, value)?;

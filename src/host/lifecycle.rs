@@ -343,6 +343,10 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
             let (n, wait) = st.engine.unroutable_waiting(std::time::Instant::now());
             (n, wait.as_millis() as u64)
         },
+        nack_retry_in_ms: st
+            .engine
+            .nack_retry_in(std::time::Instant::now())
+            .as_millis() as u64,
     })
     .unwrap_or_default();
     info::render(ctx, &snap)

@@ -177,13 +177,19 @@ impl Sink {
 
     /// Declares the queue and binds it.
     pub fn declare_queue(&self) {
+        self.declare_queue_with(FieldTable::default());
+    }
+
+    /// Declares the queue with `args` (`x-queue-type`, `x-max-length`, ...)
+    /// and binds it.
+    pub fn declare_queue_with(&self, args: FieldTable) {
         block(async {
             let (conn, ch) = channel(self.port, &self.vhost).await?;
             let opts = QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             };
-            ch.queue_declare(self.queue.as_str().into(), opts, FieldTable::default())
+            ch.queue_declare(self.queue.as_str().into(), opts, args)
                 .await?;
             ch.queue_bind(
                 self.queue.as_str().into(),
