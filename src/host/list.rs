@@ -4,7 +4,7 @@
 //! of the equivalent `RPUSH`/`LPUSH` per chunk, so they reach the AOF and
 //! replicas without a command's argument parsing and reply; where the key API
 //! would skip a check `RedisModule_Call` makes (a cluster node: slot
-//! ownership; near `maxmemory`: eviction and the OOM refusal; a value of
+//! ownership; near `maxmemory`: the OOM refusal; a value of
 //! another type under the key), the push goes through `RedisModule_Call`
 //! with `!`. Records leave the list only after the broker confirmed them
 //! (`LTRIM` after the ack, one call per batch).
@@ -323,7 +323,8 @@ impl RedisList<'_> {
 
     /// The key API may push here: not a cluster node (it makes no slot
     /// check), and, for writes refused over `maxmemory`, used memory under
-    /// [`DIRECT_MEMORY_RATIO`] of it (`RedisModule_Call` evicts or refuses there).
+    /// [`DIRECT_MEMORY_RATIO`] of it (`RedisModule_Call` with `M` refuses a write
+    /// there when the server is over `maxmemory`; it does not evict).
     fn direct_ok(&self) -> bool {
         if self
             .ctx
@@ -342,7 +343,7 @@ impl RedisList<'_> {
 }
 
 /// Used memory (as a share of `maxmemory`) under which a push may skip
-/// `RedisModule_Call`'s eviction and OOM check: one chunk cannot reach the limit.
+/// `RedisModule_Call`'s OOM check: one chunk cannot reach the limit.
 const DIRECT_MEMORY_RATIO: f32 = 0.9;
 
 /// Pushes `records` (in the order given; `cmd` is `RPUSH` or `LPUSH`) through
