@@ -79,6 +79,9 @@ pub struct EventQueue {
     chunks: VecDeque<Records>,
     len: usize,
     bytes: usize,
+    /// Records and bytes of the last chunk taken (`None` before the first):
+    /// a new chunk is sized from it (see [`chunk_capacity`](Self::chunk_capacity)).
+    last_taken: Option<(usize, usize)>,
 }
 
 impl EventQueue {
@@ -86,8 +89,9 @@ impl EventQueue {
     #[inline]
     pub fn push_with(&mut self, chunk: usize, write: impl FnOnce(&mut Vec<u8>)) {
         if self.chunks.back().is_none_or(|c| c.len() >= chunk) {
+            let (records, bytes) = self.chunk_capacity(chunk);
             self.chunks
-                .push_back(Records::with_capacity(chunk, chunk.saturating_mul(128)));
+                .push_back(Records::with_capacity(records, bytes));
         }
         if let Some(back) = self.chunks.back_mut() {
             let before = back.bytes();
@@ -95,6 +99,24 @@ impl EventQueue {
             self.bytes += back.bytes() - before;
             self.len += 1;
         }
+    }
+
+    /// The capacity of a new chunk of at most `chunk` records: a full chunk
+    /// of 128-byte records, or, when the last chunk taken was smaller (a
+    /// tick took it part full), its size and a quarter more, so that a
+    /// steady trickle of events does not allocate (and fault in) a whole
+    /// chunk's buffer per tick. A chunk that outgrows it grows as a `Vec`.
+    fn chunk_capacity(&self, chunk: usize) -> (usize, usize) {
+        let full = (chunk.max(1), chunk.max(1).saturating_mul(128));
+        let (records, bytes) = match (self.chunks.back(), self.last_taken) {
+            (Some(c), _) => (c.len(), c.bytes()),
+            (None, Some(last)) => last,
+            (None, None) => return full,
+        };
+        (
+            (records + records / 4).clamp(1, full.0),
+            (bytes + bytes / 4).clamp(1024, full.1.max(1024)),
+        )
     }
 
     /// Appends a whole chunk of records.
@@ -148,6 +170,7 @@ impl EventQueue {
         let c = self.chunks.pop_front()?;
         self.len -= c.len();
         self.bytes -= c.bytes();
+        self.last_taken = Some((c.len(), c.bytes()));
         Some(c)
     }
 
@@ -219,5 +242,27 @@ mod tests {
         let rest = q.take_all();
         assert_eq!(rest.iter().map(Records::len).sum::<usize>(), 3);
         assert!(q.is_empty() && q.bytes() == 0);
+    }
+
+    #[test]
+    fn a_new_chunk_is_sized_from_the_last_one() {
+        let mut q = EventQueue::default();
+        assert_eq!(q.chunk_capacity(1024), (1024, 1024 * 128));
+        for _ in 0..40 {
+            push(&mut q, 1024, &[7; 50]);
+        }
+        assert_eq!(q.chunk_capacity(1024), (50, 2500));
+        let taken = q.take_chunk().unwrap();
+        assert_eq!((taken.len(), taken.bytes()), (40, 2000));
+        assert_eq!(q.chunk_capacity(1024), (50, 2500));
+        assert_eq!(q.chunk_capacity(8), (8, 1024));
+        // A chunk that outgrows its capacity keeps every record.
+        for i in 0..2000u16 {
+            push(&mut q, 1024, &i.to_le_bytes());
+        }
+        assert_eq!((q.len(), q.bytes()), (2000, 4000));
+        let first = q.take_chunk().unwrap();
+        assert_eq!(first.get(1023), Some(&1023u16.to_le_bytes()[..]));
+        assert_eq!(q.chunk_capacity(1024), (1024, 2440));
     }
 }

@@ -46,18 +46,27 @@ impl Metrics {
     /// The `p`-th percentile (0..=100) of confirm latency over the last
     /// minute; `None` without samples.
     pub fn latency_percentile(&self, now: Instant, p: u32) -> Option<Duration> {
+        self.latency_percentiles(now, [p])[0]
+    }
+
+    /// The percentiles `ps` (each 0..=100) of confirm latency over the last
+    /// minute, from one pass over the samples (a selection per percentile,
+    /// no sort: INFO pays O(samples) however often it is read).
+    pub fn latency_percentiles<const N: usize>(
+        &self,
+        now: Instant,
+        ps: [u32; N],
+    ) -> [Option<Duration>; N] {
         let mut v: Vec<Duration> = self
             .latencies
             .iter()
             .filter(|(t, _)| now.saturating_duration_since(*t) <= WINDOW)
             .map(|(_, d)| *d)
             .collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_unstable();
-        let rank = (v.len() - 1) * p.min(100) as usize / 100;
-        v.get(rank).copied()
+        ps.map(|p| {
+            let rank = v.len().checked_sub(1)? * p.min(100) as usize / 100;
+            Some(*v.select_nth_unstable(rank).1)
+        })
     }
 
     /// Seconds the connection has been up (0 when it is not).
@@ -99,6 +108,10 @@ mod tests {
         assert_eq!(
             m.latency_percentile(now, 99),
             Some(Duration::from_millis(99))
+        );
+        assert_eq!(
+            m.latency_percentiles(now, [50, 99, 0, 100]),
+            [50, 99, 1, 100].map(|ms| Some(Duration::from_millis(ms)))
         );
         let later = now + Duration::from_secs(61);
         assert_eq!(m.latency_percentile(later, 50), None);

@@ -328,14 +328,12 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
             0
         },
         confirm_latency_ms: {
-            let now = std::time::Instant::now();
-            let ms = |p| {
-                st.engine
-                    .metrics
-                    .latency_percentile(now, p)
-                    .map_or(0, |d| d.as_millis() as u64)
-            };
-            (ms(50), ms(99))
+            let [p50, p99] = st
+                .engine
+                .metrics
+                .latency_percentiles(std::time::Instant::now(), [50, 99])
+                .map(|d| d.map_or(0, |d| d.as_millis() as u64));
+            (p50, p99)
         },
         connection_uptime_seconds: st.engine.metrics.uptime(std::time::Instant::now()),
         last_error: st.engine.last_error.clone(),
