@@ -7,7 +7,7 @@ use common::amqp::Sink;
 use common::args::ModuleArgs;
 use common::proxy::Proxy;
 use common::server::{Kind, Server};
-use common::{amqp_port, wait_for, wait_showing};
+use common::{amqp_port, refused_port, wait_for, wait_showing};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -181,4 +181,37 @@ fn the_oldest_event_ages_in_memory_and_in_the_list() {
             && srv.stat("oldest_memory_age_ms") == 0
             && srv.stat("oldest_list_age_ms") == 0
     });
+}
+
+/// Issue 16: a broker that refuses connections for hours must not grow the
+/// module's memory by every retry. lapin 4.12 leaked about 9.5 KB per
+/// attempt whose connect step failed; the module now connects the socket
+/// before it hands it to lapin.
+#[test]
+fn refused_reconnects_keep_module_memory_flat() {
+    let sink = Sink::new(amqp_port());
+    let (_closed, port) = refused_port();
+    let args = ModuleArgs::new(&sink).port(port).build();
+    let srv = Server::start(
+        Kind::Redis8,
+        &args,
+        &[("key_evt_amqp.reconnect-max-ms", "100")],
+    );
+    srv.set_keys(&["k0"]);
+    wait_for("a few refused attempts", T, || srv.stat("reconnects") >= 5);
+    let (m0, r0) = (srv.stat("module_memory_bytes"), srv.stat("reconnects"));
+    wait_for("40 more", T, || srv.stat("reconnects") >= r0 + 40);
+    let (m1, r1) = (srv.stat("module_memory_bytes"), srv.stat("reconnects"));
+    let per_attempt = (m1 - m0) / (r1 - r0);
+    eprintln!(
+        "module memory {m0} -> {m1} B over {} refused attempts: {per_attempt} B each",
+        r1 - r0
+    );
+    assert!(
+        m1 - m0 < 16 << 10,
+        "module memory grew {} B over {} refused attempts",
+        m1 - m0,
+        r1 - r0
+    );
+    assert_eq!(srv.stat("fallback_len"), 1, "the event waits in the list");
 }

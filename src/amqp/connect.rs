@@ -253,12 +253,25 @@ async fn open(
         Tls::default()
     };
     let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    // The TCP (and TLS) connection is made before lapin's connector runs:
+    // lapin 4.12 leaks about 9.5 KB (its internal RPC task and the pending
+    // protocol-header reply) when the connect closure it is given fails, so
+    // a broker that refuses for hours would grow memory by every retry.
+    let first = tcp(&u, &tls, socket, deadline)
+        .await
+        .map_err(|e| lapin::Error::from(e).to_string())?;
+    let first = Mutex::new(Some(first));
     let socket = socket.clone();
     let tls = Arc::new(tls);
     let connect = async move |uri: AMQPUri, _runtime| {
-        tcp(&uri, &tls, &socket, deadline)
-            .await
-            .map_err(lapin::Error::from)
+        let ready = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match ready {
+            Some(stream) => Ok(stream),
+            // lapin connects again only to resend the protocol header.
+            None => tcp(&uri, &tls, &socket, deadline)
+                .await
+                .map_err(lapin::Error::from),
+        }
     };
     let conn = Connection::connector(u, runtime, connect, props)
         .await
