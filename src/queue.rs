@@ -129,15 +129,24 @@ impl EventQueue {
         self.chunks.push_back(records);
     }
 
-    /// Puts a whole chunk of records back at the head (they are older than
-    /// everything queued: a write that was refused).
-    pub fn push_front_records(&mut self, records: Records) {
+    /// Puts records back at the head (they are older than everything
+    /// queued: a write that was refused), in chunks of at most `chunk`
+    /// records, so that what takes whole chunks (a batch) stays bounded.
+    pub fn push_front_records(&mut self, records: Records, chunk: usize) {
         if records.is_empty() {
             return;
         }
         self.len += records.len();
         self.bytes += records.bytes();
-        self.chunks.push_front(records);
+        if records.len() <= chunk.max(1) {
+            self.chunks.push_front(records);
+            return;
+        }
+        let all: Vec<&[u8]> = records.iter().collect();
+        for part in all.chunks(chunk.max(1)).rev() {
+            self.chunks
+                .push_front(Records::from_slices(part.iter().copied()));
+        }
     }
 
     /// Number of records.
@@ -175,9 +184,7 @@ impl EventQueue {
     }
 
     /// Removes the oldest records, at most `n` of them (at least one): the
-    /// oldest chunk, or its first `n` records when it holds more (a chunk
-    /// put back whole by [`push_front_records`](Self::push_front_records)
-    /// may be larger than the others).
+    /// oldest chunk, or its first `n` records when it holds more.
     pub fn take_at_most(&mut self, n: usize) -> Option<Records> {
         let front = self.chunks.front_mut()?;
         if front.len() <= n.max(1) {
@@ -233,7 +240,7 @@ mod tests {
         );
         assert_eq!((q.len(), q.bytes()), (3, 30));
         // A chunk put back whole is taken a bounded part at a time.
-        q.push_front_records(a);
+        q.push_front_records(a, 1024);
         let part = q.take_at_most(1).unwrap();
         assert_eq!(part.iter().collect::<Vec<_>>(), vec![&[0u8; 10][..]]);
         assert_eq!((q.len(), q.bytes()), (4, 40));
@@ -264,5 +271,20 @@ mod tests {
         let first = q.take_chunk().unwrap();
         assert_eq!(first.get(1023), Some(&1023u16.to_le_bytes()[..]));
         assert_eq!(q.chunk_capacity(1024), (1024, 2440));
+    }
+
+    #[test]
+    fn records_put_back_keep_their_order_in_bounded_chunks() {
+        let mut q = EventQueue::default();
+        push(&mut q, 8, b"new");
+        q.push_front_records(Records::from_slices([&b"a"[..], b"b", b"c", b"d", b"e"]), 2);
+        let sizes: Vec<usize> = q.chunks().map(Records::len).collect();
+        assert_eq!(sizes, [2, 2, 1, 1]);
+        let all: Vec<Vec<u8>> = q
+            .take_all()
+            .iter()
+            .flat_map(|c| c.iter().map(<[u8]>::to_vec).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(all, [&b"a"[..], b"b", b"c", b"d", b"e", b"new"]);
     }
 }

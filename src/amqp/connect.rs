@@ -14,7 +14,7 @@ use super::*;
 use crate::endpoint::Target;
 use lapin::tcp::AsyncTcpStream;
 use lapin::uri::SASLMechanism;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Instant;
 
 /// How one connection attempt ended.
@@ -183,9 +183,46 @@ pub(super) fn uri(t: &Target) -> AMQPUri {
     }
 }
 
+/// The addresses of `host`, resolved on a thread of its own (name
+/// resolution blocks, and the executor runs the supervisor too) and given
+/// up on at `deadline`: a resolver that does not answer cannot stretch an
+/// attempt past `connect-timeout-ms`.
+async fn resolve(host: &str, port: u16, deadline: Instant) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = async_channel::bounded(1);
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("kea-resolve".into())
+        .spawn(move || {
+            let got = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>);
+            let _ = tx.send_blocking(got);
+        })?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    future::or(
+        async {
+            rx.recv()
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("the resolver thread ended")))
+        },
+        async {
+            async_io::Timer::after(left).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("resolving '{host}' timed out"),
+            ))
+        },
+    )
+    .await
+}
+
 /// TCP (and TLS) to the broker by `deadline`, keeping a duplicate of the
-/// socket in `socket`. Runs on lapin's I/O thread, where blocking name
-/// resolution is fine.
+/// socket in `socket`. Runs on the module's executor (the first attempt) or
+/// on lapin's I/O thread (a reconnect of the protocol header); it blocks
+/// neither.
 async fn tcp(
     uri: &AMQPUri,
     tls: &Tls,
@@ -194,7 +231,7 @@ async fn tcp(
 ) -> std::io::Result<AsyncTcpStream<async_io::Async<TcpStream>>> {
     let host = uri.authority.host.as_str();
     let mut last = None;
-    for addr in (host, uri.authority.port).to_socket_addrs()? {
+    for addr in resolve(host, uri.authority.port, deadline).await? {
         if socket.is_over() {
             return Err(abandoned());
         }

@@ -168,6 +168,10 @@ pub struct Engine {
     pub last_error: String,
     /// A list write failed: the host should look at slot ownership again.
     pub want_slot_refresh: bool,
+    /// A list write was refused because the key's slot is not served here
+    /// (`ASK`, `MOVED`): the records wait in memory until the host has
+    /// picked a key in a slot it owns.
+    pub list_misplaced: bool,
     /// Latency, uptime and the list's oldest record, for INFO.
     pub metrics: metrics::Metrics,
     /// The broker list: the entry connected now, failovers, each entry's state.
@@ -221,6 +225,7 @@ impl Engine {
             loading: false,
             last_error: String::new(),
             want_slot_refresh: false,
+            list_misplaced: false,
             metrics: metrics::Metrics::default(),
             nodes: nodes::Nodes::default(),
             hold_tail: false,

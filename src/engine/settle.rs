@@ -131,10 +131,8 @@ impl Engine {
             self.stats.confirmed += acked.saturating_sub(not_taken) as u64;
             self.stats.nacked += nacked as u64;
             if nacked > 0 {
+                // The error the AMQP side reports says the broker nacked.
                 self.nacked.returned(b.sent_at);
-                self.set_error(format!(
-                    "the broker nacked {nacked} events (it could not take them); they are sent again after a wait"
-                ));
             }
             self.stats.drop(Drop::Rejected, rejected as u64);
             let failed = acked < b.count;

@@ -58,7 +58,7 @@ impl Engine {
             }
             Err(e) if e.misplaced() => {
                 self.write_failed(e);
-                self.queue.push_front_records(records);
+                self.queue.push_front_records(records, self.intake.chunk);
                 Stored::Requeued
             }
             Err(e) => {
@@ -137,6 +137,7 @@ impl Engine {
         self.set_error(format!("fallback write: {e}"));
         // A slot may have moved: the host looks again.
         self.want_slot_refresh = true;
+        self.list_misplaced |= e.misplaced();
     }
 
     /// Moves the whole in-memory queue to the tail of the list. While writes

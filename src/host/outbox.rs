@@ -47,7 +47,7 @@ pub fn flush(ctx: &Context, st: &mut State) -> bool {
         .without_oom_check()
         .in_unit();
     st.engine.flush_outbox(&mut store);
-    if st.engine.want_slot_refresh {
+    if std::mem::take(&mut st.engine.list_misplaced) {
         // Refused with ASK or MOVED: the list's slot is being migrated away
         // (the records wait at the head of the queue). Pick a key in a slot
         // this node owns now, and write them there in this unit.
