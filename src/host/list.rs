@@ -16,7 +16,8 @@
 
 use crate::engine::{Storage, StoreError};
 use crate::queue::Records;
-use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context};
+use redis_module::{raw, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context};
+use std::os::raw::c_int;
 
 /// Most arguments sent in one `RPUSH`/`LPUSH`.
 const CHUNK: usize = 1024;
@@ -78,46 +79,93 @@ fn err_text(r: CallResult<'_>) -> Result<CallReply<'_>, String> {
     })
 }
 
+/// A key opened through the key API, in the selected database: closed, and
+/// its name freed, when dropped. One place for the raw open and close
+/// steps that [`local_list_len`] and [`push_direct`] share.
+struct RawKey<'a> {
+    ctx: &'a Context,
+    name: *mut raw::RedisModuleString,
+    /// Null when the server opened nothing (a read of a missing key).
+    key: *mut raw::RedisModuleKey,
+}
+
+impl<'a> RawKey<'a> {
+    /// Opens `key` with `mode`; `None` when the key API is missing or the
+    /// name cannot be made.
+    fn open(ctx: &'a Context, key: &[u8], mode: c_int) -> Option<Self> {
+        // SAFETY: main thread, valid context; what is made here is released
+        // in `drop`.
+        unsafe {
+            let (Some(create), Some(open), Some(_), Some(_)) = (
+                raw::RedisModule_CreateString,
+                raw::RedisModule_OpenKey,
+                raw::RedisModule_CloseKey,
+                raw::RedisModule_FreeString,
+            ) else {
+                return None;
+            };
+            let name = create(ctx.ctx, key.as_ptr().cast(), key.len());
+            if name.is_null() {
+                return None;
+            }
+            let key = open(ctx.ctx, name, mode);
+            Some(Self { ctx, name, key })
+        }
+    }
+
+    /// The value's type (`REDISMODULE_KEYTYPE_*`); empty for a key not opened.
+    fn kind(&self) -> isize {
+        if self.key.is_null() {
+            return raw::REDISMODULE_KEYTYPE_EMPTY;
+        }
+        // SAFETY: an open key.
+        unsafe {
+            raw::RedisModule_KeyType
+                .map_or(raw::REDISMODULE_KEYTYPE_EMPTY, |f| f(self.key) as isize)
+        }
+    }
+
+    /// The value's length (a list's elements); 0 for a key not opened.
+    fn len(&self) -> Option<u64> {
+        if self.key.is_null() {
+            return Some(0);
+        }
+        // SAFETY: an open key.
+        unsafe { raw::RedisModule_ValueLength.and_then(|f| u64::try_from(f(self.key)).ok()) }
+    }
+
+    /// The key, or `None` when nothing was opened.
+    fn opened(&self) -> Option<*mut raw::RedisModuleKey> {
+        (!self.key.is_null()).then_some(self.key)
+    }
+}
+
+impl Drop for RawKey<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the key was opened and the name made in `open`, once each.
+        unsafe {
+            if let (false, Some(close)) = (self.key.is_null(), raw::RedisModule_CloseKey) {
+                close(self.key);
+            }
+            if let Some(free) = raw::RedisModule_FreeString {
+                free(self.ctx.ctx, self.name);
+            }
+        }
+    }
+}
+
 /// What the key API says of `key` in the selected database: `Some(len)`
 /// for a list (0 when there is no key), `None` for a value of another type.
 /// No command runs and no cluster check applies: this works in the
 /// role-change event and on a key whose slot is being migrated, where
 /// `RedisModule_Call` is refused.
 pub(crate) fn local_list_len(ctx: &Context, key: &[u8]) -> Option<u64> {
-    use redis_module::raw;
-    // SAFETY: main thread, valid context; the key and the string made here
-    // are closed and freed here.
-    unsafe {
-        let (Some(create), Some(free), Some(open), Some(close), Some(kind), Some(len)) = (
-            raw::RedisModule_CreateString,
-            raw::RedisModule_FreeString,
-            raw::RedisModule_OpenKey,
-            raw::RedisModule_CloseKey,
-            raw::RedisModule_KeyType,
-            raw::RedisModule_ValueLength,
-        ) else {
-            return None;
-        };
-        let name = create(ctx.ctx, key.as_ptr().cast(), key.len());
-        if name.is_null() {
-            return None;
-        }
-        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as i32;
-        let k = open(ctx.ctx, name, mode);
-        let out = if k.is_null() {
-            Some(0)
-        } else {
-            match kind(k) as isize {
-                raw::REDISMODULE_KEYTYPE_EMPTY => Some(0),
-                raw::REDISMODULE_KEYTYPE_LIST => u64::try_from(len(k)).ok(),
-                _ => None,
-            }
-        };
-        if !k.is_null() {
-            close(k);
-        }
-        free(ctx.ctx, name);
-        out
+    let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
+    let k = RawKey::open(ctx, key, mode)?;
+    match k.kind() {
+        raw::REDISMODULE_KEYTYPE_EMPTY => Some(0),
+        raw::REDISMODULE_KEYTYPE_LIST => k.len(),
+        _ => None,
     }
 }
 
@@ -275,6 +323,11 @@ impl Storage for RedisList<'_> {
     }
 
     fn read(&mut self, start: usize, n: usize) -> Result<Records, StoreError> {
+        if !self.in_cluster() {
+            if let Some(out) = read_direct(self.ctx, self.key.key.as_bytes(), start, n.max(1)) {
+                return Ok(out);
+            }
+        }
         let from = start.to_string();
         let to = (start + n.max(1) - 1).to_string();
         let reply = self
@@ -326,11 +379,7 @@ impl RedisList<'_> {
     /// [`DIRECT_MEMORY_RATIO`] of it (`RedisModule_Call` with `M` refuses a write
     /// there when the server is over `maxmemory`; it does not evict).
     fn direct_ok(&self) -> bool {
-        if self
-            .ctx
-            .get_flags()
-            .contains(redis_module::ContextFlags::CLUSTER)
-        {
+        if self.in_cluster() {
             return false;
         }
         if !self.oom_check {
@@ -340,6 +389,66 @@ impl RedisList<'_> {
         let ratio = unsafe { redis_module::raw::RedisModule_GetUsedMemoryRatio.map(|f| f()) };
         ratio.is_some_and(|r| r < DIRECT_MEMORY_RATIO)
     }
+}
+
+impl RedisList<'_> {
+    /// A cluster node: the key API would skip the slot check that
+    /// `RedisModule_Call` makes (a list whose slot moved answers `MOVED`).
+    fn in_cluster(&self) -> bool {
+        self.ctx
+            .get_flags()
+            .contains(redis_module::ContextFlags::CLUSTER)
+    }
+}
+
+/// Reads up to `n` records from index `start` through the key API
+/// (`RedisModule_ListGet`, which steps one iterator along the list), without
+/// the reply `LRANGE` builds and the module parses again. `None`: a value of
+/// another type, or the API is missing; the caller uses `LRANGE`.
+fn read_direct(ctx: &Context, key: &[u8], start: usize, n: usize) -> Option<Records> {
+    // SAFETY: reads the API table, filled in once at load.
+    let api = unsafe {
+        (
+            raw::RedisModule_ListGet,
+            raw::RedisModule_StringPtrLen,
+            raw::RedisModule_FreeString,
+        )
+    };
+    let (Some(get), Some(ptr_len), Some(free)) = api else {
+        return None;
+    };
+    let open = RawKey::open(ctx, key, raw::REDISMODULE_READ as c_int)?;
+    match open.kind() {
+        raw::REDISMODULE_KEYTYPE_EMPTY => return Some(Records::default()),
+        raw::REDISMODULE_KEYTYPE_LIST => {}
+        _ => return None,
+    }
+    let k = open.opened()?;
+    let len = usize::try_from(open.len()?).ok()?;
+    let end = start.saturating_add(n).min(len);
+    let count = end.saturating_sub(start);
+    let mut out = Records::with_capacity(count, count * 64);
+    for i in start..end {
+        let index = std::os::raw::c_long::try_from(i).ok()?;
+        // SAFETY: an open list key; the string returned is ours and freed
+        // here, after its bytes are copied.
+        unsafe {
+            let s = get(k, index);
+            if s.is_null() {
+                break;
+            }
+            let mut l: usize = 0;
+            let p = ptr_len(s, &mut l);
+            if p.is_null() {
+                free(ctx.ctx, s);
+                break;
+            }
+            let bytes = std::slice::from_raw_parts(p.cast::<u8>(), l);
+            out.push_with(|d| d.extend_from_slice(bytes));
+            free(ctx.ctx, s);
+        }
+    }
+    Some(out)
 }
 
 /// Used memory (as a share of `maxmemory`) under which a push may skip
@@ -356,60 +465,42 @@ fn push_direct(
     cmd: &str,
     records: &[&[u8]],
 ) -> Result<Option<u64>, StoreError> {
-    use redis_module::raw;
     let (where_, cname) = if cmd == "LPUSH" {
         (raw::REDISMODULE_LIST_HEAD, c"LPUSH")
     } else {
         (raw::REDISMODULE_LIST_TAIL, c"RPUSH")
     };
-    // SAFETY: main thread, valid context; every string made here is freed
-    // here and the key is closed here. `Replicate` takes its own references.
-    unsafe {
-        let (
-            Some(create),
-            Some(free),
-            Some(open),
-            Some(close),
-            Some(kind),
-            Some(len),
-            Some(push),
-            Some(replicate),
-        ) = (
+    // SAFETY: reads the API table, filled in once at load.
+    let api = unsafe {
+        (
             raw::RedisModule_CreateString,
             raw::RedisModule_FreeString,
-            raw::RedisModule_OpenKey,
-            raw::RedisModule_CloseKey,
-            raw::RedisModule_KeyType,
-            raw::RedisModule_ValueLength,
             raw::RedisModule_ListPush,
             raw::RedisModule_Replicate,
         )
-        else {
-            return Ok(None);
-        };
-        let name = create(ctx.ctx, key.as_ptr().cast(), key.len());
-        if name.is_null() {
-            return Ok(None);
-        }
-        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as i32;
-        let k = open(ctx.ctx, name, mode);
-        let usable = !k.is_null()
-            && matches!(
-                kind(k) as isize,
-                raw::REDISMODULE_KEYTYPE_EMPTY | raw::REDISMODULE_KEYTYPE_LIST
-            );
-        if !usable {
-            if !k.is_null() {
-                close(k);
-            }
-            free(ctx.ctx, name);
-            return Ok(None);
-        }
-        let mut out = Ok(());
-        let mut argv: Vec<*mut raw::RedisModuleString> =
-            Vec::with_capacity(CHUNK.min(records.len()));
-        for chunk in records.chunks(CHUNK) {
-            argv.clear();
+    };
+    let (Some(create), Some(free), Some(push), Some(replicate)) = api else {
+        return Ok(None);
+    };
+    let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int;
+    let Some(open) = RawKey::open(ctx, key, mode) else {
+        return Ok(None);
+    };
+    let Some(k) = open.opened().filter(|_| {
+        matches!(
+            open.kind(),
+            raw::REDISMODULE_KEYTYPE_EMPTY | raw::REDISMODULE_KEYTYPE_LIST
+        )
+    }) else {
+        return Ok(None);
+    };
+    let mut out = Ok(());
+    let mut argv: Vec<*mut raw::RedisModuleString> = Vec::with_capacity(CHUNK.min(records.len()));
+    for chunk in records.chunks(CHUNK) {
+        argv.clear();
+        // SAFETY: main thread, valid context, an open key; every string
+        // made here is freed here. `Replicate` takes its own references.
+        unsafe {
             for r in chunk {
                 let s = create(ctx.ctx, r.as_ptr().cast(), r.len());
                 if s.is_null() {
@@ -421,7 +512,7 @@ fn push_direct(
             let mut pushed: usize = 0;
             if out.is_ok() {
                 for &s in &argv {
-                    if push(k, where_ as i32, s) != raw::Status::Ok as i32 {
+                    if push(k, where_ as c_int, s) != raw::Status::Ok as c_int {
                         out = Err(StoreError::Refused(format!(
                             "{cmd} through the key API failed"
                         )));
@@ -436,7 +527,7 @@ fn push_direct(
                     ctx.ctx,
                     cname.as_ptr(),
                     c"sv".as_ptr(),
-                    name,
+                    open.name,
                     argv.as_ptr(),
                     pushed,
                 );
@@ -444,13 +535,11 @@ fn push_direct(
             for &s in &argv {
                 free(ctx.ctx, s);
             }
-            if out.is_err() {
-                break;
-            }
         }
-        let n = u64::try_from(len(k)).unwrap_or(0);
-        close(k);
-        free(ctx.ctx, name);
-        out.map(|()| Some(n))
+        if out.is_err() {
+            break;
+        }
     }
+    let n = open.len().unwrap_or(0);
+    out.map(|()| Some(n))
 }
