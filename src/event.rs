@@ -214,13 +214,8 @@ impl Encoder {
         self.next(now_secs);
         out.reserve(self.header.len() + 14 + event.len() + key.len());
         out.extend_from_slice(&self.header);
-        match u8::try_from(db) {
-            Ok(d) if d < 10 => out.extend_from_slice(&[b'0' + d, b'\n']),
-            _ => {
-                push_i32(out, db);
-                out.push(b'\n');
-            }
-        }
+        push_i32(out, db);
+        out.push(b'\n');
         out.extend_from_slice(event);
         out.push(b'\n');
         out.extend_from_slice(key);
@@ -270,9 +265,14 @@ impl Encoder {
     }
 }
 
-/// Appends the decimal form of a signed `v`.
+/// Appends the decimal form of a signed `v` (one digit, the usual
+/// database number, without the general path).
 #[inline]
 fn push_i32(out: &mut Vec<u8>, v: i32) {
+    if let Ok(d @ 0..=9) = u8::try_from(v) {
+        out.push(b'0' + d);
+        return;
+    }
     if v < 0 {
         out.push(b'-');
     }

@@ -121,23 +121,25 @@ impl EventQueue {
 
     /// Appends a whole chunk of records.
     pub fn push_records(&mut self, records: Records) {
-        if records.is_empty() {
-            return;
+        if self.count_in(&records) {
+            self.chunks.push_back(records);
         }
+    }
+
+    /// Counts `records` as queued; false when there are none.
+    fn count_in(&mut self, records: &Records) -> bool {
         self.len += records.len();
         self.bytes += records.bytes();
-        self.chunks.push_back(records);
+        !records.is_empty()
     }
 
     /// Puts records back at the head (they are older than everything
     /// queued: a write that was refused), in chunks of at most `chunk`
     /// records, so that what takes whole chunks (a batch) stays bounded.
     pub fn push_front_records(&mut self, records: Records, chunk: usize) {
-        if records.is_empty() {
+        if !self.count_in(&records) {
             return;
         }
-        self.len += records.len();
-        self.bytes += records.bytes();
         if records.len() <= chunk.max(1) {
             self.chunks.push_front(records);
             return;
