@@ -90,17 +90,20 @@ struct RawKey<'a> {
 }
 
 impl<'a> RawKey<'a> {
-    /// Opens `key` with `mode`; `None` when the key API is missing or the
-    /// name cannot be made.
+    /// Opens `key` with `mode`; `None` when any part of the key API used
+    /// here is missing (the callers then fall back to `RedisModule_Call`) or
+    /// the name cannot be made.
     fn open(ctx: &'a Context, key: &[u8], mode: c_int) -> Option<Self> {
         // SAFETY: main thread, valid context; what is made here is released
         // in `drop`.
         unsafe {
-            let (Some(create), Some(open), Some(_), Some(_)) = (
+            let (Some(create), Some(open), Some(_), Some(_), Some(_), Some(_)) = (
                 raw::RedisModule_CreateString,
                 raw::RedisModule_OpenKey,
                 raw::RedisModule_CloseKey,
                 raw::RedisModule_FreeString,
+                raw::RedisModule_KeyType,
+                raw::RedisModule_ValueLength,
             ) else {
                 return None;
             };
@@ -433,15 +436,17 @@ fn read_direct(ctx: &Context, key: &[u8], start: usize, n: usize) -> Option<Reco
         // SAFETY: an open list key; the string returned is ours and freed
         // here, after its bytes are copied.
         unsafe {
+            // Neither is expected within the length read above; should it
+            // happen, `LRANGE` reads the range again (nothing was consumed).
             let s = get(k, index);
             if s.is_null() {
-                break;
+                return None;
             }
             let mut l: usize = 0;
             let p = ptr_len(s, &mut l);
             if p.is_null() {
                 free(ctx.ctx, s);
-                break;
+                return None;
             }
             let bytes = std::slice::from_raw_parts(p.cast::<u8>(), l);
             out.push_with(|d| d.extend_from_slice(bytes));
