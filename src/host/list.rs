@@ -81,12 +81,16 @@ fn err_text(r: CallResult<'_>) -> Result<CallReply<'_>, String> {
 
 /// A key opened through the key API, in the selected database: closed, and
 /// its name freed, when dropped. One place for the raw open and close
-/// steps that [`local_list_len`] and [`push_direct`] share.
+/// steps that [`local_list_len`], [`push_direct`] and [`read_direct`] share.
 struct RawKey<'a> {
     ctx: &'a Context,
     name: *mut raw::RedisModuleString,
     /// Null when the server opened nothing (a read of a missing key).
     key: *mut raw::RedisModuleKey,
+    /// `RedisModule_KeyType` and `RedisModule_ValueLength`, present (checked
+    /// at open).
+    key_type: unsafe extern "C" fn(*mut raw::RedisModuleKey) -> c_int,
+    value_length: unsafe extern "C" fn(*mut raw::RedisModuleKey) -> usize,
 }
 
 impl<'a> RawKey<'a> {
@@ -97,7 +101,7 @@ impl<'a> RawKey<'a> {
         // SAFETY: main thread, valid context; what is made here is released
         // in `drop`.
         unsafe {
-            let (Some(create), Some(open), Some(_), Some(_), Some(_), Some(_)) = (
+            let (Some(create), Some(open), Some(_), Some(_), Some(key_type), Some(value_length)) = (
                 raw::RedisModule_CreateString,
                 raw::RedisModule_OpenKey,
                 raw::RedisModule_CloseKey,
@@ -112,7 +116,13 @@ impl<'a> RawKey<'a> {
                 return None;
             }
             let key = open(ctx.ctx, name, mode);
-            Some(Self { ctx, name, key })
+            Some(Self {
+                ctx,
+                name,
+                key,
+                key_type,
+                value_length,
+            })
         }
     }
 
@@ -122,10 +132,7 @@ impl<'a> RawKey<'a> {
             return raw::REDISMODULE_KEYTYPE_EMPTY;
         }
         // SAFETY: an open key.
-        unsafe {
-            raw::RedisModule_KeyType
-                .map_or(raw::REDISMODULE_KEYTYPE_EMPTY, |f| f(self.key) as isize)
-        }
+        unsafe { (self.key_type)(self.key) as isize }
     }
 
     /// The value's length (a list's elements); 0 for a key not opened.
@@ -134,7 +141,7 @@ impl<'a> RawKey<'a> {
             return Some(0);
         }
         // SAFETY: an open key.
-        unsafe { raw::RedisModule_ValueLength.and_then(|f| u64::try_from(f(self.key)).ok()) }
+        u64::try_from(unsafe { (self.value_length)(self.key) }).ok()
     }
 
     /// The key, or `None` when nothing was opened.
@@ -326,13 +333,14 @@ impl Storage for RedisList<'_> {
     }
 
     fn read(&mut self, start: usize, n: usize) -> Result<Records, StoreError> {
+        let n = n.max(1);
         if !self.in_cluster() {
-            if let Some(out) = read_direct(self.ctx, self.key.key.as_bytes(), start, n.max(1)) {
+            if let Some(out) = read_direct(self.ctx, self.key.key.as_bytes(), start, n) {
                 return Ok(out);
             }
         }
         let from = start.to_string();
-        let to = (start + n.max(1) - 1).to_string();
+        let to = (start + n - 1).to_string();
         let reply = self
             .call(
                 "LRANGE",
@@ -392,9 +400,7 @@ impl RedisList<'_> {
         let ratio = unsafe { redis_module::raw::RedisModule_GetUsedMemoryRatio.map(|f| f()) };
         ratio.is_some_and(|r| r < DIRECT_MEMORY_RATIO)
     }
-}
 
-impl RedisList<'_> {
     /// A cluster node: the key API would skip the slot check that
     /// `RedisModule_Call` makes (a list whose slot moved answers `MOVED`).
     fn in_cluster(&self) -> bool {
