@@ -9,14 +9,27 @@ that stop, pause or alarm the shared fault broker run one after the other
 in one job, so they never see each other's faults. Each binary's output is
 printed whole when it ends, followed by its wall time; the last line sums up.
 Exits non-zero when a binary fails.
+
+A binary that runs longer than KEA_TEST_TIMEOUT seconds (default 900, four
+times the slowest expected) is stopped: its own stack traces (gdb, when the
+machine has it), the processes it started and its output so far are printed,
+and it counts as failed. A hang then fails the run in minutes and says
+where, instead of holding CI until its own limit. Output goes to a file, not
+a pipe, so that a daemon the binary starts cannot keep the run waiting for
+the pipe to close.
 """
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+
+TIMEOUT = float(os.environ.get("KEA_TEST_TIMEOUT", "900"))
 
 # Binaries that fault the shared fault broker (stop_app, SIGSTOP, alarms):
 # one job, in this order.
@@ -48,6 +61,68 @@ def binaries():
     return found
 
 
+def descendants(pid):
+    """The pids of every process below `pid` (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def report_hang(pid):
+    """What a hung test binary is doing: its processes and its threads' stacks."""
+    lines = []
+    pids = [pid] + descendants(pid)
+    ps = subprocess.run(["ps", "-o", "pid,ppid,etimes,args", "-p", ",".join(map(str, pids))],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                        errors="replace")
+    lines.append("processes of the hung binary:\n" + ps.stdout)
+    if shutil.which("gdb"):
+        try:
+            bt = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 20"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", timeout=120)
+            frames = [l[:240] for l in bt.stdout.splitlines() if l.startswith(("Thread ", "#"))]
+            lines.append("its threads:\n" + "\n".join(frames) + "\n")
+        except subprocess.TimeoutExpired:
+            lines.append("gdb did not answer within 120 s\n")
+    return "".join(lines)
+
+
+def run_bounded(cmd, limit):
+    """Runs `cmd` with its output in a file; stops it after `limit` seconds.
+    Returns the exit code (124 on a timeout) and the output."""
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=limit)
+            note = ""
+        except subprocess.TimeoutExpired:
+            note = f"\nTIMED OUT after {limit:.0f} s (KEA_TEST_TIMEOUT)\n" + report_hang(proc.pid)
+            for pid in [proc.pid] + descendants(proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            proc.wait()
+            rc = 124
+        log.seek(0)
+        return rc, log.read() + note
+
+
 def main():
     lanes = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
@@ -67,14 +142,13 @@ def main():
                 job = jobs.pop(0)
             for name in job:
                 start = time.monotonic()
-                proc = subprocess.run([bins[name]] + args, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, errors="replace")
+                rc, out = run_bounded([bins[name]] + args, TIMEOUT)
                 took = time.monotonic() - start
                 with lock:
-                    sys.stdout.write(f"\n===== {name} ({took:.0f} s, exit {proc.returncode})\n")
-                    sys.stdout.write(proc.stdout)
+                    sys.stdout.write(f"\n===== {name} ({took:.0f} s, exit {rc})\n")
+                    sys.stdout.write(out)
                     sys.stdout.flush()
-                    results.append((name, took, proc.returncode))
+                    results.append((name, took, rc))
 
     threads = [threading.Thread(target=worker) for _ in range(lanes)]
     for t in threads:

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::amqp::Sink;
+use common::amqp::{block, Sink};
 use common::args::ModuleArgs;
 use common::proxy::Silent;
 use common::rabbit_cluster::{Node, RabbitCluster};
@@ -28,10 +28,6 @@ const T: Duration = Duration::from_secs(60);
 
 /// The failover runs change the cluster: one at a time.
 static CLUSTER_LOCK: Mutex<()> = Mutex::new(());
-
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    async_global_executor::block_on(f)
-}
 
 async fn channel(port: u16) -> lapin::Result<(Connection, lapin::Channel)> {
     let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f?connection_timeout=5000");
@@ -378,7 +374,7 @@ fn a_stream_queue_receives_every_event_in_order() {
         srv.stat("events_confirmed") >= N as i64
     });
     // Read the stream from its start, as a stream consumer does.
-    let got: Vec<String> = block(async {
+    let got: Vec<String> = block("read the stream", async {
         let (conn, ch) = channel(sink.port).await.expect("channel");
         ch.basic_qos(500, BasicQosOptions::default())
             .await
@@ -413,7 +409,7 @@ fn a_stream_queue_receives_every_event_in_order() {
         out
     });
     assert_eq!(got, keys("s", 0, N), "every event, in order, once");
-    block(async {
+    block("delete the stream", async {
         let (conn, ch) = channel(sink.port).await?;
         ch.queue_delete(sink.queue.as_str().into(), QueueDeleteOptions::default())
             .await?;

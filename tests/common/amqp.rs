@@ -73,8 +73,22 @@ pub struct Sink {
     pub vhost: String,
 }
 
-fn block<T>(f: impl std::future::Future<Output = T>) -> T {
-    async_global_executor::block_on(f)
+/// The longest any one exchange with the test broker may take: a broker
+/// that does not answer fails the test instead of hanging it.
+const BROKER_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs `f` on this thread; `None` when it took longer than `BROKER_WAIT`.
+fn within<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+    async_global_executor::block_on(futures_lite::future::or(async { Some(f.await) }, async {
+        async_io::Timer::after(BROKER_WAIT).await;
+        None
+    }))
+}
+
+/// Runs `f` on this thread; panics, naming `what`, when it took longer
+/// than `BROKER_WAIT`.
+pub fn block<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    within(f).unwrap_or_else(|| panic!("the broker did not answer within {BROKER_WAIT:?}: {what}"))
 }
 
 async fn channel(port: u16, vhost: &str) -> lapin::Result<(Connection, Channel)> {
@@ -127,7 +141,7 @@ impl Sink {
     }
 
     fn declare_exchange_of(&self, kind: ExchangeKind) {
-        block(async {
+        block("declare exchange", async {
             let (conn, ch) = channel(self.port, &self.vhost).await?;
             let opts = ExchangeDeclareOptions {
                 durable: true,
@@ -147,7 +161,7 @@ impl Sink {
 
     /// Removes the queue's binding: publishes become unroutable.
     pub fn unbind(&self) {
-        block(async {
+        block("unbind queue", async {
             let (conn, ch) = channel(self.port, &self.vhost).await?;
             ch.queue_unbind(
                 self.queue.as_str().into(),
@@ -163,7 +177,7 @@ impl Sink {
 
     /// Deletes the exchange (to make the broker refuse publishes with 404).
     pub fn delete_exchange(&self) {
-        block(async {
+        block("delete exchange", async {
             let (conn, ch) = channel(self.port, &self.vhost).await?;
             ch.exchange_delete(
                 self.exchange.as_str().into(),
@@ -183,7 +197,7 @@ impl Sink {
     /// Declares the queue with `args` (`x-queue-type`, `x-max-length`, ...)
     /// and binds it.
     pub fn declare_queue_with(&self, args: FieldTable) {
-        block(async {
+        block("declare queue", async {
             let (conn, ch) = channel(self.port, &self.vhost).await?;
             let opts = QueueDeclareOptions {
                 durable: true,
@@ -208,10 +222,13 @@ impl Sink {
     /// Reads them with a consumer (acked as a batch; anything beyond is requeued),
     /// which is much faster than one basic.get per message.
     pub fn drain(&mut self) -> usize {
-        let got = block(async {
-            let mut out = Vec::new();
+        // Kept outside the future: when the broker stops answering half-way,
+        // what was acked is still counted.
+        let out = std::cell::RefCell::new(Vec::new());
+        let acked = std::cell::Cell::new(0);
+        within(async {
             let Ok((conn, ch)) = channel(self.port, &self.vhost).await else {
-                return out;
+                return;
             };
             let passive = QueueDeclareOptions {
                 passive: true,
@@ -237,12 +254,11 @@ impl Sink {
                     // Acked in steps of 1000 (the broker sends no more than the
                     // prefetch until it sees acks); on a failed ack the messages
                     // after the last good one are requeued, so they are not kept.
-                    let mut acked = 0;
                     let mut last_tag = None;
                     loop {
                         // Everything counted, then whatever else arrives without a
                         // pause: the queue is empty when this returns, as with basic.get.
-                        let wait = if out.len() < waiting {
+                        let wait = if out.borrow().len() < waiting {
                             Duration::from_secs(5)
                         } else {
                             Duration::from_millis(200)
@@ -255,23 +271,25 @@ impl Sink {
                             .await;
                         let Some(Ok(d)) = next else { break };
                         last_tag = Some(d.delivery_tag);
-                        out.push(to_msg(&d));
-                        if out.len() - acked >= 1000 {
+                        out.borrow_mut().push(to_msg(&d));
+                        let len = out.borrow().len();
+                        if len - acked.get() >= 1000 {
                             if !ack_through(&ch, last_tag).await {
                                 break;
                             }
-                            acked = out.len();
+                            acked.set(len);
                         }
                     }
-                    if out.len() > acked && ack_through(&ch, last_tag).await {
-                        acked = out.len();
+                    let len = out.borrow().len();
+                    if len > acked.get() && ack_through(&ch, last_tag).await {
+                        acked.set(len);
                     }
-                    out.truncate(acked);
                 }
             }
             let _ = conn.close(200, "ok".into()).await;
-            out
         });
+        let mut got = out.into_inner();
+        got.truncate(acked.get());
         let n = got.len();
         self.received.extend(got);
         n
@@ -355,7 +373,7 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        let _ = block(async {
+        let _ = within(async {
             let (conn, ch) = channel(self.port, &self.vhost).await?;
             ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
                 .await?;

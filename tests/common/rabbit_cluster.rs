@@ -59,13 +59,18 @@ fn start_node(node: &Node, cookie: &str) -> Result<(), String> {
 
 impl RabbitCluster {
     /// The cluster of this test binary: `n` nodes, started and joined on
-    /// first use (about 20 s), shared by every test after.
+    /// first use (about 30 s), shared by every test after. When that fails,
+    /// every test that asks for it fails with the same error at once (the
+    /// nodes are stopped; nothing retries with half-made ones).
     pub fn shared(n: usize) -> &'static RabbitCluster {
-        static CLUSTER: OnceLock<RabbitCluster> = OnceLock::new();
-        CLUSTER.get_or_init(|| Self::start(n))
+        static CLUSTER: OnceLock<Result<RabbitCluster, String>> = OnceLock::new();
+        match CLUSTER.get_or_init(|| Self::start(n)) {
+            Ok(c) => c,
+            Err(e) => panic!("the rabbitmq cluster did not form: {e}"),
+        }
     }
 
-    fn start(n: usize) -> Self {
+    fn start(n: usize) -> Result<Self, String> {
         let prefix = std::env::var("KEA_CLUSTER_PREFIX")
             .unwrap_or_else(|_| format!("cl{}", std::process::id()));
         let cookie = format!("KEACLUSTER{}", std::process::id());
@@ -86,56 +91,76 @@ impl RabbitCluster {
             started.extend(nodes.iter().map(|n| n.name.clone()));
         }
         let t = Instant::now();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = nodes
-                .iter()
-                .map(|node| s.spawn(|| start_node(node, &cookie)))
-                .collect();
-            for (h, node) in handles.into_iter().zip(&nodes) {
-                let r = h.join().expect("start thread");
-                r.unwrap_or_else(|e| panic!("start {}: {e}", node.name));
-            }
-        });
-        let booted = t.elapsed();
-        let seed = format!("kea_{}@localhost", nodes[0].name);
-        std::thread::scope(|s| {
-            for node in &nodes[1..] {
-                let seed = seed.as_str();
-                s.spawn(move || {
-                    let join = || -> Result<(), String> {
-                        // join_cluster resets the (fresh) node itself.
-                        try_rabbitmqctl(&node.name, &["stop_app"])?;
-                        try_rabbitmqctl(&node.name, &["join_cluster", seed])?;
-                        try_rabbitmqctl(&node.name, &["start_app"])?;
-                        Ok(())
-                    };
-                    let mut last = String::new();
-                    for _ in 0..3 {
-                        match join() {
-                            Ok(()) => return,
-                            Err(e) => last = e,
-                        }
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
-                    panic!("{} could not join {seed}: {last}", node.name);
-                });
-            }
-        });
-        let c = Self { nodes, cookie };
-        let status = super::rabbitmqctl(&c.nodes[0].name, &["cluster_status"]);
-        for node in &c.nodes {
-            assert!(
-                status.contains(&format!("kea_{}@localhost", node.name)),
-                "{} is not in the cluster: {status}",
-                node.name
-            );
-        }
+        let booted = Self::form(&nodes, &cookie).inspect_err(|_| stop_all())?;
         eprintln!(
             "rabbitmq cluster of {n} nodes: started in {:.1} s, joined {:.1} s later",
             booted.as_secs_f64(),
             (t.elapsed() - booted).as_secs_f64()
         );
-        c
+        Ok(Self { nodes, cookie })
+    }
+
+    /// Starts the nodes in parallel, then joins them to the first one after
+    /// the other: Mnesia cannot merge two joins into the same schema at once
+    /// (`combine_error`), and a join that failed leaves the node to be
+    /// reset before it can try again. Returns how long the start took.
+    fn form(nodes: &[Node], cookie: &str) -> Result<Duration, String> {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| s.spawn(|| start_node(node, cookie)))
+                .collect();
+            for (h, node) in handles.into_iter().zip(nodes) {
+                h.join()
+                    .map_err(|_| format!("start {}: the thread panicked", node.name))?
+                    .map_err(|e| format!("start {}: {e}", node.name))?;
+            }
+            Ok::<(), String>(())
+        })?;
+        let booted = t.elapsed();
+        let seed = format!("kea_{}@localhost", nodes[0].name);
+        for node in &nodes[1..] {
+            let mut errors = Vec::new();
+            let mut joined = false;
+            for attempt in 0..3 {
+                let join = || -> Result<(), String> {
+                    try_rabbitmqctl(&node.name, &["stop_app"])?;
+                    if attempt > 0 {
+                        try_rabbitmqctl(&node.name, &["force_reset"])?;
+                    }
+                    try_rabbitmqctl(&node.name, &["join_cluster", &seed])?;
+                    try_rabbitmqctl(&node.name, &["start_app"])?;
+                    try_rabbitmqctl(&node.name, &["await_startup", "--timeout", "60"])?;
+                    Ok(())
+                };
+                match join() {
+                    Ok(()) => {
+                        joined = true;
+                        break;
+                    }
+                    Err(e) => errors.push(format!("attempt {}: {}", attempt + 1, e.trim())),
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            if !joined {
+                return Err(format!(
+                    "{} could not join {seed}: {}",
+                    node.name,
+                    errors.join("; ")
+                ));
+            }
+            if !errors.is_empty() {
+                eprintln!("{} joined {seed} after: {}", node.name, errors.join("; "));
+            }
+        }
+        let status = try_rabbitmqctl(&nodes[0].name, &["cluster_status"])?;
+        for node in nodes {
+            if !status.contains(&format!("kea_{}@localhost", node.name)) {
+                return Err(format!("{} is not in the cluster: {status}", node.name));
+            }
+        }
+        Ok(booted)
     }
 
     /// The address list of every node, `127.0.0.1:port,...`.
@@ -187,6 +212,6 @@ impl RabbitCluster {
         if try_rabbitmqctl(&node.name, &["start_app"]).is_err() {
             start_node(node, &self.cookie).unwrap_or_else(|e| panic!("restart {}: {e}", node.name));
         }
-        super::rabbitmqctl(&node.name, &["await_startup"]);
+        super::rabbitmqctl(&node.name, &["await_startup", "--timeout", "120"]);
     }
 }
