@@ -101,26 +101,61 @@ def report_hang(pid):
     return "".join(lines)
 
 
+def kill_tree(pid):
+    """SIGKILL to `pid`, its process group and every process below it."""
+    for target in [pid] + descendants(pid):
+        try:
+            os.kill(target, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def run_bounded(cmd, limit):
     """Runs `cmd` with its output in a file; stops it after `limit` seconds.
     Returns the exit code (124 on a timeout) and the output."""
-    with tempfile.TemporaryFile(mode="w+", errors="replace") as log:
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        note = ""
         try:
             rc = proc.wait(timeout=limit)
-            note = ""
         except subprocess.TimeoutExpired:
-            note = f"\nTIMED OUT after {limit:.0f} s (KEA_TEST_TIMEOUT)\n" + report_hang(proc.pid)
-            for pid in [proc.pid] + descendants(proc.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            proc.wait()
+            note = f"\nTIMED OUT after {limit:.0f} s (KEA_TEST_TIMEOUT)\n"
+            try:
+                note += report_hang(proc.pid)
+            except Exception as e:  # the report is best effort; the kill is not
+                note += f"(no report: {e})\n"
             rc = 124
+        finally:
+            # Also on Ctrl-C or any error here: no binary outlives its lane.
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait()
         log.seek(0)
         return rc, log.read() + note
+
+
+def restore_fault_broker():
+    """After a fault binary was stopped mid-fault, the shared fault broker may
+    be paused (SIGSTOP), stopped (stop_app) or under a memory alarm: undo all
+    three so that the rest of its group runs against a working broker."""
+    node = os.environ.get("KEA_FAULT_NODE")
+    if not node:
+        return
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rabbitmq")
+    pids = subprocess.run([script, "pids", node], stdout=subprocess.PIPE, text=True).stdout
+    for pid in pids.split():
+        try:
+            os.kill(int(pid), signal.SIGCONT)
+        except (OSError, ValueError):
+            pass
+    for ctl in (["start_app"], ["set_vm_memory_high_watermark", "0.4"]):
+        subprocess.run([script, "ctl", node] + ctl, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env=dict(os.environ, KEA_CTL_TIMEOUT="60"))
 
 
 def main():
@@ -142,7 +177,12 @@ def main():
                 job = jobs.pop(0)
             for name in job:
                 start = time.monotonic()
-                rc, out = run_bounded([bins[name]] + args, TIMEOUT)
+                try:
+                    rc, out = run_bounded([bins[name]] + args, TIMEOUT)
+                except Exception as e:  # counted as a failure, never skipped
+                    rc, out = 1, f"lanes.py could not run it: {e!r}\n"
+                if rc == 124 and name in FAULT_GROUP:
+                    restore_fault_broker()
                 took = time.monotonic() - start
                 with lock:
                     sys.stdout.write(f"\n===== {name} ({took:.0f} s, exit {rc})\n")
@@ -156,6 +196,8 @@ def main():
     for t in threads:
         t.join()
     failed = [n for n, _, rc in results if rc != 0]
+    ran = {n for n, _, _ in results}
+    failed += [f"{n} (never ran)" for n in bins if n not in ran]
     print("\nwall time per binary: " + ", ".join(f"{n} {t:.0f}s" for n, t, _ in
                                                   sorted(results, key=lambda r: -r[1])))
     if failed:

@@ -255,7 +255,11 @@ impl Sink {
                     // prefetch until it sees acks); on a failed ack the messages
                     // after the last good one are requeued, so they are not kept.
                     let mut last_tag = None;
-                    loop {
+                    let began = Instant::now();
+                    // A queue that never pauses (the soak's) is read for a
+                    // minute at most, then acked and closed cleanly, well
+                    // inside `BROKER_WAIT`.
+                    while began.elapsed() < Duration::from_secs(60) {
                         // Everything counted, then whatever else arrives without a
                         // pause: the queue is empty when this returns, as with basic.get.
                         let wait = if out.borrow().len() < waiting {

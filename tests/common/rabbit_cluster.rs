@@ -34,7 +34,11 @@ fn script() -> &'static str {
 static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 extern "C" fn stop_all() {
-    let names = STARTED.lock().map(|n| n.clone()).unwrap_or_default();
+    // Taken: a second call (at exit, after a failed start) stops nothing twice.
+    let names = STARTED
+        .lock()
+        .map(|mut n| std::mem::take(&mut *n))
+        .unwrap_or_default();
     let stops: Vec<_> = names
         .iter()
         .filter_map(|n| Command::new(script()).args(["stop", n]).spawn().ok())
@@ -55,6 +59,44 @@ fn start_node(node: &Node, cookie: &str) -> Result<(), String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// How long joining the nodes may take in all.
+const JOIN_DEADLINE: Duration = Duration::from_secs(300);
+/// The limit of one `rabbitmqctl` call while joining.
+const JOIN_STEP: Duration = Duration::from_secs(45);
+
+/// Joins `node` to the cluster of `seed_name` (Erlang node `seed`) and
+/// starts its app. A node the seed already counts as a member (an earlier
+/// attempt joined, then failed to start) is only started: resetting it
+/// would leave the two disagreeing (`inconsistent_cluster`). Any other
+/// node is reset first, which a failed join needs before it can try again.
+fn join(node: &Node, seed_name: &str, seed: &str) -> Result<(), String> {
+    let ctl = |args: &[&str]| super::try_rabbitmqctl_for(&node.name, args, JOIN_STEP);
+    let me = format!("kea_{}@localhost", node.name);
+    let member =
+        super::try_rabbitmqctl_for(seed_name, &["cluster_status"], JOIN_STEP)?.contains(&me);
+    if !member {
+        ctl(&["stop_app"])?;
+        ctl(&["force_reset"])?;
+        ctl(&["join_cluster", seed])?;
+    }
+    ctl(&["start_app"])?;
+    ctl(&["await_startup", "--timeout", "40"])?;
+    Ok(())
+}
+
+/// The last lines of `node`'s log, for an error (its files go when it stops).
+fn log_tail(node: &Node) -> String {
+    let path = format!(
+        "{}/.deps/rabbitmq/{}/log/kea_{}@localhost.log",
+        env!("CARGO_MANIFEST_DIR"),
+        node.name,
+        node.name
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 impl RabbitCluster {
@@ -120,35 +162,24 @@ impl RabbitCluster {
         })?;
         let booted = t.elapsed();
         let seed = format!("kea_{}@localhost", nodes[0].name);
+        // The whole joining has one deadline; each call a short limit.
+        let deadline = Instant::now() + JOIN_DEADLINE;
         for node in &nodes[1..] {
             let mut errors = Vec::new();
-            let mut joined = false;
-            for attempt in 0..3 {
-                let join = || -> Result<(), String> {
-                    try_rabbitmqctl(&node.name, &["stop_app"])?;
-                    if attempt > 0 {
-                        try_rabbitmqctl(&node.name, &["force_reset"])?;
-                    }
-                    try_rabbitmqctl(&node.name, &["join_cluster", &seed])?;
-                    try_rabbitmqctl(&node.name, &["start_app"])?;
-                    try_rabbitmqctl(&node.name, &["await_startup", "--timeout", "60"])?;
-                    Ok(())
-                };
-                match join() {
-                    Ok(()) => {
-                        joined = true;
-                        break;
-                    }
-                    Err(e) => errors.push(format!("attempt {}: {}", attempt + 1, e.trim())),
+            loop {
+                match join(node, &nodes[0].name, &seed) {
+                    Ok(()) => break,
+                    Err(e) => errors.push(format!("attempt {}: {e}", errors.len() + 1)),
+                }
+                if errors.len() == 3 || Instant::now() >= deadline {
+                    return Err(format!(
+                        "{} could not join {seed}: {}; its log ends: {}",
+                        node.name,
+                        errors.join("; "),
+                        log_tail(node)
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(500));
-            }
-            if !joined {
-                return Err(format!(
-                    "{} could not join {seed}: {}",
-                    node.name,
-                    errors.join("; ")
-                ));
             }
             if !errors.is_empty() {
                 eprintln!("{} joined {seed} after: {}", node.name, errors.join("; "));
