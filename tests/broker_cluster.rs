@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::amqp::{block, Sink};
+use common::amqp::{block, channel, Sink};
 use common::args::ModuleArgs;
 use common::proxy::Silent;
 use common::rabbit_cluster::{Node, RabbitCluster};
@@ -19,7 +19,6 @@ use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl, wait_for};
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,13 +27,6 @@ const T: Duration = Duration::from_secs(60);
 
 /// The failover runs change the cluster: one at a time.
 static CLUSTER_LOCK: Mutex<()> = Mutex::new(());
-
-async fn channel(port: u16) -> lapin::Result<(Connection, lapin::Channel)> {
-    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f?connection_timeout=5000");
-    let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    Ok((conn, ch))
-}
 
 /// A sink on `port` whose queue is of `x-queue-type` `kind` (`quorum`, `stream`).
 fn typed_sink(port: u16, kind: &str) -> Sink {
@@ -375,7 +367,7 @@ fn a_stream_queue_receives_every_event_in_order() {
     });
     // Read the stream from its start, as a stream consumer does.
     let got: Vec<String> = block("read the stream", async {
-        let (conn, ch) = channel(sink.port).await.expect("channel");
+        let (conn, ch) = channel(sink.port, "/").await.expect("channel");
         ch.basic_qos(500, BasicQosOptions::default())
             .await
             .expect("qos");
@@ -410,7 +402,7 @@ fn a_stream_queue_receives_every_event_in_order() {
     });
     assert_eq!(got, keys("s", 0, N), "every event, in order, once");
     block("delete the stream", async {
-        let (conn, ch) = channel(sink.port).await?;
+        let (conn, ch) = channel(sink.port, "/").await?;
         ch.queue_delete(sink.queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
         conn.close(200, "ok".into()).await

@@ -91,7 +91,8 @@ pub fn block<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     within(f).unwrap_or_else(|| panic!("the broker did not answer within {BROKER_WAIT:?}: {what}"))
 }
 
-async fn channel(port: u16, vhost: &str) -> lapin::Result<(Connection, Channel)> {
+/// A connection to the broker at `port`, in `vhost`, and a channel on it.
+pub async fn channel(port: u16, vhost: &str) -> lapin::Result<(Connection, Channel)> {
     let vhost = vhost.replace('/', "%2f");
     let uri = format!("amqp://guest:guest@127.0.0.1:{port}/{vhost}?connection_timeout=5000");
     let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;

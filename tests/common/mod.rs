@@ -116,27 +116,35 @@ pub fn fault_broker() -> (u16, String) {
 }
 
 /// Runs `scripts/rabbitmq ctl NODE args...`: its stdout, or its stderr
-/// (or why it could not run) when it fails. Bounded by the script's
-/// default limit (`KEA_CTL_TIMEOUT`, 180 s).
+/// (or why it could not run) when it fails. Bounded by the script's limit
+/// (`KEA_CTL_TIMEOUT`, 180 s unless the environment says otherwise).
 pub fn try_rabbitmqctl(node: &str, args: &[&str]) -> Result<String, String> {
-    try_rabbitmqctl_for(node, args, std::time::Duration::from_secs(180))
+    run_rabbitmqctl(node, args, None)
 }
 
-/// `try_rabbitmqctl` with its own limit; the error names the command and
-/// its exit status (124 when the limit stopped it).
+/// `try_rabbitmqctl` with its own limit.
 pub fn try_rabbitmqctl_for(
     node: &str,
     args: &[&str],
     limit: std::time::Duration,
 ) -> Result<String, String> {
+    run_rabbitmqctl(node, args, Some(limit))
+}
+
+/// The error names the command and its exit status (124 when the limit
+/// stopped it).
+fn run_rabbitmqctl(
+    node: &str,
+    args: &[&str],
+    limit: Option<std::time::Duration>,
+) -> Result<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq");
-    let out = std::process::Command::new(script)
-        .arg("ctl")
-        .arg(node)
-        .args(args)
-        .env("KEA_CTL_TIMEOUT", limit.as_secs().max(1).to_string())
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
+    let mut cmd = std::process::Command::new(script);
+    cmd.arg("ctl").arg(node).args(args);
+    if let Some(limit) = limit {
+        cmd.env("KEA_CTL_TIMEOUT", limit.as_secs().max(1).to_string());
+    }
+    let out = cmd.output().map_err(|e| format!("{args:?}: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -26,6 +26,13 @@ pub struct RabbitCluster {
     cookie: String,
 }
 
+impl Node {
+    /// The Erlang node name, `kea_<name>@localhost`.
+    pub fn erlang(&self) -> String {
+        format!("kea_{}@localhost", self.name)
+    }
+}
+
 fn script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq")
 }
@@ -73,9 +80,8 @@ const JOIN_STEP: Duration = Duration::from_secs(45);
 /// node is reset first, which a failed join needs before it can try again.
 fn join(node: &Node, seed_name: &str, seed: &str) -> Result<(), String> {
     let ctl = |args: &[&str]| super::try_rabbitmqctl_for(&node.name, args, JOIN_STEP);
-    let me = format!("kea_{}@localhost", node.name);
-    let member =
-        super::try_rabbitmqctl_for(seed_name, &["cluster_status"], JOIN_STEP)?.contains(&me);
+    let member = super::try_rabbitmqctl_for(seed_name, &["cluster_status"], JOIN_STEP)?
+        .contains(&node.erlang());
     if !member {
         ctl(&["stop_app"])?;
         ctl(&["force_reset"])?;
@@ -89,10 +95,10 @@ fn join(node: &Node, seed_name: &str, seed: &str) -> Result<(), String> {
 /// The last lines of `node`'s log, for an error (its files go when it stops).
 fn log_tail(node: &Node) -> String {
     let path = format!(
-        "{}/.deps/rabbitmq/{}/log/kea_{}@localhost.log",
+        "{}/.deps/rabbitmq/{}/log/{}.log",
         env!("CARGO_MANIFEST_DIR"),
         node.name,
-        node.name
+        node.erlang()
     );
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -161,7 +167,7 @@ impl RabbitCluster {
             Ok::<(), String>(())
         })?;
         let booted = t.elapsed();
-        let seed = format!("kea_{}@localhost", nodes[0].name);
+        let seed = nodes[0].erlang();
         // The whole joining has one deadline; each call a short limit.
         let deadline = Instant::now() + JOIN_DEADLINE;
         for node in &nodes[1..] {
@@ -187,7 +193,7 @@ impl RabbitCluster {
         }
         let status = try_rabbitmqctl(&nodes[0].name, &["cluster_status"])?;
         for node in nodes {
-            if !status.contains(&format!("kea_{}@localhost", node.name)) {
+            if !status.contains(&node.erlang()) {
                 return Err(format!("{} is not in the cluster: {status}", node.name));
             }
         }
@@ -230,7 +236,7 @@ impl RabbitCluster {
         self.nodes
             .iter()
             .filter(|n| {
-                let pid = format!("<kea_{}@localhost.", n.name);
+                let pid = format!("<{}.", n.erlang());
                 out.lines()
                     .any(|l| l.contains(needle) && l.starts_with(&pid))
             })
