@@ -3,7 +3,7 @@
 //! length-prefixed, binary-safe arguments. Pure: no Redis import.
 
 /// Names of the commands (without the module prefix), as broadcast.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "config_set",
     "connect",
     "disconnect",
@@ -11,6 +11,7 @@ pub const NAMES: [&str; 7] = [
     "keymask_clean",
     "keymask_add",
     "keymask_set",
+    "snapshot",
 ];
 
 /// Cluster message type byte.

@@ -1,4 +1,4 @@
-//! The seven module commands as one type: parsed once, applied to the
+//! The module commands as one type: parsed once, applied to the
 //! settings, carried over the cluster bus, and shown in logs with the
 //! password masked. Pure: no Redis import.
 
@@ -23,6 +23,9 @@ pub enum Command {
     KeymaskAdd(Vec<Vec<u8>>),
     /// `keymask_set MASK...`
     KeymaskSet(Vec<Vec<u8>>),
+    /// `snapshot [DB n | CANCEL | STATUS]`: no setting changes (the host
+    /// runs the walk, see [`crate::snapshot`]).
+    Snapshot(crate::snapshot::Request),
 }
 
 /// What a command asks of the broker connection once applied.
@@ -52,7 +55,7 @@ impl LinkAction {
 
 impl Command {
     /// Every command name, in the order of the bus index.
-    pub const NAMES: [&'static str; 7] = bus::NAMES;
+    pub const NAMES: [&'static str; 8] = bus::NAMES;
 
     /// Parses a command name and its arguments; checks the arity and what
     /// can be checked without the current settings.
@@ -85,6 +88,7 @@ impl Command {
                 arity(!args.is_empty())?;
                 Self::KeymaskSet(owned())
             }
+            "snapshot" => Self::Snapshot(crate::snapshot::Request::parse(args)?),
             _ => return Err(ConfigError::UnknownCommand(printable(name.as_bytes()))),
         })
     }
@@ -99,6 +103,7 @@ impl Command {
             Self::KeymaskClean => "keymask_clean",
             Self::KeymaskAdd(_) => "keymask_add",
             Self::KeymaskSet(_) => "keymask_set",
+            Self::Snapshot(_) => "snapshot",
         }
     }
 
@@ -110,6 +115,7 @@ impl Command {
             }
             Self::FallbackStorageSizeSet(n) => vec![n.to_string().into_bytes()],
             Self::Disconnect | Self::KeymaskClean => Vec::new(),
+            Self::Snapshot(r) => r.args(),
         }
     }
 
@@ -143,6 +149,7 @@ impl Command {
                 new.masks = KeyMasks::None.with_added(masks)?;
                 LinkAction::Keep
             }
+            Self::Snapshot(_) => LinkAction::Keep,
         };
         Ok((new, action))
     }
@@ -201,6 +208,8 @@ mod tests {
         for name in Command::NAMES {
             let args: Vec<&[u8]> = if name.starts_with("keymask_a") || name.ends_with("set") {
                 vec![b"1"]
+            } else if name == "snapshot" {
+                vec![b"STATUS"]
             } else {
                 vec![]
             };

@@ -36,6 +36,9 @@ pub enum ConfigError {
     /// Not one of the module's commands.
     #[error("unknown command '{0}'")]
     UnknownCommand(String),
+    /// A bad `key_evt_amqp.snapshot` request.
+    #[error("{0}")]
+    Snapshot(#[from] crate::snapshot::BadRequest),
 }
 
 /// Connection settings for the broker.

@@ -19,9 +19,11 @@ pub mod host;
 pub mod json;
 pub mod keymask;
 pub mod memory;
+pub mod moves;
 pub mod queue;
 pub mod setting;
 pub mod slots;
+pub mod snapshot;
 pub mod tunables;
 
 /// The module name registered with Redis.

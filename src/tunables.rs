@@ -158,8 +158,20 @@ pub static FALLBACK_DB: Tunable = Tunable::new("fallback-db", 0, 0, 1_000_000);
 pub static UNROUTABLE_RETRY_MAX_MS: Tunable =
     Tunable::new("unroutable-retry-max-ms", 60_000, 1000, 3_600_000);
 
+/// `key_evt_amqp.snapshot-slice-us`: main-thread time a snapshot walk takes
+/// per tick, in microseconds.
+pub static SNAPSHOT_SLICE_US: Tunable = Tunable::new("snapshot-slice-us", 1000, 50, 1_000_000);
+
+/// `key_evt_amqp.snapshot-backlog-max`: a snapshot walk waits while this many
+/// records or more are queued, in flight or in the fallback list (or the
+/// queue holds half of `queue-max-bytes`), and goes on once they drained.
+pub static SNAPSHOT_BACKLOG_MAX: Tunable =
+    Tunable::new("snapshot-backlog-max", 50_000, 1, 100_000_000);
+
 /// All mutable integer tunables, for registration.
-pub static TUNABLES: [&Tunable; 13] = [
+pub static TUNABLES: [&Tunable; 15] = [
+    &SNAPSHOT_SLICE_US,
+    &SNAPSHOT_BACKLOG_MAX,
     &KEYMASK_MAX_BYTES,
     &BURST_MAX_MS,
     &BURST_RATE,

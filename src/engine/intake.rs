@@ -78,6 +78,61 @@ pub trait Origin {
     }
 }
 
+/// An event about a whole database, from the server's `FlushDB` and
+/// `SwapDB` events (the commands fire no keyspace event). Forwarded
+/// whatever the key masks, in order with the key events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbEvent {
+    /// `FLUSHDB` of `db`, or `FLUSHALL` when `db` is -1.
+    Flush {
+        /// The flushed database, -1 for all.
+        db: i32,
+    },
+    /// `SWAPDB first second`.
+    Swap {
+        /// The first index given.
+        first: i32,
+        /// The second index given.
+        second: i32,
+    },
+}
+
+impl DbEvent {
+    /// The event name (the same in both formats).
+    pub fn name(self) -> &'static [u8] {
+        match self {
+            Self::Flush { db: -1 } => b"flushall",
+            Self::Flush { .. } => b"flushdb",
+            Self::Swap { .. } => b"swapdb",
+        }
+    }
+
+    /// The record's `db`: the flushed database (-1 for all), or the first index.
+    pub fn db(self) -> i32 {
+        match self {
+            Self::Flush { db } => db,
+            Self::Swap { first, .. } => first,
+        }
+    }
+
+    /// The record's key: empty, or the second index as decimal text.
+    pub fn key(self) -> Vec<u8> {
+        match self {
+            Self::Flush { .. } => Vec::new(),
+            Self::Swap { second, .. } => second.to_string().into_bytes(),
+        }
+    }
+}
+
+/// A flush seen but not yet in force (see [`Engine::db_event`]): its
+/// record, encoded and not yet queued (for the outbox, or the queue), and
+/// the fallback records the flush deleted, not yet counted as lost.
+#[derive(Debug, Default)]
+struct PendingFlush {
+    record: Option<(Vec<u8>, bool)>,
+    lost: u64,
+}
+
 /// Encodes one event in the format in force (see [`crate::event`]).
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -116,6 +171,8 @@ pub struct Intake {
     /// The fallback key's prefix, which covers the lists of all nodes
     /// (`<prefix>` or `<prefix>{tag}`); fixed at load.
     pub list_prefix: Vec<u8>,
+    /// A flush event waiting for the next event, tick or job.
+    pending: Option<PendingFlush>,
 }
 
 impl Intake {
@@ -128,6 +185,7 @@ impl Intake {
             outbox: Records::default(),
             outbox_armed: false,
             list_prefix: list_prefix.as_bytes().to_vec(),
+            pending: None,
         }
     }
 
@@ -166,7 +224,13 @@ impl Engine {
             self.stats.drop(Drop::Overflow, 1);
             return Accepted::Dropped;
         }
-        let db = origin.db();
+        self.commit_pending();
+        self.enqueue(origin, origin.db(), event, key)
+    }
+
+    /// Encodes one accepted event into the unit's outbox or the queue.
+    #[inline]
+    fn enqueue(&mut self, origin: &impl Origin, db: i32, event: &[u8], key: &[u8]) -> Accepted {
         let now = origin.now_secs();
         let intake = &mut self.intake;
         if self.settings.fallback_size >= 0 && origin.outbox() {
@@ -192,9 +256,130 @@ impl Engine {
         Accepted::Queued { was_empty }
     }
 
+    /// A whole-database event (`FLUSHDB`, `FLUSHALL`, `SWAPDB`), forwarded
+    /// whatever the masks. The server fires these events before the change
+    /// takes effect, so no later write overtakes them.
+    ///
+    /// A flush is held back until the next event, tick or outbox job
+    /// ([`Engine::commit_pending`]): `DEBUG RELOAD` and `DEBUG LOADAOF` empty
+    /// the data set the same way and then load it again, and a load that
+    /// starts meanwhile withdraws the flush ([`Engine::withdraw_pending`]),
+    /// since the data set was not emptied for good and nothing the load
+    /// brings back is forwarded.
+    pub fn db_event(&mut self, ev: DbEvent, origin: &impl Origin) -> Accepted {
+        if !self.master || self.loading {
+            self.stats.skipped += 1;
+            return Accepted::Skipped;
+        }
+        self.stats.seen += 1;
+        self.commit_pending();
+        let (db, key) = (ev.db(), ev.key());
+        let event = ev.name();
+        if let DbEvent::Flush { .. } = ev {
+            let outbox = self.settings.fallback_size >= 0 && origin.outbox();
+            let mut record = Vec::new();
+            let now = origin.now_secs();
+            encode(
+                &mut self.intake.encoder,
+                &self.settings,
+                origin,
+                &mut record,
+                now,
+                db,
+                event,
+                &key,
+            );
+            self.intake.pending = Some(PendingFlush {
+                record: Some((record, outbox)),
+                lost: 0,
+            });
+            return if outbox {
+                Accepted::Outbox {
+                    arm: !self.intake.outbox_armed,
+                }
+            } else {
+                Accepted::Queued {
+                    was_empty: self.queue.is_empty(),
+                }
+            };
+        }
+        self.stats.accepted += 1;
+        self.enqueue(origin, db, event, &key)
+    }
+
+    /// A record of the snapshot walk (`snapshot`, `snapshot_begin`,
+    /// `snapshot_end`): the host chose the key (it passed the masks), so
+    /// only the role, loading and the queue's hard limit are checked.
+    pub fn snapshot_record(
+        &mut self,
+        event: &[u8],
+        db: i32,
+        key: &[u8],
+        origin: &impl Origin,
+    ) -> Accepted {
+        if !self.master || self.loading {
+            return Accepted::Skipped;
+        }
+        self.commit_pending();
+        self.stats.accepted += 1;
+        if self.queue.bytes() > hard_limit_bytes() {
+            self.stats.drop(Drop::Overflow, 1);
+            return Accepted::Dropped;
+        }
+        self.enqueue(origin, db, event, key)
+    }
+
+    /// Queues a held-back flush event (see [`Engine::db_event`]).
+    #[inline]
+    pub fn commit_pending(&mut self) {
+        let Some(p) = self.intake.pending.take() else {
+            return;
+        };
+        self.count_lost(p.lost);
+        let Some((record, outbox)) = p.record else {
+            return;
+        };
+        self.stats.accepted += 1;
+        if outbox {
+            self.intake
+                .outbox
+                .push_with(|out| out.extend_from_slice(&record));
+        } else {
+            if !self.intake.outbox.is_empty() {
+                let earlier = std::mem::take(&mut self.intake.outbox);
+                self.queue.push_records(earlier);
+            }
+            self.queue
+                .push_with(self.intake.chunk, |out| out.extend_from_slice(&record));
+        }
+    }
+
+    /// The server is about to delete the fallback list with its database
+    /// (`FLUSHALL`, or `FLUSHDB` of the list's database): what it held and
+    /// was not read yet is counted as lost when the flush is in force (not
+    /// for a reload, which brings the list back; see [`Engine::db_event`]).
+    pub fn list_flushed(&mut self) {
+        if !self.master {
+            return;
+        }
+        let lost = self.list.dropped();
+        self.intake
+            .pending
+            .get_or_insert_with(Default::default)
+            .lost += lost;
+    }
+
+    /// A load starts: a held-back flush was a reload's, not the data set's
+    /// end; it is dropped unsent (it was never counted as accepted), and the
+    /// list it seemed to delete is read anew when the load ends.
+    pub fn withdraw_pending(&mut self) -> bool {
+        self.intake.pending.take().is_some()
+    }
+
     /// The outbox job (or the timer, should a job not have run): appends
     /// the current execution unit's records to the list.
     pub fn flush_outbox(&mut self, store: &mut dyn super::Storage) {
+        self.commit_pending();
         self.intake.outbox_armed = false;
         let records = std::mem::take(&mut self.intake.outbox);
         self.append_outbox(store, records);
@@ -203,6 +388,7 @@ impl Engine {
     /// The outbox's records cannot go to the list now (no job, no list):
     /// they wait in memory, in the queue.
     pub fn outbox_to_queue(&mut self) {
+        self.commit_pending();
         self.intake.outbox_armed = false;
         let records = std::mem::take(&mut self.intake.outbox);
         self.queue.push_records(records);

@@ -27,6 +27,9 @@ pub struct ListView {
     /// node is a replica, whose list the master changes): the next read
     /// learns it and counts nothing as lost.
     pub unknown: bool,
+    /// Batches read at an epoch below this one were read from a list the
+    /// server has since deleted: what of them is not confirmed is lost.
+    pub dropped_below: u64,
 }
 
 impl ListView {
@@ -49,6 +52,21 @@ impl ListView {
         self.epoch += 1;
         self.synced_at = None;
         self.unknown = true;
+    }
+
+    /// The list is about to be deleted by the server (a flush or swap of
+    /// its database): returns the records it held that were not read yet,
+    /// and starts from an empty list. Those in flight are settled as usual:
+    /// confirmed, or lost if they fail (see [`ListView::dropped_below`]).
+    pub fn dropped(&mut self) -> u64 {
+        let lost = self.unread();
+        self.head_inflight = 0;
+        self.acked = 0;
+        self.epoch += 1;
+        self.dropped_below = self.epoch;
+        self.len = 0;
+        self.synced_at = None;
+        lost
     }
 
     /// Records not yet read from the list.

@@ -34,7 +34,7 @@ use crate::amqp::{Request, Settled};
 use crate::config::{Settings, Unroutable};
 use crate::queue::{EventQueue, Records};
 pub use broker::{Broker, LazyClient};
-pub use intake::{Accepted, Intake, Origin};
+pub use intake::{Accepted, DbEvent, Intake, Origin};
 pub use list::ListView;
 pub use stats::{Drop, Stats};
 use std::collections::VecDeque;
@@ -431,6 +431,7 @@ impl Engine {
     ) {
         self.on_unroutable = limits.on_unroutable;
         self.now = now;
+        self.commit_pending();
         let arrived = self.stats.accepted.saturating_sub(self.tick_accepted);
         self.tick_accepted = self.stats.accepted;
         self.collect(broker);
@@ -485,6 +486,18 @@ impl Engine {
             self.want_slot_refresh = true;
         }
         self.set_error(format!("{what}: {e}"));
+    }
+
+    /// `SWAPDB` took the fallback list to another database: what it held
+    /// and was not read yet is counted as lost, and whatever the list's key
+    /// holds in its database now is read as the list.
+    pub fn list_swapped(&mut self) {
+        if !self.master {
+            return;
+        }
+        let lost = self.list.dropped();
+        self.count_lost(lost);
+        self.list.forget();
     }
 
     pub(super) fn count_lost(&mut self, lost: u64) {

@@ -144,8 +144,12 @@ impl Engine {
             if let Some(e) = error {
                 self.set_error(e);
             }
+            let gone = b.from_list && b.epoch < self.list.dropped_below;
             if b.from_list {
-                if b.epoch == self.list.epoch {
+                if gone {
+                    // Read from a list the server deleted since.
+                    self.count_lost(b.count.saturating_sub(acked) as u64);
+                } else if b.epoch == self.list.epoch {
                     self.list.head_inflight = self.list.head_inflight.saturating_sub(b.count);
                     if !self.halted {
                         self.list.acked += acked;
@@ -161,8 +165,10 @@ impl Engine {
             }
             if failed {
                 self.halted = true;
-                // Sent once, unconfirmed: they go out again (possibly twice).
-                self.stats.resent += b.count.saturating_sub(acked) as u64;
+                if !gone {
+                    // Sent once, unconfirmed: they go out again (possibly twice).
+                    self.stats.resent += b.count.saturating_sub(acked) as u64;
+                }
             }
         }
         if !self.master {

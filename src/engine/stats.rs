@@ -64,6 +64,13 @@ pub struct Stats {
     pub reconnects: u64,
     /// Events ignored while loading, on a replica, or about the fallback key.
     pub skipped: u64,
+    /// Events a slot migration caused (keys imported, trimmed, or moved by
+    /// `MIGRATE`): not forwarded, a move is no write (see [`crate::moves`]).
+    pub moved: u64,
+    /// Nested notifications (fired by the module's own work, e.g. a key
+    /// that a snapshot's read found expired), accepted once the state was
+    /// free again (see `host::notify`).
+    pub deferred: u64,
     /// Records sent again after a send that was not confirmed (a nack, a
     /// lost connection, a confirm timeout, a return): an upper bound of the
     /// duplicates this node caused. See also [`super::ListView::reread`].

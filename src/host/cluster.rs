@@ -35,6 +35,8 @@ pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) -> bool {
         // Look at the slots (and the lists in them) again on the next tick.
         st.slots.owned.clear();
         st.slots.next_check = None;
+        // A migration under way on the old master ended with it.
+        crate::host::moves::forget(st);
     }
     true
 }
@@ -66,6 +68,11 @@ fn exists(ctx: &Context, key: &str) -> Option<bool> {
     }
 }
 
+/// `CLUSTER NODES`, as text.
+pub fn nodes_text(ctx: &Context) -> Option<String> {
+    call_text(ctx, "CLUSTER", &["NODES"])
+}
+
 /// How soon slot ownership is read again after a look that failed.
 const SLOT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -83,9 +90,10 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
     if st.slots.tags.is_empty() {
         st.slots.tags = slots::canonical_tags();
     }
-    let Some(nodes) = call_text(ctx, "CLUSTER", &["NODES"]) else {
+    let Some(nodes) = nodes_text(ctx) else {
         return;
     };
+    crate::host::moves::read_view(st, &nodes);
     let owned = slots::owned_slots(&nodes);
     let base = st.list_key.key_prefix.clone();
     if owned != st.slots.owned {

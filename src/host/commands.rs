@@ -8,7 +8,8 @@
 
 use crate::bus::MSG_TYPE;
 use crate::command::Command;
-use crate::host::{configs, guard, state, timer};
+use crate::host::{configs, guard, snapshot, state, timer};
+use crate::snapshot::Request;
 use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
 use std::os::raw::{c_char, c_uchar};
 
@@ -19,6 +20,11 @@ fn err(e: impl std::fmt::Display) -> String {
 /// Applies a command to this node's state; changes nothing on error.
 pub fn apply(ctx: &Context, cmd: &Command) -> Result<(), String> {
     with_state(|st| {
+        if let Command::Snapshot(req) = cmd {
+            snapshot::request(ctx, st, *req)?;
+            timer::arm(ctx, st);
+            return Ok(());
+        }
         let (settings, action) = cmd.apply(&st.engine.settings).map_err(err)?;
         // What a `CONFIG SET` staged is older than this change.
         configs::forget_pending();
@@ -112,12 +118,27 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let out = guard::run("command", || {
         let args: Vec<&[u8]> = args.iter().skip(1).map(|a| a.as_slice()).collect();
         let cmd = Command::parse(&name, &args).map_err(err)?;
+        if cmd == Command::Snapshot(Request::Status) {
+            // This node only: `name value` pairs.
+            let pairs = state::with(|st| snapshot::status(st)).unwrap_or_default();
+            return Ok(RedisValue::Array(
+                pairs
+                    .into_iter()
+                    .flat_map(|(n, v)| {
+                        [
+                            RedisValue::SimpleString(n.into()),
+                            RedisValue::BulkString(v),
+                        ]
+                    })
+                    .collect(),
+            ));
+        }
         apply(ctx, &cmd)?;
         broadcast(ctx, &cmd);
-        Ok::<_, String>(())
+        Ok::<_, String>(RedisValue::SimpleStringStatic("OK"))
     });
     match out {
-        Some(Ok(())) => Ok(RedisValue::SimpleStringStatic("OK")),
+        Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(RedisError::String(e)),
         None => Err(RedisError::Str("ERR internal error, see the server log")),
     }

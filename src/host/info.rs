@@ -77,6 +77,12 @@ pub struct Snapshot {
     pub unroutable: (u64, u64),
     /// Ms until records the broker nacked are sent again (0: no wait).
     pub nack_retry_in_ms: u64,
+    /// Slots whose events are moves now (an atomic slot migration).
+    pub migration_silent_slots: usize,
+    /// The module listens to the server's key event (before-images).
+    pub key_event: bool,
+    /// The snapshot walk: `(name, value)` pairs, shown as `snapshot_<name>`.
+    pub snapshot: Vec<(&'static str, String)>,
 }
 
 /// The most entries of the broker list INFO shows one by one.
@@ -108,6 +114,10 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
             "writes_paused",
             if s.writes_paused { "yes" } else { "no" }.to_string(),
         ),
+        (
+            "key_event",
+            if s.key_event { "yes" } else { "no" }.to_string(),
+        ),
         ("last_error", s.last_error.clone()),
     ];
     for (name, value) in text {
@@ -131,6 +141,8 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("events_dropped_unroutable", st.dropped_unroutable),
         ("events_lost", st.lost),
         ("events_skipped", st.skipped),
+        ("events_moved", st.moved),
+        ("events_deferred", st.deferred),
         ("events_resent", st.resent),
         ("queue_len", s.queue_len as u64),
         ("queue_bytes", s.queue_bytes as u64),
@@ -155,9 +167,13 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
         ("unroutable_waiting", s.unroutable.0),
         ("unroutable_retry_in_ms", s.unroutable.1),
         ("nack_retry_in_ms", s.nack_retry_in_ms),
+        ("migration_silent_slots", s.migration_silent_slots as u64),
     ];
     for (name, value) in numbers {
         section = section.field(name, value)?;
+    }
+    for (name, value) in &s.snapshot {
+        section = section.field(&format!("snapshot_{name}"), value.clone())?;
     }
     // One line per entry, `<address> <state>`: the address has no space,
     // so a reader splits at the first one.

@@ -154,7 +154,8 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     if !notify::subscribe(ctx, types.0) {
         return refuse_load(ctx, "cannot subscribe to keyspace events");
     }
-    crate::host::values::subscribe(ctx);
+    let listen = crate::host::values::wanted(&engine.settings, engine.loading);
+    crate::host::values::init(ctx, listen);
     // Only now, with every check passed, does the module hold state.
     state::install(State {
         engine,
@@ -166,15 +167,26 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         last_tick: None,
         cluster: is_cluster,
         slots: Default::default(),
+        moves: Default::default(),
+        snapshot: Default::default(),
     });
     commands::register(ctx, is_cluster);
-    if is_valkey_9(ctx) {
-        ctx.set_module_options(raw::ModuleOptions::from_bits_retain(
-            HANDLE_ATOMIC_SLOT_MIGRATION,
-        ));
+    crate::host::events::subscribe(ctx);
+    // Diskless replica loading keeps working with the module loaded (the
+    // server skips it unless every module declares it can follow it; see
+    // `events`); Valkey 9 refuses atomic slot migration unless every module
+    // declares it.
+    let mut options = raw::REDISMODULE_OPTIONS_HANDLE_REPL_ASYNC_LOAD as i32;
+    let valkey_9 = is_valkey_9(ctx);
+    if valkey_9 {
+        options |= HANDLE_ATOMIC_SLOT_MIGRATION;
     }
+    if is_cluster {
+        crate::host::moves::subscribe(ctx, valkey_9);
+    }
+    ctx.set_module_options(raw::ModuleOptions::from_bits_retain(options));
     shutdown::register(ctx);
-    crate::host::redact::register(ctx);
+    crate::host::filter::register(ctx);
     // No timer and no thread yet: the server's cron arms the first timer
     // once the load is complete (see `timer::on_cron`). Until then the
     // module can be unloaded cleanly, which is what the server does when
@@ -222,8 +234,9 @@ pub fn unload(ctx: &Context) -> Status {
     let cluster = state::with(|st| st.cluster).unwrap_or(false);
     commands::unregister(ctx, cluster);
     shutdown::unload();
-    crate::host::redact::unload();
+    crate::host::filter::unload();
     configs::forget_pending();
+    crate::host::values::release();
     state::take();
     crate::host::log::notice("key_evt_amqp: unloaded");
     Status::Ok
@@ -262,7 +275,18 @@ fn on_loading(_ctx: &Context, ev: LoadingSubevent) {
             st.engine.loading = !ended;
             if ended {
                 st.engine.list.forget();
+            } else if st.engine.withdraw_pending() {
+                // `DEBUG RELOAD` / `DEBUG LOADAOF` emptied the data set to load
+                // it again: that flush is no event.
+                crate::host::log::notice(
+                    "key_evt_amqp: the data set is being reloaded: the flush before it is not forwarded",
+                );
             }
+            // Not listening to the key event during a load (see `values::wanted`).
+            crate::host::values::follow(crate::host::values::wanted(
+                &st.engine.settings,
+                st.engine.loading,
+            ));
         });
     });
 }
@@ -345,6 +369,9 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
             .engine
             .nack_retry_in(std::time::Instant::now())
             .as_millis() as u64,
+        migration_silent_slots: st.moves.silent_slots(),
+        key_event: crate::host::values::subscribed(),
+        snapshot: crate::host::snapshot::status(st),
     })
     .unwrap_or_default();
     info::render(ctx, &snap)

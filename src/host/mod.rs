@@ -8,16 +8,21 @@ pub mod classes;
 pub mod cluster;
 pub mod commands;
 pub mod configs;
+pub mod deferred;
+pub mod events;
+pub mod filter;
 pub mod guard;
 pub mod info;
 pub mod lifecycle;
 pub mod list;
 pub mod log;
+pub mod moves;
 pub mod notify;
 pub mod outbox;
 pub mod rawconfig;
 pub mod redact;
 pub mod shutdown;
+pub mod snapshot;
 pub mod state;
 pub mod timer;
 pub mod values;
@@ -57,5 +62,6 @@ redis_module! {
         ["key_evt_amqp.keymask_clean", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
         ["key_evt_amqp.keymask_add", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
         ["key_evt_amqp.keymask_set", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
+        ["key_evt_amqp.snapshot", commands::run, "admin deny-script", 0, 0, 0, "", "admin dangerous slow"],
     ],
 }

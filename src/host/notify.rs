@@ -6,7 +6,7 @@ use crate::config::OUTBOX;
 use crate::engine::{Accepted, Origin};
 use crate::event;
 use crate::host::state::{self, State};
-use crate::host::{guard, outbox, timer, values};
+use crate::host::{deferred, guard, outbox, timer, values};
 use crate::json::Values;
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CStr;
@@ -68,20 +68,45 @@ extern "C" fn on_keyspace_event(
         let event = unsafe { CStr::from_ptr(event) }.to_bytes();
         let keyobj = key;
         let key = RedisString::string_as_slice(keyobj);
-        state::with(|st| {
+        let handled = state::with(|st| {
+            let ctx = Context::new(ctx);
+            drain_deferred(&ctx, st);
+            if st.cluster && st.engine.master && crate::host::moves::is_move(&ctx, st, event, key) {
+                st.engine.stats.moved += 1;
+                return;
+            }
             let origin = Notification {
-                ctx,
+                ctx: ctx.ctx,
                 key: keyobj,
                 list_key: !st.list_key.key.is_empty(),
             };
-            match st.engine.accept(event, key, &origin) {
-                Accepted::Queued { was_empty: true } => timer::hurry(&Context::new(ctx), st),
-                Accepted::Outbox { arm: true } => arm_outbox(&Context::new(ctx), st),
-                _ => {}
-            }
+            let accepted = st.engine.accept(event, key, &origin);
+            act(&ctx, st, accepted);
         });
+        if handled.is_none() && state::busy() {
+            deferred::defer(&Context::new(ctx), event, key);
+        }
     });
     0
+}
+
+/// Accepts the events deferred while the state was in use (see
+/// [`deferred`]) and acts on each.
+pub fn drain_deferred(ctx: &Context, st: &mut State) {
+    for accepted in deferred::drain(ctx, st) {
+        act(ctx, st, accepted);
+    }
+}
+
+/// Acts on what the engine made of an event: brings the timer forward
+/// after the first record in an empty queue, arms the unit's outbox job.
+#[inline]
+pub fn act(ctx: &Context, st: &mut State, accepted: Accepted) {
+    match accepted {
+        Accepted::Queued { was_empty: true } => timer::hurry(ctx, st),
+        Accepted::Outbox { arm: true } => arm_outbox(ctx, st),
+        _ => {}
+    }
 }
 
 /// Arms the job of the current execution unit, after the engine put an

@@ -13,10 +13,8 @@
 //! command in MULTI runs later: the stash keeps the last [`STASH_MAX`]
 //! values, each taken once, and nothing here logs them.
 
-use crate::host::guard;
-use redis_module::{raw, Context, RedisString};
+use redis_module::raw;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
 /// Values waiting for their `CONFIG SET` to run, at most.
@@ -41,9 +39,6 @@ static STASH: Mutex<Stash> = Mutex::new(Stash {
     next: 0,
     values: VecDeque::new(),
 });
-
-/// The filter, while one is registered.
-static FILTER: AtomicPtr<raw::RedisModuleCommandFilter> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Keeps `value`, returns the marker that names it (one that names nothing
 /// for a value over [`PASSWORD_MAX`]).
@@ -97,95 +92,31 @@ fn password_values(argv: &[&[u8]]) -> Vec<usize> {
         .collect()
 }
 
-/// Sees every command; hides the password of a `CONFIG SET`. Cheap for
-/// everything else: the argument count and one byte.
-extern "C" fn on_command(filter: *mut raw::RedisModuleCommandFilterCtx) {
-    // SAFETY: Redis passes a valid filter context for this call.
-    let (Some(count), Some(get)) = (unsafe { raw::RedisModule_CommandFilterArgsCount }, unsafe {
-        raw::RedisModule_CommandFilterArgGet
-    }) else {
+/// Hides the password or uri value of a `CONFIG SET`: `argv` are copies
+/// of the command's arguments (the filter calls it for a command named
+/// like `CONFIG` with 4 arguments or more).
+///
+/// # Safety
+/// `filter` is the live filter context of the command `argv` was copied from.
+pub unsafe fn hide(filter: *mut raw::RedisModuleCommandFilterCtx, argv: &[Vec<u8>]) {
+    let (Some(replace), Some(create)) = (
+        raw::RedisModule_CommandFilterArgReplace,
+        raw::RedisModule_CreateString,
+    ) else {
         return;
     };
-    // SAFETY: as above.
-    let argc = unsafe { count(filter) };
-    if argc < 4 {
-        return;
-    }
-    // SAFETY: as above; argument 0 exists.
-    let name = unsafe { get(filter, 0) };
-    if name.is_null() {
-        return;
-    }
-    let name = RedisString::string_as_slice(name);
-    if name.len() != 6 || name[0] | 0x20 != b'c' {
-        return;
-    }
-    guard::run("password filter", || hide(filter, argc));
-}
-
-fn hide(filter: *mut raw::RedisModuleCommandFilterCtx, argc: i32) {
-    // SAFETY: the live filter context of this call; every argument below
-    // argc exists; Replace takes ownership of the new string.
-    unsafe {
-        let (Some(get), Some(replace), Some(create)) = (
-            raw::RedisModule_CommandFilterArgGet,
-            raw::RedisModule_CommandFilterArgReplace,
-            raw::RedisModule_CreateString,
-        ) else {
-            return;
-        };
-        // Copies: the strings the filter hands out are freed by a replace.
-        let argv: Vec<Vec<u8>> = (0..argc)
-            .map(|i| {
-                let a = get(filter, i);
-                if a.is_null() {
-                    Vec::new()
-                } else {
-                    RedisString::string_as_slice(a).to_vec()
-                }
-            })
-            .collect();
-        let refs: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-        let at = password_values(&refs);
-        let values: Vec<(usize, Vec<u8>)> = at.into_iter().map(|i| (i, argv[i].clone())).collect();
-        for (i, value) in values {
-            let marker = stash(value);
-            let s = create(std::ptr::null_mut(), marker.as_ptr().cast(), marker.len());
-            let Ok(pos) = i32::try_from(i) else { continue };
-            if !s.is_null() && replace(filter, pos, s) != raw::REDISMODULE_OK as i32 {
-                if let Some(free) = raw::RedisModule_FreeString {
-                    free(std::ptr::null_mut(), s);
-                }
+    let refs: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+    for i in password_values(&refs) {
+        let marker = stash(argv[i].clone());
+        let Ok(pos) = i32::try_from(i) else { continue };
+        // Replace takes ownership of the new string.
+        let s = create(std::ptr::null_mut(), marker.as_ptr().cast(), marker.len());
+        if !s.is_null() && replace(filter, pos, s) != raw::REDISMODULE_OK as i32 {
+            if let Some(free) = raw::RedisModule_FreeString {
+                free(std::ptr::null_mut(), s);
             }
         }
     }
-}
-
-/// Registers the filter (at load). Every server tried shows a SENSITIVE
-/// module config's value in SLOWLOG (Redis 7.0.15 and 8.2, Valkey 9.1), and
-/// none says in a way a module can read whether it would redact it, so the
-/// filter is registered on all of them.
-pub fn register(ctx: &Context) {
-    if !FILTER.load(Ordering::Acquire).is_null() {
-        return;
-    }
-    // SAFETY: OnLoad, valid context.
-    unsafe {
-        if let Some(reg) = raw::RedisModule_RegisterCommandFilter {
-            let f = reg(
-                ctx.ctx,
-                Some(on_command),
-                raw::REDISMODULE_CMDFILTER_NOSELF as i32,
-            );
-            FILTER.store(f, Ordering::Release);
-        }
-    }
-}
-
-/// A clean unload: the server removes the filter itself; forget it, so
-/// that a later load of the same (still mapped) library registers its own.
-pub fn unload() {
-    FILTER.store(std::ptr::null_mut(), Ordering::Release);
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ pub struct State {
     pub cluster: bool,
     /// Cluster only: slot ownership and fallback lists found in owned slots.
     pub slots: SlotView,
+    /// Cluster only: the slot migrations touching this node.
+    pub moves: crate::moves::Moves,
+    /// The snapshot walk (`key_evt_amqp.snapshot`).
+    pub snapshot: crate::host::snapshot::Snapshot,
 }
 
 thread_local! {
@@ -60,7 +64,29 @@ pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
     })
 }
 
+/// True while the state is in use (a notification now is a nested one).
+pub fn busy() -> bool {
+    STATE.with(|s| s.try_borrow_mut().is_err())
+}
+
 impl State {
+    /// Durable mode can be used for an event now: `durability outbox`, the
+    /// fallback key is known (in cluster mode, after the first tick), and the
+    /// server runs post-notification jobs (Redis 7.2+, Valkey 7.2+).
+    #[inline]
+    pub fn outbox_usable(&self) -> bool {
+        crate::config::OUTBOX.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.list_key.key.is_empty()
+            // SAFETY: reads a function pointer the server filled in at load.
+            && unsafe { redis_module::raw::RedisModule_AddPostNotificationJob }.is_some()
+    }
+
+    /// True when the timer should run at the short interval: the engine
+    /// has work, or a snapshot walk is under way.
+    pub fn busy(&self) -> bool {
+        self.engine.busy() || self.snapshot.walk.running()
+    }
+
     /// Records the error shown in INFO.
     pub fn set_error(&mut self, e: impl Into<String>) {
         self.engine.set_error(e);
@@ -70,6 +96,10 @@ impl State {
     /// connection (commands and `CONFIG SET` both come here).
     pub fn use_settings(&mut self, settings: Settings, action: LinkAction) {
         self.engine.settings = settings;
+        crate::host::values::follow(crate::host::values::wanted(
+            &self.engine.settings,
+            self.engine.loading,
+        ));
         match action {
             LinkAction::Keep => {}
             LinkAction::Connect if self.engine.master => self.engine.connect(&mut self.client),

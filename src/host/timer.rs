@@ -56,8 +56,8 @@ pub fn on_cron(ctx: &Context, st: &mut State) {
     let due = st
         .last_tick
         .is_none_or(|t| t.elapsed() >= IDLE_INTERVAL.saturating_sub(Duration::from_millis(10)));
-    if due || st.engine.busy() {
-        st.timer_fast = st.engine.busy();
+    if due || st.busy() {
+        st.timer_fast = st.busy();
         st.timer = Some(ctx.create_timer(Duration::ZERO, on_timer, ()));
     }
 }
@@ -83,7 +83,7 @@ pub fn arm(ctx: &Context, st: &mut State) {
     if st.timer.is_some() {
         return;
     }
-    st.timer_fast = st.engine.busy();
+    st.timer_fast = st.busy();
     if !st.timer_fast {
         return;
     }
@@ -114,6 +114,7 @@ pub fn hurry(ctx: &Context, st: &mut State) {
 /// One flush.
 pub fn tick(ctx: &Context, st: &mut State) {
     let now = Instant::now();
+    crate::host::moves::end_migrate();
     if let Err(e) = crate::host::list::select(ctx) {
         st.set_error(e);
         return;
@@ -125,6 +126,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.engine.master && !st.engine.loading {
         crate::host::cluster::check_list_moved(ctx, st);
     }
+    st.engine.commit_pending();
     if !st.engine.intake.outbox.is_empty() && crate::host::outbox::flush(ctx, st) {
         hurry(ctx, st);
     }
@@ -134,6 +136,8 @@ pub fn tick(ctx: &Context, st: &mut State) {
     }
     let mut list = RedisList::new(ctx, &mut st.list_key).in_unit();
     st.engine.tick(&mut list, &mut st.client, &limits(), now);
+    crate::host::snapshot::step(ctx, st);
+    crate::host::deferred::drain(ctx, st);
     if std::mem::take(&mut st.engine.want_slot_refresh) {
         // The refresh picks a key in an owned slot: a misplaced write the
         // outbox job did not see is dealt with too.

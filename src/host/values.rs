@@ -26,7 +26,7 @@ use std::os::raw::{c_int, c_long, c_void};
 /// lets a module avoid (no LRU touch, no keymiss notification, no hit/miss
 /// stats, no lazy expiry). Older servers ignore them: values are refused
 /// there ([`open_flags_supported`]).
-const OPEN: c_int = (raw::REDISMODULE_READ
+pub(crate) const OPEN: c_int = (raw::REDISMODULE_READ
     | raw::REDISMODULE_OPEN_KEY_NOTOUCH
     | raw::REDISMODULE_OPEN_KEY_NONOTIFY
     | raw::REDISMODULE_OPEN_KEY_NOSTATS
@@ -47,6 +47,8 @@ struct Stashed {
 thread_local! {
     static STASH: RefCell<Vec<Stashed>> = const { RefCell::new(Vec::new()) };
     static CLEAR_ARMED: Cell<bool> = const { Cell::new(false) };
+    static SUBSCRIBED: Cell<bool> = const { Cell::new(false) };
+    static OWN_CTX: Cell<*mut raw::RedisModuleCtx> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 fn key_event() -> raw::RedisModuleEvent {
@@ -83,18 +85,79 @@ pub const NO_OPEN_FLAGS: &str = "values need a server whose keys can be read wit
 /// The refusal of `values before|both` on a server without the key event.
 pub const NO_KEY_EVENT: &str = "values before and both need the server's key event (RedisModuleEvent_Key: Redis 7.2+ or Valkey 8+); this server has none";
 
-/// Subscribes to the key event where the server has it (at load). The
-/// callback returns at once unless before-images are asked for.
-pub fn subscribe(ctx: &Context) {
-    if !key_event_supported() {
-        return;
+/// Keeps a context of the module's own (detached) for later changes of
+/// the key-event subscription (config changes and loading events come
+/// without one that could subscribe), and subscribes when `want`. At load.
+pub fn init(ctx: &Context, want: bool) {
+    // SAFETY: OnLoad, valid context; the detached context lives until unload.
+    let own = unsafe { raw::RedisModule_GetDetachedThreadSafeContext.map(|f| f(ctx.ctx)) };
+    if let Some(own) = own.filter(|c| !c.is_null()) {
+        OWN_CTX.with(|c| c.set(own));
     }
-    // SAFETY: OnLoad, valid context; the crate has no wrapper.
-    unsafe {
-        if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
-            sub(ctx.ctx, key_event(), Some(on_key_event));
+    follow(want);
+}
+
+/// Frees the module's own context (a clean unload).
+pub fn release() {
+    let own = OWN_CTX.with(|c| c.replace(std::ptr::null_mut()));
+    if !own.is_null() {
+        // SAFETY: the detached context made in `init`, freed once.
+        unsafe {
+            if let Some(free) = raw::RedisModule_FreeThreadSafeContext {
+                free(own);
+            }
         }
     }
+    SUBSCRIBED.with(|s| s.set(false));
+}
+
+/// Whether the module listens to the key event: only while before-images
+/// are wanted (`values before|both` with `format json`), the server has the
+/// event, and no load is under way.
+///
+/// While any module listens, the server builds a key handle for every
+/// deleted or overwritten key, and an RDB load that replaces keys (`DEBUG
+/// RELOAD ... MERGE`) hands it a key name on the stack, which Redis 8.2 and
+/// Valkey 9.1 refuse with a panic ("You tried to retain an object allocated
+/// in the stack"). Not listening when no image is wanted also spares every
+/// overwrite and delete a module callback.
+pub fn wanted(s: &crate::config::Settings, loading: bool) -> bool {
+    s.values.before() && s.format == Format::Json && !loading && key_event_supported()
+}
+
+/// Subscribes to the key event or unsubscribes from it, as `want` says.
+///
+/// Called from the loading event's handler too, while the server walks its
+/// list of listeners: removing a listener there is safe because the node
+/// after the loading listener is always another of this module's own (the
+/// crate subscribes role, loading, flush, module, config and cron events
+/// together at load, and this module handles config events), never the key
+/// event's, which is subscribed after them.
+pub fn follow(want: bool) {
+    if SUBSCRIBED.with(Cell::get) == want {
+        return;
+    }
+    let own = OWN_CTX.with(Cell::get);
+    if own.is_null() {
+        return;
+    }
+    let callback: raw::RedisModuleEventCallback = if want { Some(on_key_event) } else { None };
+    // SAFETY: the module's detached context; a NULL callback unsubscribes.
+    let ok = unsafe {
+        raw::RedisModule_SubscribeToServerEvent
+            .is_some_and(|sub| sub(own, key_event(), callback) == raw::Status::Ok as c_int)
+    };
+    if ok {
+        SUBSCRIBED.with(|s| s.set(want));
+        if !want {
+            STASH.with(|s| s.borrow_mut().clear());
+        }
+    }
+}
+
+/// The module listens to the key event now (for INFO and tests).
+pub fn subscribed() -> bool {
+    SUBSCRIBED.with(Cell::get)
 }
 
 extern "C" fn on_key_event(
@@ -223,6 +286,47 @@ pub(crate) fn images(
     }
 }
 
+/// [`images`] for a key known by its name only, in database `db` (the
+/// context's database is put back afterwards).
+pub(crate) fn images_by_name(
+    ctx: &Context,
+    db: i32,
+    event: &[u8],
+    key: &[u8],
+    v: Values,
+    cap: usize,
+    out: &mut Vec<u8>,
+) {
+    if v == Values::None {
+        return;
+    }
+    let name = ctx.create_string(key);
+    with_db(ctx, db, || {
+        images(ctx.ctx, name.inner, db, event, key, v, cap, out);
+    });
+}
+
+/// Runs `f` with `db` selected on `ctx`, then selects the database that was.
+pub(crate) fn with_db<R>(ctx: &Context, db: i32, f: impl FnOnce() -> R) -> R {
+    // SAFETY: main thread, valid context; plain calls with values.
+    unsafe {
+        let before = raw::RedisModule_GetSelectedDb.map_or(0, |g| g(ctx.ctx));
+        let select = raw::RedisModule_SelectDb;
+        if before != db {
+            if let Some(s) = select {
+                s(ctx.ctx, db);
+            }
+        }
+        let r = f();
+        if before != db {
+            if let Some(s) = select {
+                s(ctx.ctx, before);
+            }
+        }
+        r
+    }
+}
+
 /// Appends `,"after":<image>` when the key holds a value now.
 unsafe fn after_image(
     ctx: *mut raw::RedisModuleCtx,
@@ -239,10 +343,28 @@ unsafe fn after_image(
     }
     let mark = out.len();
     out.extend_from_slice(b",\"after\":");
-    if !read(ctx, kp, Some(keyobj), cap, out) {
+    if read(ctx, kp, Some(keyobj), cap, out) {
+        push_expiry(kp, out);
+    } else {
         out.truncate(mark);
     }
     close(kp);
+}
+
+/// Adds `"pexpireat":<unix ms>` to the image just written (before its
+/// closing brace) when the key has a time to live; nothing when it has none.
+unsafe fn push_expiry(kp: *mut raw::RedisModuleKey, out: &mut Vec<u8>) {
+    let Some(abs) = raw::RedisModule_GetAbsExpire else {
+        return;
+    };
+    let at = abs(kp);
+    if at < 0 || out.last() != Some(&b'}') {
+        return;
+    }
+    out.pop();
+    out.extend_from_slice(b",\"pexpireat\":");
+    json::push_u64(out, at.unsigned_abs());
+    out.push(b'}');
 }
 
 /// Writes the image of a string read with `GET` (its length was checked
