@@ -131,6 +131,38 @@ impl Walk {
         }
     }
 
+    /// `SWAPDB a b` ran during the walk: each database that is walked, or
+    /// being walked, now holds the other one's keys, which were not all
+    /// read: it is walked again (after those still to walk). Returns true
+    /// when the current database must start over (a new scan cursor).
+    pub fn swapped(&mut self, a: i32, b: i32) -> bool {
+        if !self.running() || a == b {
+            return false;
+        }
+        let mut again: Vec<i32> = Vec::new();
+        self.dbs_done.retain(|d| {
+            let hit = *d == a || *d == b;
+            if hit {
+                again.push(*d);
+            }
+            !hit
+        });
+        for d in again {
+            if !self.todo.contains(&d) {
+                // `todo` is taken from its end: these go last.
+                self.todo.insert(0, d);
+            }
+        }
+        let restart = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.db == a || c.db == b);
+        if restart {
+            self.carry.clear();
+        }
+        restart
+    }
+
     /// One `snapshot` record was queued.
     pub fn sent(&mut self) {
         self.keys_sent += 1;
@@ -262,6 +294,27 @@ mod tests {
         assert_eq!(w.phase, Phase::Cancelled);
         assert_eq!(w.db(t), None);
         assert_eq!(w.phase, Phase::Cancelled);
+    }
+
+    #[test]
+    fn a_swap_walks_the_swapped_databases_again() {
+        let t = Instant::now();
+        let mut w = Walk::default();
+        w.start(vec![0, 1, 2, 3], t);
+        assert_eq!(w.db(t), Some(0));
+        w.db_done();
+        assert_eq!(w.db(t), Some(1));
+        // 0 is done, 1 is being walked, 3 is still to walk.
+        assert!(w.swapped(0, 1));
+        assert!(!w.swapped(2, 3));
+        assert_eq!(w.dbs_done, Vec::<i32>::new());
+        let mut order = Vec::new();
+        while let Some(db) = w.db(t) {
+            order.push(db);
+            w.db_done();
+        }
+        assert_eq!(order, [1, 2, 3, 0]);
+        assert!(!w.swapped(0, 1), "a finished walk ignores swaps");
     }
 
     #[test]

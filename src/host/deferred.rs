@@ -72,13 +72,18 @@ pub fn drain(ctx: &Context, st: &mut State) -> Vec<Accepted> {
     items
         .into_iter()
         .map(|d| {
-            st.engine.stats.deferred += 1;
             let origin = Late {
                 ctx,
                 db: d.db,
                 outbox: st.outbox_usable(),
             };
-            st.engine.accept(&d.event, &d.key, &origin)
+            let accepted = st.engine.accept(&d.event, &d.key, &origin);
+            // The module's own list writes notify too (in cluster mode):
+            // skipped, they are not counted here.
+            if accepted != Accepted::Skipped {
+                st.engine.stats.deferred += 1;
+            }
+            accepted
         })
         .collect()
 }

@@ -114,6 +114,7 @@ unsafe extern "C" fn on_swap(
         let ctx = Context::new(ctx);
         state::with(|st| {
             forward(&ctx, st, DbEvent::Swap { first, second });
+            crate::host::snapshot::swapped(st, first, second);
             let list_db = fallback_db();
             if first != second && (first == list_db || second == list_db) {
                 // The list went to the other database; whatever was under

@@ -106,6 +106,15 @@ pub fn request(ctx: &Context, st: &mut State, req: crate::snapshot::Request) -> 
     }
 }
 
+/// `SWAPDB a b` ran: the walk reads the swapped databases again (see
+/// [`Walk::swapped`]).
+pub fn swapped(st: &mut State, a: i32, b: i32) {
+    if st.snapshot.walk.swapped(a, b) {
+        st.snapshot.cursor = Cursor::new();
+        st.snapshot.scanned = false;
+    }
+}
+
 /// `STATUS`: where the walk stands, as `name value` pairs.
 pub fn status(st: &State) -> Vec<(&'static str, String)> {
     st.snapshot.walk.status(Instant::now())

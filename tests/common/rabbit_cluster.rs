@@ -111,16 +111,25 @@ impl RabbitCluster {
     /// every test that asks for it fails with the same error at once (the
     /// nodes are stopped; nothing retries with half-made ones).
     pub fn shared(n: usize) -> &'static RabbitCluster {
+        Self::shared_as("", n)
+    }
+
+    /// [`RabbitCluster::shared`] with `tag` in the node names, so that two
+    /// test binaries running at once never share a node (`rabbitmqctl
+    /// stop_app` on one's broker leaves the other's alone). One node makes
+    /// a private broker.
+    pub fn shared_as(tag: &str, n: usize) -> &'static RabbitCluster {
         static CLUSTER: OnceLock<Result<RabbitCluster, String>> = OnceLock::new();
-        match CLUSTER.get_or_init(|| Self::start(n)) {
+        match CLUSTER.get_or_init(|| Self::start(tag, n)) {
             Ok(c) => c,
             Err(e) => panic!("the rabbitmq cluster did not form: {e}"),
         }
     }
 
-    fn start(n: usize) -> Result<Self, String> {
+    fn start(tag: &str, n: usize) -> Result<Self, String> {
         let prefix = std::env::var("KEA_CLUSTER_PREFIX")
             .unwrap_or_else(|_| format!("cl{}", std::process::id()));
+        let prefix = format!("{prefix}{tag}");
         let cookie = format!("KEACLUSTER{}", std::process::id());
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
