@@ -22,8 +22,17 @@ pub struct Msg {
 }
 
 impl Msg {
-    /// The body as (db, event, key).
+    /// The body as (db, event, key), in either format (a JSON body's key
+    /// as text; a binary key is base64 there).
     pub fn parts(&self) -> (String, String, Vec<u8>) {
+        if self.body.first() == Some(&b'{') {
+            let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+            let key = match &v["key"] {
+                serde_json::Value::String(k) => k.as_bytes().to_vec(),
+                other => other.to_string().into_bytes(),
+            };
+            return (v["db"].to_string(), v["event"].as_str().unwrap_or_default().to_string(), key);
+        }
         let mut it = self.body.splitn(3, |b| *b == b'\n');
         let db = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
         let ev = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
