@@ -83,7 +83,10 @@ fn reloads_keep_the_server_up_and_send_no_flush() {
                 b.contains("\"event\":\"flushall\"") || b.contains("\"event\":\"flushdb\"")
             })
             .collect();
-        assert!(flushes.is_empty(), "{kind:?}: a reload was forwarded as a flush");
+        assert!(
+            flushes.is_empty(),
+            "{kind:?}: a reload was forwarded as a flush"
+        );
         assert_eq!(srv.stat("events_lost"), 0, "{kind:?}");
         assert!(!srv.log().contains("Guru Meditation"), "{kind:?}");
     }
@@ -203,7 +206,10 @@ fn async_loading_then_promotion_delivers_the_stored_events() {
             },
             || text(&replica, &["INFO", "replication"]),
         );
-        assert!(seen_async, "{kind:?}: the replica never loaded asynchronously");
+        assert!(
+            seen_async,
+            "{kind:?}: the replica never loaded asynchronously"
+        );
         assert!(
             !replica.log().contains("Skipping diskless-load"),
             "{kind:?}: {}",

@@ -11,10 +11,12 @@ mod common;
 
 use common::amqp::Sink;
 use common::args::ModuleArgs;
+use common::cluster::Cluster;
 use common::rabbit_cluster::RabbitCluster;
 use common::server::{Kind, Server};
 use common::{rabbitmqctl, wait_for, wait_showing};
 use redis::Connection;
+use redis_keyspace_amqp::slots::key_slot;
 use std::time::{Duration, Instant};
 
 /// The databases the workload writes (the fallback list lives in another).
@@ -402,4 +404,358 @@ fn a_copy_rebuilt_from_the_stream_matches_redis_8() {
 #[test]
 fn a_copy_rebuilt_from_the_stream_matches_valkey() {
     replica_copy(Kind::Valkey, seed(0x5eed_0002));
+}
+
+/// A writer for a cluster: each command goes to the node that serves its
+/// key's slot; a `MOVED` reply reads the slot map again and retries.
+struct ClusterWriter<'a> {
+    cluster: &'a Cluster,
+    map: Vec<usize>,
+    conns: Vec<Option<Connection>>,
+}
+
+impl<'a> ClusterWriter<'a> {
+    fn new(cluster: &'a Cluster) -> Self {
+        Self {
+            cluster,
+            map: cluster.slot_map(),
+            conns: (0..cluster.nodes.len()).map(|_| None).collect(),
+        }
+    }
+
+    /// Runs `cmd` (its first key named `key`); errors other than
+    /// redirections (a command on a key of another type) are ignored.
+    fn run(&mut self, key: &str, cmd: &redis::Cmd) {
+        for _ in 0..20 {
+            let node = self.map[usize::from(key_slot(key.as_bytes()))];
+            if node == usize::MAX {
+                self.map = self.cluster.slot_map();
+                continue;
+            }
+            let conn = self.conns[node].get_or_insert_with(|| self.cluster.nodes[node].conn());
+            match cmd.query::<redis::Value>(conn) {
+                Err(e) if e.code() == Some("MOVED") || e.code() == Some("TRYAGAIN") => {
+                    self.map = self.cluster.slot_map();
+                }
+                _ => return,
+            }
+        }
+        panic!("cannot write {key} to the cluster");
+    }
+}
+
+fn redis_cmd(args: &[&str]) -> redis::Cmd {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c
+}
+
+/// One random write on a cluster (one slot per command: multi-key commands
+/// use keys of one hash tag), skipping keys whose slot is in `avoid`.
+fn cluster_write(w: &mut ClusterWriter, rng: &mut Rng, avoid: &[u16]) {
+    let tag = rng.below(400);
+    let k = format!("{{t{tag}}}:{}", key(rng));
+    if avoid.contains(&key_slot(k.as_bytes())) {
+        return;
+    }
+    let k2 = format!("{{t{tag}}}:{}", key(rng));
+    let v = format!("{}", rng.below(1000));
+    let ttl = (600_000 + rng.below(600_000)).to_string();
+    let c = match rng.below(100) {
+        0..=14 => redis_cmd(&["SET", &k, &v]),
+        15..=19 => redis_cmd(&["SET", &k, &v, "PX", &ttl]),
+        20 => redis_cmd(&["SET", &k, &v, "PX", &(200 + rng.below(800)).to_string()]),
+        21..=27 => redis_cmd(&["DEL", &k]),
+        28..=31 => redis_cmd(&["EXPIRE", &k, "900"]),
+        32..=34 => redis_cmd(&["PERSIST", &k]),
+        35..=44 => redis_cmd(&["HSET", &k, &format!("f{}", rng.below(5)), &v]),
+        45..=47 => redis_cmd(&["HDEL", &k, &format!("f{}", rng.below(5))]),
+        48..=54 => redis_cmd(&["RPUSH", &k, &v]),
+        55..=57 => redis_cmd(&["LPOP", &k]),
+        58..=64 => redis_cmd(&["SADD", &k, &v]),
+        65..=67 => redis_cmd(&["SREM", &k, &v]),
+        68..=74 => redis_cmd(&["ZADD", &k, &format!("{}.5", rng.below(100)), &v]),
+        75..=77 => redis_cmd(&["ZREM", &k, &v]),
+        78..=81 => redis_cmd(&["RENAME", &k, &k2]),
+        82..=84 => redis_cmd(&["COPY", &k, &k2, "REPLACE"]),
+        85..=89 => redis_cmd(&["INCR", &format!("{{t{tag}}}:s:n")]),
+        _ => {
+            let script = "redis.pcall('RPUSH', KEYS[1], ARGV[1]); \
+                          redis.pcall('SET', KEYS[2], ARGV[1]); \
+                          return 1";
+            let mut c = redis::cmd("EVAL");
+            c.arg(script).arg(2).arg(&k).arg(&k2).arg(&v);
+            c
+        }
+    };
+    w.run(&k, &c);
+}
+
+fn masters(cluster: &Cluster) -> Vec<&Server> {
+    cluster
+        .masters()
+        .into_iter()
+        .map(|i| &cluster.nodes[i])
+        .collect()
+}
+
+/// Every master delivered everything it holds.
+fn cluster_drained(cluster: &Cluster) -> bool {
+    masters(cluster).iter().all(|n| {
+        let i = n.info();
+        [
+            "queue_len",
+            "inflight",
+            "fallback_len",
+            "fallback_lists_found",
+        ]
+        .iter()
+        .all(|f| i.get(*f).map(String::as_str) == Some("0"))
+    })
+}
+
+/// `<tag>-<seq>` of a message id.
+fn origin(id: &str) -> (String, u64) {
+    let (tag, seq) = id.rsplit_once('-').unwrap_or((id, "0"));
+    (tag.to_string(), seq.parse().unwrap_or(0))
+}
+
+/// A copy of a Valkey 9.1 cluster rebuilt from the stream matches it after
+/// `CLUSTER MIGRATESLOTS` moved slots that hold data and a master's
+/// fallback list, and the moved keys caused no event: in each node's
+/// stream between two sentinels around the move (no client wrote those
+/// slots then), no record names a key of a moved slot, while the nodes
+/// counted the moves (`events_moved`).
+#[test]
+fn a_copy_of_a_valkey_cluster_survives_atomic_slot_migration() {
+    let _serial = common::fault_lock();
+    let broker = &RabbitCluster::shared_as("rep", 1).nodes[0];
+    let mut sink = Sink::new(broker.port);
+    let args = ModuleArgs::new(&sink)
+        .types("A")
+        .masks(&[])
+        .delivery_mode(2)
+        .build();
+    let cluster = Cluster::start_with(
+        Kind::Valkey,
+        3,
+        &args,
+        &[
+            ("key_evt_amqp.format", "json"),
+            ("key_evt_amqp.values", "after"),
+        ],
+    );
+    let target = Server::start_bare(Kind::Valkey);
+    let mut rng = Rng(seed(0x5eed_0003) | 1);
+    let mut w = ClusterWriter::new(&cluster);
+    for _ in 0..3000 {
+        cluster_write(&mut w, &mut rng, &[]);
+    }
+    let first = &cluster.nodes[0];
+    first.cmd(&["key_evt_amqp.keymask_set", "ALL"]).unwrap();
+    first.cmd(&["key_evt_amqp.snapshot"]).unwrap();
+    let t0 = Instant::now();
+    while !masters(&cluster)
+        .iter()
+        .all(|n| n.field("snapshot_state") == "done")
+    {
+        for _ in 0..50 {
+            cluster_write(&mut w, &mut rng, &[]);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "snapshot did not finish"
+        );
+    }
+    wait_for("the snapshot delivered", Duration::from_secs(120), || {
+        cluster_drained(&cluster)
+    });
+
+    // A master whose broker is away stores its events in its list.
+    let map = cluster.slot_map();
+    let a = map[0];
+    let b = map[16383];
+    assert_ne!(a, b);
+    let (node_a, node_b) = (&cluster.nodes[a], &cluster.nodes[b]);
+    let (_closed, closed_port) = common::refused_port();
+    node_a
+        .cmd(&[
+            "CONFIG",
+            "SET",
+            "key_evt_amqp.port",
+            &closed_port.to_string(),
+        ])
+        .unwrap();
+    for _ in 0..500 {
+        cluster_write(&mut w, &mut rng, &[]);
+    }
+    wait_for("A stores its events", Duration::from_secs(60), || {
+        node_a.stat("fallback_len") > 0 && node_a.stat("queue_len") == 0
+    });
+    let list_slot = key_slot(node_a.field("fallback_key").as_bytes());
+    // The slots to move: 200 of A's holding data, and its list's.
+    let mut moved: Vec<u16> = (0..200).collect();
+    moved.push(list_slot);
+    moved.sort_unstable();
+    moved.dedup();
+    let sentinel = |tag: &str| {
+        let ka = format!("sentinel-{tag}-a");
+        let kb = format!("sentinel-{tag}-b");
+        let ka = (0..)
+            .map(|i| format!("{ka}{i}"))
+            .find(|k| {
+                map[usize::from(key_slot(k.as_bytes()))] == a
+                    && !moved.contains(&key_slot(k.as_bytes()))
+            })
+            .unwrap();
+        let kb = (0..)
+            .map(|i| format!("{kb}{i}"))
+            .find(|k| map[usize::from(key_slot(k.as_bytes()))] == b)
+            .unwrap();
+        node_a.cmd(&["SET", &ka, "x"]).unwrap();
+        node_b.cmd(&["SET", &kb, "x"]).unwrap();
+        (ka, kb)
+    };
+    let before = sentinel("1");
+    let mut ranges: Vec<String> = Vec::new();
+    for &s in &moved {
+        ranges.push(s.to_string());
+        ranges.push(s.to_string());
+    }
+    let b_id = cluster.node_id(b);
+    let mut migrate = vec!["CLUSTER", "MIGRATESLOTS", "SLOTSRANGE"];
+    migrate.extend(ranges.iter().map(String::as_str));
+    migrate.extend(["NODE", b_id.as_str()]);
+    node_a.cmd(&migrate).unwrap_or_else(|e| panic!("{e}"));
+    // Writes go on meanwhile, to every other slot.
+    wait_showing(
+        "the slots to move",
+        Duration::from_secs(120),
+        || {
+            for _ in 0..20 {
+                cluster_write(&mut w, &mut rng, &moved);
+            }
+            let m = cluster.slot_map();
+            moved.iter().all(|&s| m[usize::from(s)] == b)
+        },
+        || common::cluster::text(node_a, &["CLUSTER", "GETSLOTMIGRATIONS"]),
+    );
+    // A's broker comes back; B sends A's moved list.
+    node_a
+        .cmd(&[
+            "CONFIG",
+            "SET",
+            "key_evt_amqp.port",
+            &broker.port.to_string(),
+        ])
+        .unwrap();
+    wait_for("everything delivered", Duration::from_secs(120), || {
+        cluster_drained(&cluster)
+    });
+    let after = sentinel("2");
+    wait_for("the sentinels", Duration::from_secs(60), || {
+        sink.drain();
+        let keys: Vec<String> = sink.received.iter().map(|m| m.key()).collect();
+        keys.contains(&after.0) && keys.contains(&after.1)
+    });
+    for _ in 0..2000 {
+        cluster_write(&mut w, &mut rng, &[]);
+    }
+    wait_for("everything delivered", Duration::from_secs(120), || {
+        cluster_drained(&cluster)
+    });
+    // The consumer applies the whole stream.
+    while sink.drain() > 0 {}
+    let mut target_conn = target.conn();
+    let mut dedup = replicate::dedup::Dedup::new(1_000_000);
+    // Per origin (node tag): the sequence numbers of the two sentinels.
+    let mut marks: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for m in &sink.received {
+        let k = m.key();
+        if [&before.0, &before.1, &after.0, &after.1].contains(&&k) {
+            let (tag, seq) = origin(&m.message_id);
+            marks.entry(tag).or_default().push(seq);
+        }
+    }
+    let mut in_window = Vec::new();
+    for m in &sink.received {
+        let rec = replicate::Record::parse(&m.body).expect("parse");
+        let (tag, seq) = origin(&m.message_id);
+        if let Some(s) = marks.get(&tag) {
+            let (lo, hi) = (
+                s.iter().min().copied().unwrap_or(0),
+                s.iter().max().copied().unwrap_or(0),
+            );
+            if seq > lo && seq < hi && !rec.key.is_empty() && moved.contains(&key_slot(&rec.key)) {
+                in_window.push(format!(
+                    "{} {} {}",
+                    m.message_id,
+                    rec.event,
+                    String::from_utf8_lossy(&rec.key)
+                ));
+            }
+        }
+        if dedup.first_time(&m.message_id) {
+            replicate::apply(&mut target_conn, &rec).expect("apply");
+        }
+    }
+    assert!(
+        in_window.is_empty(),
+        "{} events for moved keys: {:?}",
+        in_window.len(),
+        &in_window[..in_window.len().min(20)]
+    );
+    let moved_events: i64 = [node_a, node_b]
+        .iter()
+        .map(|n| n.stat("events_moved"))
+        .sum();
+    assert!(moved_events > 0, "no move was seen");
+    for n in masters(&cluster) {
+        assert_eq!(n.stat("events_dropped"), 0);
+        assert_eq!(n.stat("events_lost"), 0);
+    }
+    wait_short_ttls_gone_cluster(&cluster);
+    wait_short_ttls_gone(&target, "copy");
+    let sources: Vec<redis::Client> = masters(&cluster)
+        .iter()
+        .map(|n| redis::Client::open(n.url()).unwrap())
+        .collect();
+    let report = replicate::compare(
+        &sources,
+        &redis::Client::open(target.url()).unwrap(),
+        &replicate::CompareOptions {
+            dbs: vec![0],
+            ..Default::default()
+        },
+    )
+    .expect("compare");
+    eprintln!("cluster: {moved_events} moved events; {}", report.summary());
+    assert!(
+        report.diffs.is_empty(),
+        "{}: {:?}",
+        report.summary(),
+        &report.diffs[..report.diffs.len().min(20)]
+    );
+}
+
+fn wait_short_ttls_gone_cluster(cluster: &Cluster) {
+    for n in masters(cluster) {
+        wait_for(
+            "short-lived keys to expire",
+            Duration::from_secs(60),
+            || {
+                let mut c = n.conn();
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg("*")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                keys.iter().all(|k| {
+                    let t: i64 = redis::cmd("PTTL").arg(k).query(&mut c).unwrap_or(-2);
+                    !(0..60_000).contains(&t)
+                })
+            },
+        );
+    }
 }

@@ -53,21 +53,32 @@ static MIGRATE_KEYS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 /// A `CLUSTER SETSLOT` ran since the legacy view was read.
 static VIEW_STALE: AtomicBool = AtomicBool::new(true);
 
+/// Which atomic migration event the module follows (INFO
+/// `slot_migration_event`).
+static FOLLOWED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 /// Subscribes to the atomic migration event of the server, if it has one
 /// (at load, cluster mode only).
 pub fn subscribe(ctx: &Context, valkey: bool) {
     let id = if valkey { VALKEY_EVENT } else { REDIS_EVENT };
     let ev = raw::RedisModuleEvent { id, dataver: 1 };
+    let cb: unsafe extern "C" fn(_, _, _, _) = if valkey { on_valkey } else { on_redis };
     // SAFETY: OnLoad, valid context; plain calls with values.
-    unsafe {
-        let supported = raw::RedisModule_IsSubEventSupported.is_some_and(|f| f(ev, 0) != 0);
-        if !supported {
-            return;
-        }
-        if let Some(sub) = raw::RedisModule_SubscribeToServerEvent {
-            let cb: unsafe extern "C" fn(_, _, _, _) = if valkey { on_valkey } else { on_redis };
-            sub(ctx.ctx, ev, Some(cb));
-        }
+    let ok = unsafe {
+        raw::RedisModule_SubscribeToServerEvent
+            .is_some_and(|sub| sub(ctx.ctx, ev, Some(cb)) == raw::Status::Ok as c_int)
+    };
+    if ok {
+        FOLLOWED.store(if valkey { 1 } else { 2 }, Ordering::Relaxed);
+    }
+}
+
+/// The atomic migration event followed, for INFO.
+pub fn followed() -> &'static str {
+    match FOLLOWED.load(Ordering::Relaxed) {
+        1 => "valkey",
+        2 => "redis",
+        _ => "none",
     }
 }
 

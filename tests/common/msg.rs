@@ -31,7 +31,11 @@ impl Msg {
                 serde_json::Value::String(k) => k.as_bytes().to_vec(),
                 other => other.to_string().into_bytes(),
             };
-            return (v["db"].to_string(), v["event"].as_str().unwrap_or_default().to_string(), key);
+            return (
+                v["db"].to_string(),
+                v["event"].as_str().unwrap_or_default().to_string(),
+                key,
+            );
         }
         let mut it = self.body.splitn(3, |b| *b == b'\n');
         let db = String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned();
