@@ -18,13 +18,12 @@ pub mod fuzzing;
 pub mod host;
 pub mod json;
 pub mod keymask;
+pub mod knob;
 pub mod memory;
 pub mod moves;
 pub mod queue;
-pub mod setting;
 pub mod slots;
 pub mod snapshot;
-pub mod tunables;
 
 /// The module name registered with Redis.
 pub const MODULE_NAME: &str = "key_evt_amqp";

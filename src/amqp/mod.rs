@@ -42,6 +42,10 @@ pub struct Batch {
     pub generation: u64,
     /// The encoded records (see [`crate::event`]).
     pub records: Arc<Records>,
+    /// `on-unroutable store` was in force when the batch was made: a
+    /// returned record stops the batch there (it goes back to the list).
+    /// The engine settles the batch by the same policy.
+    pub store_returns: bool,
 }
 
 /// What the AMQP side reports.

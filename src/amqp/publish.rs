@@ -53,7 +53,7 @@ pub fn deliverable(record: &[u8], limit: usize) -> Option<crate::event::Parts<'_
 /// Pushes the frames of every record now, in order, then settles the batch in its own task.
 pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch: Watch) {
     let mut cx = Context::from_waker(Waker::noop());
-    let id = batch.id;
+    let (id, store_returns) = (batch.id, batch.store_returns);
     let mut sent: Vec<Sent> = Vec::with_capacity(batch.records.len());
     for (i, record) in batch.records.iter().enumerate() {
         let Some(p) = deliverable(record, target.limit) else {
@@ -97,7 +97,7 @@ pub(super) fn publish(channel: &Channel, batch: Batch, target: Target<'_>, watch
         sent.push(Sent::Write(fut));
     }
     async_global_executor::spawn(async move {
-        let settled = future::or(confirm_all(id, sent), async {
+        let settled = future::or(confirm_all(id, sent, store_returns), async {
             let _ = watch.gone.recv().await;
             // `serve` left the reason behind before it returned: the batch
             // reports it, so that it does not hide the cause in `last_error`.
@@ -141,14 +141,11 @@ enum Slot {
 /// carries, until `Channel::wait_for_confirms` drains them
 /// (`returned_messages.rs`, `register_dropped_confirm`): dropping the rest
 /// of a batch after a return made memory grow with every retry.
-pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>) -> Settled {
+pub(super) async fn confirm_all(id: u64, sent: Vec<Sent>, store_returns: bool) -> Settled {
     let mut settled = Settled {
         id,
         ..Settled::default()
     };
-    let store_returns = crate::config::ON_UNROUTABLE
-        .lock()
-        .map_or(true, |p| *p == crate::config::Unroutable::Store);
     let mut slots = Vec::with_capacity(sent.len());
     let mut write_error = None;
     for s in sent {

@@ -1,8 +1,7 @@
 //! A demoted node: it takes no new events and never writes the list, but
 //! sends what it holds only in memory when that cannot overtake its list.
 
-use super::{Broker, Drop, Engine, Limits, Link};
-use crate::queue::Records;
+use super::{Broker, DropReason, Engine, Leftovers, Limits, Link, Role, Sending, Storage};
 
 impl Engine {
     /// The events a demoted node accepted as a master live only in its
@@ -15,39 +14,32 @@ impl Engine {
     /// to keep it, and sending it would overtake the list.
     pub(super) fn send_from_memory_when_demoted(
         &mut self,
+        store: &mut dyn Storage,
         broker: &mut dyn Broker,
         limits: &Limits,
     ) {
         let held = !self.queue.is_empty() || !self.returns.is_empty();
-        if held && (!self.memory_may_go || matches!(self.link, Link::Down | Link::Closed)) {
-            let n = self
-                .queue
-                .take_all()
-                .iter()
-                .map(Records::len)
-                .sum::<usize>()
-                + self.returns.len();
-            self.returns = Records::default();
-            self.stats.drop(Drop::Unwritable, n as u64);
+        let may_go = self.role == Role::Replica(Leftovers::MayGo);
+        if held && (!may_go || matches!(self.link, Link::Down | Link::Closed)) {
+            let returns = std::mem::take(&mut self.returns);
+            self.drop_records(store, &returns, DropReason::Unwritable);
+            for chunk in self.queue.take_all() {
+                self.drop_records(store, &chunk, DropReason::Unwritable);
+            }
         }
         let held = !self.queue.is_empty() || !self.returns.is_empty();
         if held && self.link == Link::Idle {
             self.connect(broker);
         }
-        if self.link == Link::Up && self.halted && self.inflight.is_empty() {
-            self.halted = false;
+        if self.link == Link::Up && self.sending == Sending::Halted && self.inflight.is_empty() {
+            self.sending = Sending::Open;
             let returns = std::mem::take(&mut self.returns);
             if !returns.is_empty() {
                 self.send(broker, returns, false);
             }
         }
-        if self.link == Link::Up && !self.halted {
-            while self.inflight_events < limits.window {
-                let Some(records) = self.queue.take_chunk() else {
-                    break;
-                };
-                self.send(broker, records, false);
-            }
+        if self.link == Link::Up && self.sending == Sending::Open {
+            self.send_queue(broker, limits.window);
         }
         if !held && self.inflight.is_empty() && self.link.active() {
             self.disconnect(broker);

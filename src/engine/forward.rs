@@ -1,7 +1,7 @@
 //! Handing batches to the broker: the list first while it holds anything,
 //! the queue otherwise, up to the in-flight window.
 
-use super::{Broker, Engine, InFlight, Limits, Storage, SYNC_BUSY, SYNC_IDLE};
+use super::{Broker, Engine, InFlight, ListWrites, Limits, Storage, SYNC_BUSY, SYNC_IDLE};
 use crate::amqp::{Batch, Request};
 use crate::queue::Records;
 use std::sync::Arc;
@@ -92,14 +92,21 @@ impl Engine {
                     }
                 }
             }
-        } else if !self.hold_tail {
+        } else if !self.adopting() {
             // While a moved list is adopted, the queue waits behind it.
-            while self.inflight_events < window {
-                let Some(records) = self.queue.take_chunk() else {
-                    break;
-                };
-                self.send(broker, records, false);
-            }
+            self.send_queue(broker, window);
+        }
+    }
+
+    /// Hands queue chunks over while the window has room; a chunk larger
+    /// than the room left is split, so that no more than `window` records
+    /// are ever in flight.
+    pub(super) fn send_queue(&mut self, broker: &mut dyn Broker, window: usize) {
+        while self.inflight_events < window {
+            let Some(records) = self.queue.take_at_most(window - self.inflight_events) else {
+                break;
+            };
+            self.send(broker, records, false);
         }
     }
 
@@ -109,22 +116,25 @@ impl Engine {
         let count = records.len();
         let records = Arc::new(records);
         self.inflight_events += count;
-        self.stats.published += count as u64;
+        self.stats.forwarded += count as u64;
         self.inflight.push_back(InFlight {
             id,
             from_list,
             epoch: self.list.epoch,
             count,
             bytes: records.bytes(),
-            records: (!from_list).then(|| Arc::clone(&records)),
+            records: Arc::clone(&records),
+            detached: None,
             stored: false,
             settled: None,
             sent_at: self.now,
+            on_unroutable: self.limits.on_unroutable,
         });
         broker.send(Request::Publish(Batch {
             id,
             generation: self.generation,
             records,
+            store_returns: self.limits.on_unroutable == crate::config::Unroutable::Store,
         }));
     }
 
@@ -138,29 +148,30 @@ impl Engine {
     /// at full speed whatever the rate, so a load that never ends is still
     /// delivered.
     pub(super) fn in_burst(&mut self, store: &dyn Storage, now: Instant, limits: &Limits) -> bool {
-        let (at, accepted) = self.rate_mark;
+        let (at, accepted) = self.rate.mark;
         let elapsed = now.duration_since(at);
         if elapsed >= Duration::from_millis(1) {
             let rate = (self.stats.accepted - accepted) as f64 / elapsed.as_secs_f64();
-            self.rate_mark = (now, self.stats.accepted);
+            self.rate.mark = (now, self.stats.accepted);
             if limits.burst_rate > 0 && rate > limits.burst_rate as f64 {
-                self.last_fast = Some(now);
-                self.burst_since.get_or_insert(now);
+                self.rate.last_fast = Some(now);
+                self.rate.burst_since.get_or_insert(now);
             }
         }
         let calm = self
+            .rate
             .last_fast
             .is_none_or(|t| now.duration_since(t) >= RATE_SPAN);
         if limits.burst_rate <= 0 || calm {
-            self.burst_since = None;
+            self.rate.burst_since = None;
             return false;
         }
-        let since = *self.burst_since.get_or_insert(now);
+        let since = *self.rate.burst_since.get_or_insert(now);
         let room = self.queue.len() < limits.queue_max_events / 2
             && self.queue.bytes() < limits.queue_max_bytes / 2;
         let cap = self.settings.fallback_cap();
         let list_takes = self.list_writable(store)
-            && !self.list_refused
+            && self.list_writes == ListWrites::Accepted
             && (cap == 0 || self.list.len + (self.queue.len() as u64) < cap / 2);
         now.duration_since(since) < limits.burst_max && (room || list_takes)
     }

@@ -7,8 +7,8 @@
 //! The host only translates the FFI arguments and acts on the [`Accepted`]
 //! it gets back (bring the timer forward, arm the outbox job).
 
-use super::{Drop, Engine};
-use crate::config::{Settings, QUEUE_MAX_BYTES};
+use super::{DropReason, Engine};
+use crate::config::Settings;
 use crate::event::Encoder;
 use crate::json::{Format, Values};
 use crate::queue::Records;
@@ -16,15 +16,11 @@ use crate::queue::Records;
 /// The smallest hard limit of the queue.
 pub const HARD_FLOOR_BYTES: usize = 64 << 20;
 
-/// The queue's hard limit in bytes, checked at enqueue: twice
-/// `queue-max-bytes`, and never under [`HARD_FLOOR_BYTES`], so that the
-/// events of one timer tick always fit.
-#[inline]
-pub fn hard_limit_bytes() -> usize {
-    QUEUE_MAX_BYTES
-        .get_usize()
-        .saturating_mul(2)
-        .max(HARD_FLOOR_BYTES)
+/// The queue's hard limit in bytes for a `queue-max-bytes` of
+/// `queue_max_bytes`, checked at enqueue: twice it, and never under
+/// [`HARD_FLOOR_BYTES`], so that the events of one timer tick always fit.
+pub fn hard_limit_bytes(queue_max_bytes: usize) -> usize {
+    queue_max_bytes.saturating_mul(2).max(HARD_FLOOR_BYTES)
 }
 
 /// What became of one notification; the host acts on it.
@@ -36,7 +32,7 @@ pub enum Accepted {
     /// No key mask matches the key.
     Filtered,
     /// The queue is past its hard limit: dropped and counted
-    /// ([`Drop::Overflow`]).
+    /// ([`DropReason::Overflow`]).
     Dropped,
     /// Encoded into the memory queue; `was_empty`: it is the first record
     /// there, the host brings the timer forward.
@@ -161,16 +157,18 @@ fn encode(
 #[derive(Debug)]
 pub struct Intake {
     /// Builds records.
-    pub encoder: Encoder,
+    encoder: Encoder,
     /// Records per queue chunk (the batch size, set at each tick).
-    pub chunk: usize,
+    pub(super) chunk: usize,
     /// Durable mode: records of the current execution unit, for its job.
-    pub outbox: Records,
-    /// The current execution unit's job is armed.
-    pub outbox_armed: bool,
+    pub(super) outbox: Records,
+    /// The current execution unit's job is armed (the engine answered
+    /// `Outbox { arm: true }`, and the host armed it or called
+    /// [`Engine::outbox_to_queue`]).
+    outbox_armed: bool,
     /// The fallback key's prefix, which covers the lists of all nodes
     /// (`<prefix>` or `<prefix>{tag}`); fixed at load.
-    pub list_prefix: Vec<u8>,
+    list_prefix: Vec<u8>,
     /// A flush event waiting for the next event, tick or job.
     pending: Option<PendingFlush>,
 }
@@ -189,6 +187,18 @@ impl Intake {
         }
     }
 
+    /// A flush event is held back (see [`Engine::db_event`]).
+    pub fn pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// A flush event is held back for the outbox.
+    fn pending_outbox(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|p| p.record.as_ref().is_some_and(|r| r.1))
+    }
+
     /// True for the fallback list of any node.
     #[inline]
     fn is_fallback_key(&self, key: &[u8]) -> bool {
@@ -202,7 +212,7 @@ impl Engine {
     /// `key`), counts it, and encodes its record where it goes.
     #[inline]
     pub fn accept(&mut self, event: &[u8], key: &[u8], origin: &impl Origin) -> Accepted {
-        if !self.master || self.loading {
+        if !self.is_master() || self.is_loading() {
             self.stats.skipped += 1;
             return Accepted::Skipped;
         }
@@ -220,8 +230,8 @@ impl Engine {
         // bytes may grow to the hard limit. Beyond it (one script or MULTI
         // writing a flood, or writes paused) the module cannot write: the
         // event is dropped and counted.
-        if self.queue.bytes() > hard_limit_bytes() {
-            self.stats.drop(Drop::Overflow, 1);
+        if self.queue.bytes() > self.limits.hard_limit_bytes {
+            self.stats.count_dropped(DropReason::Overflow, 1);
             return Accepted::Dropped;
         }
         self.commit_pending();
@@ -239,7 +249,7 @@ impl Engine {
                 .outbox
                 .push_with(|out| encode(encoder, settings, origin, out, now, db, event, key));
             return Accepted::Outbox {
-                arm: !intake.outbox_armed,
+                arm: !std::mem::replace(&mut intake.outbox_armed, true),
             };
         }
         if !intake.outbox.is_empty() {
@@ -267,7 +277,7 @@ impl Engine {
     /// since the data set was not emptied for good and nothing the load
     /// brings back is forwarded.
     pub fn db_event(&mut self, ev: DbEvent, origin: &impl Origin) -> Accepted {
-        if !self.master || self.loading {
+        if !self.is_master() || self.is_loading() {
             self.stats.skipped += 1;
             return Accepted::Skipped;
         }
@@ -295,7 +305,7 @@ impl Engine {
             });
             return if outbox {
                 Accepted::Outbox {
-                    arm: !self.intake.outbox_armed,
+                    arm: !std::mem::replace(&mut self.intake.outbox_armed, true),
                 }
             } else {
                 Accepted::Queued {
@@ -317,13 +327,13 @@ impl Engine {
         key: &[u8],
         origin: &impl Origin,
     ) -> Accepted {
-        if !self.master || self.loading {
+        if !self.is_master() || self.is_loading() {
             return Accepted::Skipped;
         }
         self.commit_pending();
         self.stats.accepted += 1;
-        if self.queue.bytes() > hard_limit_bytes() {
-            self.stats.drop(Drop::Overflow, 1);
+        if self.queue.bytes() > self.limits.hard_limit_bytes {
+            self.stats.count_dropped(DropReason::Overflow, 1);
             return Accepted::Dropped;
         }
         self.enqueue(origin, db, event, key)
@@ -359,9 +369,10 @@ impl Engine {
     /// was not read yet is counted as lost when the flush is in force (not
     /// for a reload, which brings the list back; see [`Engine::db_event`]).
     pub fn list_flushed(&mut self) {
-        if !self.master {
+        if !self.is_master() {
             return;
         }
+        self.detach_list_batches(super::Detached::Flushed);
         let lost = self.list.dropped();
         self.intake
             .pending
@@ -378,11 +389,18 @@ impl Engine {
 
     /// The outbox job (or the timer, should a job not have run): appends
     /// the current execution unit's records to the list.
-    pub fn flush_outbox(&mut self, store: &mut dyn super::Storage) {
+    pub fn flush_outbox(&mut self, store: &mut dyn super::Storage) -> super::Todo {
         self.commit_pending();
         self.intake.outbox_armed = false;
         let records = std::mem::take(&mut self.intake.outbox);
         self.append_outbox(store, records);
+        self.take_todo()
+    }
+
+    /// Records wait for the outbox job: the unit's outbox, or a flush held
+    /// back for it.
+    pub fn outbox_waiting(&self) -> bool {
+        !self.intake.outbox.is_empty() || self.intake.pending_outbox()
     }
 
     /// The outbox's records cannot go to the list now (no job, no list):
@@ -425,16 +443,21 @@ mod tests {
             masks: KeyMasks::from_args(&["^user:"]).expect("mask"),
             ..Settings::default()
         };
-        Engine::new(settings, true, Intake::new("n", "kea:fallback", 4))
+        Engine::new(
+            settings,
+            true,
+            Intake::new("n", "kea:fallback", 4),
+            super::super::Limits::default(),
+        )
     }
 
     #[test]
     fn replica_and_loading_skip() {
         let mut e = engine();
-        e.master = false;
+        e.set_role(false);
         assert_eq!(e.accept(b"set", b"user:1", &MEMORY), Accepted::Skipped);
-        e.master = true;
-        e.loading = true;
+        e.set_role(true);
+        e.set_loading(true);
         assert_eq!(e.accept(b"set", b"user:1", &MEMORY), Accepted::Skipped);
         assert_eq!((e.stats.skipped, e.stats.seen, e.stats.accepted), (2, 0, 0));
         assert!(e.queue.is_empty());
@@ -478,7 +501,7 @@ mod tests {
         e.settings.masks = KeyMasks::All;
         let key = vec![b'k'; 1 << 20];
         let mut dropped = 0;
-        for _ in 0..(hard_limit_bytes() >> 20) + 3 {
+        for _ in 0..(e.limits.hard_limit_bytes >> 20) + 3 {
             if e.accept(b"set", &key, &MEMORY) == Accepted::Dropped {
                 dropped += 1;
             }
@@ -486,7 +509,7 @@ mod tests {
         // Each record is over 1 MiB: the queue passes the limit after as
         // many records as the limit has MiB, and the three after are dropped.
         assert_eq!(dropped, 3);
-        assert_eq!(e.queue.len(), hard_limit_bytes() >> 20);
+        assert_eq!(e.queue.len(), e.limits.hard_limit_bytes >> 20);
         assert_eq!((e.stats.dropped_overflow, e.stats.dropped), (3, 3));
         assert_eq!(e.stats.accepted, e.queue.len() as u64 + 3);
     }

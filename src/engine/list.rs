@@ -27,9 +27,6 @@ pub struct ListView {
     /// node is a replica, whose list the master changes): the next read
     /// learns it and counts nothing as lost.
     pub unknown: bool,
-    /// Batches read at an epoch below this one were read from a list the
-    /// server has since deleted: what of them is not confirmed is lost.
-    pub dropped_below: u64,
 }
 
 impl ListView {
@@ -56,17 +53,23 @@ impl ListView {
 
     /// The list is about to be deleted by the server (a flush or swap of
     /// its database): returns the records it held that were not read yet,
-    /// and starts from an empty list. Those in flight are settled as usual:
-    /// confirmed, or lost if they fail (see [`ListView::dropped_below`]).
+    /// and starts from an empty list. Those in flight settle as usual (the
+    /// engine marks their batches: confirmed, or lost if they fail).
     pub fn dropped(&mut self) -> u64 {
         let lost = self.unread();
-        self.head_inflight = 0;
-        self.acked = 0;
-        self.epoch += 1;
-        self.dropped_below = self.epoch;
+        self.detach_head();
         self.len = 0;
         self.synced_at = None;
         lost
+    }
+
+    /// The records read from the head left the list (trimmed or deleted
+    /// while in flight): their confirms trim nothing, and they are not
+    /// read again.
+    pub fn detach_head(&mut self) {
+        self.head_inflight = 0;
+        self.acked = 0;
+        self.epoch += 1;
     }
 
     /// Records not yet read from the list.
@@ -101,7 +104,11 @@ impl ListView {
 
     /// Removes the confirmed records from the head, unless the list changed
     /// behind the engine's back since it was read: then nothing is trimmed
-    /// and the head is read again. Returns how many records vanished.
+    /// and the head is read again. A trim the server refuses keeps them
+    /// confirmed and untrimmed, to be trimmed later (they count against the
+    /// window, as while writes are paused): reading them again would send
+    /// them again at every tick for as long as trims are refused. Returns
+    /// how many records vanished.
     pub fn trim_acked(&mut self, store: &mut dyn Storage) -> Result<u64, StoreError> {
         if self.acked == 0 {
             return Ok(0);
@@ -117,10 +124,7 @@ impl ListView {
                 self.acked = 0;
                 Ok(lost)
             }
-            Err(e) => {
-                self.reset_head();
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! in-memory list and a scripted broker. The host calls [`Engine::accept`]
 //! from the keyspace callback and [`Engine::tick`] from the Redis timer.
 
+pub mod backoff;
 pub mod broker;
 pub mod intake;
 pub mod list;
@@ -23,24 +24,26 @@ pub mod metrics;
 pub mod nodes;
 pub mod stats;
 pub mod storage;
-pub mod unroutable;
 
 mod demoted;
 mod forward;
+mod role;
 mod settle;
 mod store;
+mod tick;
 
-use crate::amqp::{Request, Settled};
+use crate::amqp::Settled;
 use crate::config::{Settings, Unroutable};
 use crate::queue::{EventQueue, Records};
 pub use broker::{Broker, LazyClient};
 pub use intake::{Accepted, DbEvent, Intake, Origin};
 pub use list::ListView;
-pub use stats::{Drop, Stats};
+pub use stats::{DropReason, Stats};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use storage::{MemList, Storage, StoreError};
+pub use tick::Todo;
 
 /// How often the real list length is read: while records are stored, and while none are.
 const SYNC_BUSY: Duration = Duration::from_millis(100);
@@ -107,6 +110,115 @@ pub struct Limits {
     /// Records one tick spills beyond what arrived since the last tick,
     /// while the link is down (the rest stays in memory for later ticks).
     pub spill_chunk: usize,
+    /// The queue's hard limit in bytes, checked when an event is accepted
+    /// (see [`intake::hard_limit_bytes`]).
+    pub hard_limit_bytes: usize,
+    /// The tick interval while there is work (`flush-interval-ms`).
+    pub flush_interval: Duration,
+}
+
+impl Default for Limits {
+    /// The configs' defaults.
+    fn default() -> Self {
+        use crate::config as c;
+        Self {
+            window: c::INFLIGHT_MAX.default as usize,
+            batch: c::BATCH_SIZE.default as usize,
+            queue_max_events: c::QUEUE_MAX_EVENTS.default as usize,
+            queue_max_bytes: c::QUEUE_MAX_BYTES.default as usize,
+            burst_rate: c::BURST_RATE.default,
+            burst_max: Duration::from_millis(c::BURST_MAX_MS.default.unsigned_abs()),
+            on_unroutable: Unroutable::Store,
+            unroutable_retry_max: Duration::from_millis(
+                c::UNROUTABLE_RETRY_MAX_MS.default.unsigned_abs(),
+            ),
+            spill_chunk: 16_384,
+            hard_limit_bytes: intake::hard_limit_bytes(c::QUEUE_MAX_BYTES.default as usize),
+            flush_interval: Duration::from_millis(c::FLUSH_INTERVAL_MS.default.unsigned_abs()),
+        }
+    }
+}
+
+/// The node's role, and what a replica does with what it held in memory as
+/// a master (see `demoted.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Forwards.
+    Master,
+    /// Forwards nothing new.
+    Replica(Leftovers),
+}
+
+/// What a demoted node does with the events it holds only in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Its list was empty and none of it was in flight at the demotion:
+    /// sending them overtakes nothing.
+    MayGo,
+    /// Its list held records (the new master sends them): what is in
+    /// memory would overtake them, so it is dropped and counted.
+    Drop,
+}
+
+/// Whether the server is loading its data (nothing is forwarded then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// Serving.
+    Ready,
+    /// Loading AOF or RDB, or a replica's full sync.
+    Loading,
+}
+
+/// Whether new batches may be handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// Yes.
+    Open,
+    /// A batch failed: nothing new goes out until every batch in flight
+    /// settled and what came back is back at the list's head.
+    Halted,
+}
+
+/// How the last write to the fallback list went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListWrites {
+    /// Accepted (or none tried yet).
+    Accepted,
+    /// Refused (over `maxmemory`, wrong type, a slot moved): bursts stop
+    /// holding events back, since they would have nowhere to go.
+    Refused,
+}
+
+/// Whether a moved fallback list is being adopted into this node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// No.
+    None,
+    /// Yes: this node's own records wait in memory (as while writes are
+    /// paused), so that the adopted records stay contiguous and ahead.
+    Adopting,
+}
+
+/// Why the records of a list batch in flight left the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detached {
+    /// The server deleted the list (`FLUSHALL`, or `FLUSHDB` of its
+    /// database): what fails is lost.
+    Flushed,
+    /// The cap trimmed them (with the records before them, confirmed, and
+    /// after them, dropped): what fails is dropped under the cap.
+    Capped,
+}
+
+/// The event rate, for bursts (see `forward.rs`).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    /// When the rate was last measured, and `accepted` then.
+    mark: (Instant, u64),
+    /// When the current burst began (events faster than `burst-rate`).
+    burst_since: Option<Instant>,
+    /// The last tick that saw events faster than `burst-rate`.
+    last_fast: Option<Instant>,
 }
 
 /// A line for the server log; the host writes it.
@@ -136,117 +248,237 @@ struct InFlight {
     count: usize,
     /// Payload bytes.
     bytes: usize,
-    /// Queue batches keep their records until confirmed.
-    records: Option<Arc<Records>>,
+    /// The records, kept until the batch settles.
+    records: Arc<Records>,
+    /// A list batch whose records left the list while in flight (see
+    /// [`Detached`]): its confirms trim nothing, and what fails is not in
+    /// the list to be sent again.
+    detached: Option<Detached>,
     /// Written to the list already (on shutdown): never store again.
     stored: bool,
     settled: Option<Settled>,
     /// When it was handed over (for the confirm latency).
     sent_at: Instant,
+    /// The `on-unroutable` policy it was sent under: the AMQP side stops it
+    /// at its first returned record only under `store`, and its settle
+    /// must read its returns the same way.
+    on_unroutable: Unroutable,
 }
 
-/// The delivery engine of one node.
+/// The delivery engine of one node. Its state is its own: the host calls
+/// methods and acts on what they return.
 #[derive(Debug)]
 pub struct Engine {
     /// Positional settings (broker, fallback cap, masks).
-    pub settings: Settings,
+    settings: Settings,
+    /// The tunables of the last tick (and of the events accepted since).
+    limits: Limits,
     /// Records waiting for the timer.
-    pub queue: EventQueue,
+    queue: EventQueue,
     /// The view of the fallback list.
-    pub list: ListView,
+    list: ListView,
     /// The keyspace callback's side: the encoder and the outbox.
-    pub intake: Intake,
+    intake: Intake,
     /// Connection state.
-    pub link: Link,
+    link: Link,
     /// Counters.
-    pub stats: Stats,
-    /// This node is a master (forwards).
-    pub master: bool,
-    /// The server is loading AOF/RDB: nothing is sent.
-    pub loading: bool,
+    stats: Stats,
+    role: Role,
+    load: Load,
     /// Last error text (never contains a password).
-    pub last_error: String,
-    /// A list write failed: the host should look at slot ownership again.
-    pub want_slot_refresh: bool,
-    /// A list write was refused because the key's slot is not served here
-    /// (`ASK`, `MOVED`): the records wait in memory until the host has
-    /// picked a key in a slot it owns.
-    pub list_misplaced: bool,
+    last_error: String,
+    /// What the host must do after this tick or job (see [`Todo`]).
+    todo: Todo,
     /// Latency, uptime and the list's oldest record, for INFO.
-    pub metrics: metrics::Metrics,
+    metrics: metrics::Metrics,
     /// The broker list: the entry connected now, failovers, each entry's state.
-    pub nodes: nodes::Nodes,
-    /// A moved fallback list is being adopted into ours: this node's own
-    /// records wait in memory (as while writes are paused), so that the
-    /// adopted records stay contiguous and ahead of them.
-    pub hold_tail: bool,
+    nodes: nodes::Nodes,
+    adoption: Adoption,
     /// `stats.accepted` at the last tick (what arrived since, for the spill bound).
     tick_accepted: u64,
     /// The time of the current tick.
     now: Instant,
-    /// Demoted with an empty list and no list records in flight: what is
-    /// held in memory can be sent without overtaking older records.
-    memory_may_go: bool,
     inflight: VecDeque<InFlight>,
     inflight_events: usize,
     returns: Records,
-    halted: bool,
+    sending: Sending,
     generation: u64,
     next_batch: u64,
-    rate_mark: (Instant, u64),
-    /// When the current burst began (events faster than `burst-rate`).
-    burst_since: Option<Instant>,
-    /// The last tick that saw events faster than `burst-rate`.
-    last_fast: Option<Instant>,
-    /// The last list write was refused (e.g. over `maxmemory`).
-    list_refused: bool,
-    notices: Vec<Notice>,
+    rate: Rate,
+    list_writes: ListWrites,
     /// Records came back unroutable: the backoff and the probe.
-    unroutable: unroutable::Retry,
+    unroutable: backoff::Backoff,
     /// The broker nacked records (it could not take them: a quorum queue
     /// without a leader, `x-overflow reject-publish`): the same backoff and
     /// probe, so that a broker that refuses is not sent the backlog again
     /// and again.
-    nacked: unroutable::Retry,
-    on_unroutable: Unroutable,
+    nacked: backoff::Backoff,
 }
 
 impl Engine {
-    /// A fresh engine.
-    pub fn new(settings: Settings, master: bool, intake: Intake) -> Self {
+    /// A fresh engine, with `limits` in force until the first tick.
+    pub fn new(settings: Settings, master: bool, intake: Intake, limits: Limits) -> Self {
+        let now = Instant::now();
         Self {
             settings,
+            limits,
             queue: EventQueue::default(),
             intake,
             list: ListView::default(),
             link: Link::Idle,
             stats: Stats::default(),
-            master,
-            loading: false,
+            role: if master {
+                Role::Master
+            } else {
+                Role::Replica(Leftovers::Drop)
+            },
+            load: Load::Ready,
             last_error: String::new(),
-            want_slot_refresh: false,
-            list_misplaced: false,
+            todo: Todo::default(),
             metrics: metrics::Metrics::default(),
             nodes: nodes::Nodes::default(),
-            hold_tail: false,
+            adoption: Adoption::None,
             tick_accepted: 0,
-            now: Instant::now(),
-            memory_may_go: false,
+            now,
             inflight: VecDeque::new(),
             inflight_events: 0,
             returns: Records::default(),
-            halted: false,
+            sending: Sending::Open,
             generation: 0,
             next_batch: 1,
-            rate_mark: (Instant::now(), 0),
-            burst_since: None,
-            last_fast: None,
-            list_refused: false,
-            notices: Vec::new(),
-            unroutable: unroutable::Retry::default(),
-            nacked: unroutable::Retry::default(),
-            on_unroutable: Unroutable::Store,
+            rate: Rate {
+                mark: (now, 0),
+                burst_since: None,
+                last_fast: None,
+            },
+            list_writes: ListWrites::Accepted,
+            unroutable: backoff::Backoff::default(),
+            nacked: backoff::Backoff::default(),
         }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The connection as the engine sees it.
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
+    /// The node's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// True on a master.
+    #[inline]
+    pub fn is_master(&self) -> bool {
+        self.role == Role::Master
+    }
+
+    /// True while the server loads its data.
+    #[inline]
+    pub fn is_loading(&self) -> bool {
+        self.load == Load::Loading
+    }
+
+    /// The server starts (true) or ends loading its data. A load that
+    /// starts withdraws a flush held back (see [`Engine::withdraw_pending`]);
+    /// one that ends makes the list's length be read anew.
+    pub fn set_loading(&mut self, loading: bool) {
+        let was = self.load;
+        self.load = if loading { Load::Loading } else { Load::Ready };
+        if was == Load::Loading && !loading {
+            // What was loaded may hold another list: read it anew.
+            self.list.forget();
+        }
+    }
+
+    /// The last error, for INFO.
+    pub fn last_error(&self) -> &str {
+        &self.last_error
+    }
+
+    /// Records in the in-memory queue.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Payload bytes in the in-memory queue.
+    pub fn queue_bytes(&self) -> usize {
+        self.queue.bytes()
+    }
+
+    /// True when the current execution unit's outbox is empty.
+    pub fn outbox_is_empty(&self) -> bool {
+        self.intake.outbox.is_empty()
+    }
+
+    /// The view of the fallback list.
+    pub fn list(&self) -> &ListView {
+        &self.list
+    }
+
+    /// The list is read anew at the next tick (a load ended, a replica's
+    /// data set was replaced), nothing counted as lost.
+    pub fn list_forget(&mut self) {
+        self.list.forget();
+    }
+
+    /// The host switched the fallback list to another key (a cluster node
+    /// whose list's slot moved, or that picked a key in an owned slot):
+    /// confirms of records read from the old one trim nothing; when the old
+    /// slot moved away, those records are the new owner's to send and are
+    /// counted as read again.
+    pub fn list_key_changed(&mut self, slot_lost: bool) {
+        if slot_lost {
+            self.list.reset_head();
+        }
+        self.list.forget();
+        self.list.len = 0;
+    }
+
+    /// Latency, uptime and the list's oldest record, for INFO.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The broker list's entries, for INFO.
+    pub fn nodes(&self) -> &nodes::Nodes {
+        &self.nodes
+    }
+
+    /// A moved list's records are appended to this node's list: its own
+    /// records wait in memory until [`Engine::end_adoption`].
+    pub fn start_adoption(&mut self) {
+        self.adoption = Adoption::Adopting;
+    }
+
+    /// The adoption is over (or the node stops being a master).
+    pub fn end_adoption(&mut self) {
+        self.adoption = Adoption::None;
+    }
+
+    /// True while a moved list is adopted.
+    pub fn adopting(&self) -> bool {
+        self.adoption == Adoption::Adopting
+    }
+
+    /// A slot migration caused an event (see [`crate::moves`]): counted, not forwarded.
+    pub fn count_moved(&mut self) {
+        self.stats.moved += 1;
+    }
+
+    /// A nested notification was accepted after the state was free again.
+    pub fn count_deferred(&mut self) {
+        self.stats.deferred += 1;
     }
 
     /// Every record held only in memory (queue, queue batches in flight,
@@ -255,8 +487,14 @@ impl Engine {
     pub fn records_in_memory(&self) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = self.returns.iter().map(<[u8]>::to_vec).collect();
         for b in &self.inflight {
-            if let (Some(records), false) = (&b.records, b.stored) {
-                out.extend(records.iter().map(<[u8]>::to_vec));
+            // List batches are in the list, unless they left it in flight.
+            let in_memory = if b.from_list {
+                b.detached.is_some()
+            } else {
+                !b.stored
+            };
+            if in_memory {
+                out.extend(b.records.iter().map(<[u8]>::to_vec));
             }
         }
         for chunk in self.queue.chunks() {
@@ -274,8 +512,8 @@ impl Engine {
         let inflight = self
             .inflight
             .iter()
-            .filter(|b| !b.stored)
-            .filter_map(|b| b.records.as_ref().and_then(|r| r.get(0)));
+            .filter(|b| !b.from_list && !b.stored)
+            .filter_map(|b| b.records.get(0));
         self.returns
             .get(0)
             .into_iter()
@@ -306,12 +544,8 @@ impl Engine {
         !self.queue.is_empty()
             || self.inflight_events > 0
             || !self.returns.is_empty()
-            || (self.list.len > 0 && self.link == Link::Up && self.master)
-    }
-
-    /// Takes the log lines written since the last call.
-    pub fn take_notices(&mut self) -> Vec<Notice> {
-        std::mem::take(&mut self.notices)
+            || self.intake.pending()
+            || (self.list.len > 0 && self.link == Link::Up && self.is_master())
     }
 
     /// Records the error shown in INFO.
@@ -320,11 +554,11 @@ impl Engine {
     }
 
     fn notice(&mut self, text: String) {
-        self.notices.push(Notice::Notice(text));
+        self.todo.notices.push(Notice::Notice(text));
     }
 
     fn warning(&mut self, text: String) {
-        self.notices.push(Notice::Warning(text));
+        self.todo.notices.push(Notice::Warning(text));
     }
 
     fn log_link(&mut self, what: &str) {
@@ -339,151 +573,14 @@ impl Engine {
 
     /// Starts measuring the event rate now (the first event after idling).
     pub fn mark_rate(&mut self, now: Instant) {
-        self.rate_mark = (now, self.stats.accepted);
-    }
-
-    /// Asks the broker side to connect with the current settings.
-    pub fn connect(&mut self, broker: &mut dyn Broker) {
-        broker.send(Request::Connect(Box::new(self.settings.amqp.clone())));
-        if self.link != Link::Up {
-            self.link = Link::Connecting;
-        }
-    }
-
-    /// Asks the broker side to disconnect and stay disconnected.
-    pub fn disconnect(&mut self, broker: &mut dyn Broker) {
-        broker.send(Request::Disconnect);
-        self.link = Link::Closed;
-        self.metrics.connected_at = None;
-    }
-
-    /// Just before a demotion, while the list is still as this master left
-    /// it (replication from the new master has not begun): a last read of
-    /// its length counts what vanished behind the engine's back. After the
-    /// role change the length is learned anew, since the new master's
-    /// trims reach the list by replication and are no loss.
-    pub fn before_demotion(&mut self, store: &mut dyn Storage) {
-        if !self.master || !store.usable() {
-            return;
-        }
-        match self.list.sync(store) {
-            Ok(lost) => self.count_lost(lost),
-            Err(e) => self.set_error(format!("fallback read: {e}")),
-        }
-    }
-
-    /// Just after a promotion: the length of the list as the old master left
-    /// it (replicated) is learned now, so that from this moment on what
-    /// vanishes behind the engine's back is counted as lost.
-    pub fn after_promotion(&mut self, store: &mut dyn Storage) {
-        if !self.master || !store.usable() {
-            return;
-        }
-        if let Ok(len) = store.read_len() {
-            self.list.len = len;
-            self.list.unknown = false;
-        }
-    }
-
-    /// Applies a role change. Either way the list's head is someone else's
-    /// business now: the new master resends from the head (at least once),
-    /// a replica never trims.
-    pub fn set_role(&mut self, master: bool) {
-        if self.master == master {
-            return;
-        }
-        self.master = master;
-        self.hold_tail = false;
-        self.memory_may_go = !master && self.list.len == 0 && !self.list_in_flight();
-        self.list.forget();
-        if master && self.link != Link::Closed {
-            self.link = Link::Idle;
-        }
-    }
-
-    /// The broker side died (its task panicked): fail what it held, so that
-    /// those records go back to the list. Returns true when the host must
-    /// start a new one.
-    pub fn check_broker(&mut self, broker: &dyn Broker) -> bool {
-        if broker.alive() {
-            return false;
-        }
-        self.stats.supervisor_restarts += 1;
-        self.warning("key_evt_amqp: the AMQP task stopped unexpectedly; starting a new one".into());
-        self.set_error("the AMQP task stopped unexpectedly");
-        for b in self.inflight.iter_mut().filter(|b| b.settled.is_none()) {
-            b.settled = Some(Settled::failed(b.id, "the AMQP task stopped"));
-        }
-        if self.link != Link::Closed {
-            self.link = Link::Idle;
-        }
-        true
-    }
-
-    /// One flush: collect outcomes, settle, read the list's length when due,
-    /// hand new batches over, and spill what cannot stay in memory.
-    pub fn tick(
-        &mut self,
-        store: &mut dyn Storage,
-        broker: &mut dyn Broker,
-        limits: &Limits,
-        now: Instant,
-    ) {
-        self.on_unroutable = limits.on_unroutable;
-        self.now = now;
-        self.commit_pending();
-        let arrived = self.stats.accepted.saturating_sub(self.tick_accepted);
-        self.tick_accepted = self.stats.accepted;
-        self.collect(broker);
-        self.settle(store);
-        if self.on_unroutable != Unroutable::Store {
-            self.unroutable.confirmed();
-        }
-        let max = limits.unroutable_retry_max;
-        // Both are brought up to date (no short circuit).
-        let waiting = self.unroutable.waiting(now, max) | self.nacked.waiting(now, max);
-        if !self.master {
-            self.follow_len_when_due(store, now);
-            self.send_from_memory_when_demoted(broker, limits);
-            return;
-        }
-        if self.loading {
-            return;
-        }
-        self.sync_when_due(store, now);
-        let has_work = !self.queue.is_empty() || self.list.len > 0;
-        if self.link == Link::Idle && has_work {
-            self.connect(broker);
-        }
-        let burst = self.in_burst(store, now, limits);
-        if self.link == Link::Up && !self.halted && !burst && !waiting {
-            self.forward(store, broker, &self.probe_limits(limits));
-        }
-        let over = self
-            .queue
-            .over(limits.queue_max_events, limits.queue_max_bytes);
-        match self.link {
-            Link::Up | Link::Connecting | Link::Idle if !over => {}
-            // The broker may take them soon: only the oldest go to the list.
-            Link::Up | Link::Connecting | Link::Idle => {
-                self.spill_excess(store, limits.queue_max_events, limits.queue_max_bytes)
-            }
-            // Unreachable: the queue goes to the list, a bounded part each
-            // tick (oldest first), so that no tick stalls Redis for long.
-            _ => {
-                let limit = usize::try_from(arrived)
-                    .unwrap_or(usize::MAX)
-                    .saturating_add(limits.spill_chunk.max(1));
-                self.spill_some(store, limit);
-            }
-        }
+        self.rate.mark = (now, self.stats.accepted);
     }
 
     /// A list operation failed: shows it, and asks the host to look at slot
     /// ownership again when the key is no longer served here (resharding).
     pub(super) fn list_error(&mut self, what: &str, e: &StoreError) {
         if e.misplaced() {
-            self.want_slot_refresh = true;
+            self.todo.refresh_slots = true;
         }
         self.set_error(format!("{what}: {e}"));
     }
@@ -492,12 +589,26 @@ impl Engine {
     /// and was not read yet is counted as lost, and whatever the list's key
     /// holds in its database now is read as the list.
     pub fn list_swapped(&mut self) {
-        if !self.master {
+        if !self.is_master() {
             return;
         }
+        self.detach_list_batches(Detached::Flushed);
         let lost = self.list.dropped();
         self.count_lost(lost);
         self.list.forget();
+    }
+
+    /// The list batches in flight were read from records that are no
+    /// longer in the list (`why`).
+    fn detach_list_batches(&mut self, why: Detached) {
+        let epoch = self.list.epoch;
+        for b in self
+            .inflight
+            .iter_mut()
+            .filter(|b| b.from_list && b.epoch == epoch && b.detached.is_none())
+        {
+            b.detached = Some(why);
+        }
     }
 
     pub(super) fn count_lost(&mut self, lost: u64) {

@@ -1,6 +1,7 @@
 //! Outcomes from the broker side, and settling batches in order.
 
-use super::{At, Broker, Drop, Engine, Link, Storage};
+use super::{At, Broker, Detached, DropReason, Engine, Link, Sending, Storage};
+use crate::queue::Records;
 use crate::amqp::{Outcome, Settled};
 use crate::config::Unroutable;
 
@@ -112,10 +113,10 @@ impl Engine {
             // returned ones unless they count as delivered.
             let mut not_taken = rejected;
             if returned > 0 {
-                match self.on_unroutable {
+                match b.on_unroutable {
                     Unroutable::Count => {}
                     Unroutable::Drop => {
-                        self.stats.drop(Drop::Unroutable, returned as u64);
+                        self.stats.count_dropped(DropReason::Unroutable, returned as u64);
                         not_taken += returned;
                     }
                     Unroutable::Store => {
@@ -134,9 +135,9 @@ impl Engine {
                 // The error the AMQP side reports says the broker nacked.
                 self.nacked.returned(b.sent_at);
             }
-            self.stats.drop(Drop::Rejected, rejected as u64);
+            self.stats.count_dropped(DropReason::Rejected, rejected as u64);
             let failed = acked < b.count;
-            if !failed && !self.halted {
+            if !failed && self.sending == Sending::Open {
                 // Sent after every earlier failure and confirmed whole.
                 self.unroutable.confirmed();
                 self.nacked.confirmed();
@@ -144,14 +145,18 @@ impl Engine {
             if let Some(e) = error {
                 self.set_error(e);
             }
-            let gone = b.from_list && b.epoch < self.list.dropped_below;
+            let gone = b.detached.is_some();
             if b.from_list {
-                if gone {
-                    // Read from a list the server deleted since.
-                    self.count_lost(b.count.saturating_sub(acked) as u64);
+                if let Some(why) = b.detached {
+                    // Its records left the list while in flight.
+                    let left = Records::from_slices(b.records.iter().skip(acked));
+                    match why {
+                        Detached::Flushed => self.count_lost(left.len() as u64),
+                        Detached::Capped => self.drop_records(store, &left, DropReason::Cap),
+                    }
                 } else if b.epoch == self.list.epoch {
                     self.list.head_inflight = self.list.head_inflight.saturating_sub(b.count);
-                    if !self.halted {
+                    if self.sending == Sending::Open {
                         self.list.acked += acked;
                     } else {
                         // Behind a failed batch: read and sent again.
@@ -159,19 +164,17 @@ impl Engine {
                     }
                 }
             } else if failed && !b.stored {
-                if let Some(records) = &b.records {
-                    self.returns.extend(records.iter().skip(acked));
-                }
+                self.returns.extend(b.records.iter().skip(acked));
             }
             if failed {
-                self.halted = true;
+                self.sending = Sending::Halted;
                 if !gone {
                     // Sent once, unconfirmed: they go out again (possibly twice).
                     self.stats.resent += b.count.saturating_sub(acked) as u64;
                 }
             }
         }
-        if !self.master {
+        if !self.is_master() {
             // A replica never writes the list; see `send_from_memory_when_demoted`.
             return;
         }
@@ -184,8 +187,8 @@ impl Engine {
         }
         // Returns go back to the head before anything newer is sent; while
         // writes are paused they wait in memory and forwarding stays halted.
-        if self.halted && self.inflight.is_empty() && (self.returns.is_empty() || !paused) {
-            self.halted = false;
+        if self.sending == Sending::Halted && self.inflight.is_empty() && (self.returns.is_empty() || !paused) {
+            self.sending = Sending::Open;
             self.list.head_inflight = 0;
             let returns = std::mem::take(&mut self.returns);
             self.store(store, returns, At::Head);

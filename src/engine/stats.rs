@@ -3,7 +3,7 @@
 /// Why records were dropped; each reason has its own counter, and all of
 /// them add up to `events_dropped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// The fallback cap trimmed the oldest records.
     Cap,
     /// Undeliverable while the fallback is off (size < 0).
@@ -30,8 +30,8 @@ pub struct Stats {
     pub seen: u64,
     /// Events that matched a key mask and were queued.
     pub accepted: u64,
-    /// Records handed to the broker (including re-sends).
-    pub published: u64,
+    /// Records handed to the broker (including re-sends), `events_forwarded`.
+    pub forwarded: u64,
     /// Records the broker acked.
     pub confirmed: u64,
     /// Records the broker nacked.
@@ -48,7 +48,7 @@ pub struct Stats {
     pub dropped_unwritable: u64,
     /// Of `dropped`: the queue passed its hard limit where it could not spill.
     pub dropped_overflow: u64,
-    /// Of `dropped`: records that can never be delivered (see [`Drop::Rejected`]).
+    /// Of `dropped`: records that can never be delivered (see [`DropReason::Rejected`]).
     pub rejected: u64,
     /// Of `dropped`: records returned as unroutable (`on-unroutable drop`).
     pub dropped_unroutable: u64,
@@ -79,18 +79,18 @@ pub struct Stats {
 
 impl Stats {
     /// Counts `n` records dropped for `why`.
-    pub fn drop(&mut self, why: Drop, n: u64) {
+    pub fn count_dropped(&mut self, why: DropReason, n: u64) {
         if n == 0 {
             return;
         }
         self.dropped += n;
         *match why {
-            Drop::Cap => &mut self.dropped_cap,
-            Drop::Disabled => &mut self.dropped_disabled,
-            Drop::Unwritable => &mut self.dropped_unwritable,
-            Drop::Overflow => &mut self.dropped_overflow,
-            Drop::Rejected => &mut self.rejected,
-            Drop::Unroutable => &mut self.dropped_unroutable,
+            DropReason::Cap => &mut self.dropped_cap,
+            DropReason::Disabled => &mut self.dropped_disabled,
+            DropReason::Unwritable => &mut self.dropped_unwritable,
+            DropReason::Overflow => &mut self.dropped_overflow,
+            DropReason::Rejected => &mut self.rejected,
+            DropReason::Unroutable => &mut self.dropped_unroutable,
         } += n;
     }
 }

@@ -2,6 +2,7 @@
 //! small trait. The host implements it on a Redis list; [`MemList`] is the
 //! in-memory one used by the model test.
 
+use super::DropReason;
 use crate::queue::Records;
 use std::collections::VecDeque;
 use thiserror::Error;
@@ -50,6 +51,20 @@ pub trait Storage {
     fn read(&mut self, start: usize, n: usize) -> Result<Records, StoreError>;
     /// Removes `n` records from the head.
     fn trim_front(&mut self, n: u64) -> Result<(), StoreError>;
+
+    /// Removes `n` records from the head that are dropped, not delivered
+    /// (the cap): [`Storage::trim_front`], and a record of the drop.
+    fn trim_dropped(&mut self, n: u64, why: DropReason) -> Result<(), StoreError> {
+        let _ = why;
+        self.trim_front(n)
+    }
+
+    /// `records` are dropped under the rule `why` (and counted in INFO):
+    /// nothing to do for a real list; the model test's list keeps them, so
+    /// that every drop it sees counted is one it can name.
+    fn dropped(&mut self, records: &Records, why: DropReason) {
+        let _ = (records, why);
+    }
 }
 
 /// An in-memory list, with the faults a real one shows: paused writes,
@@ -68,6 +83,8 @@ pub struct MemList {
     /// key does not exist here (as a server answers: a key still here is
     /// served here until `MIGRATE` moves it).
     pub misplaced: bool,
+    /// Every record the engine dropped, with the rule.
+    pub drops: Vec<(Vec<u8>, DropReason)>,
 }
 
 impl MemList {
@@ -126,5 +143,19 @@ impl Storage for MemList {
             .min(self.items.len());
         self.items.drain(..n);
         Ok(())
+    }
+
+    fn trim_dropped(&mut self, n: u64, why: DropReason) -> Result<(), StoreError> {
+        self.writable()?;
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(self.items.len());
+        self.drops.extend(self.items.drain(..n).map(|r| (r, why)));
+        Ok(())
+    }
+
+    fn dropped(&mut self, records: &Records, why: DropReason) {
+        self.drops
+            .extend(records.iter().map(|r| (r.to_vec(), why)));
     }
 }

@@ -1,7 +1,7 @@
 //! Writing to the fallback list: spills, returns, the cap, and what is held
 //! in memory before SHUTDOWN. Every write is refused while writes are paused.
 
-use super::{At, Broker, Drop, Engine, Storage, StoreError};
+use super::{Adoption, At, Broker, DropReason, Engine, ListWrites, Storage, StoreError};
 use crate::queue::Records;
 
 /// What became of records handed to [`Engine::store`].
@@ -20,7 +20,7 @@ impl Engine {
     /// tail of ours (adoption after resharding); the list is now `len` long.
     /// A move is not a new store: no cap, no drop, not counted as stored.
     pub fn adopted(&mut self, n: u64, len: u64) {
-        self.list_refused = false;
+        self.list_writes = ListWrites::Accepted;
         let expected = self.list.len + n;
         if len != expected {
             self.list.reset_head();
@@ -40,11 +40,11 @@ impl Engine {
         }
         let n = records.len() as u64;
         if self.settings.fallback_size < 0 {
-            self.stats.drop(Drop::Disabled, n);
+            self.drop_records(store, &records, DropReason::Disabled);
             return Stored::Dropped;
         }
-        if !self.master || !store.usable() || store.writes_paused() {
-            self.stats.drop(Drop::Unwritable, n);
+        if !self.is_master() || !store.usable() || store.writes_paused() {
+            self.drop_records(store, &records, DropReason::Unwritable);
             return Stored::Dropped;
         }
         let written = match at {
@@ -62,7 +62,7 @@ impl Engine {
                 Stored::Requeued
             }
             Err(e) => {
-                self.stats.drop(Drop::Unwritable, n);
+                self.drop_records(store, &records, DropReason::Unwritable);
                 self.write_failed(e);
                 Stored::Dropped
             }
@@ -78,7 +78,7 @@ impl Engine {
         if records.is_empty() {
             return;
         }
-        if !self.master || !self.list_writable(store) {
+        if !self.is_master() || !self.list_writable(store) {
             self.queue.push_records(records);
             return;
         }
@@ -102,12 +102,12 @@ impl Engine {
         self.settings.fallback_size >= 0
             && store.usable()
             && !store.writes_paused()
-            && !self.hold_tail
+            && !self.adopting()
     }
 
     /// Books `n` records written, the list now `len` long; applies the cap.
     fn written(&mut self, store: &mut dyn Storage, at: At, n: u64, len: u64) {
-        self.list_refused = false;
+        self.list_writes = ListWrites::Accepted;
         // A prepend moves the head; a length other than expected means
         // the list changed behind our back since it was last read.
         let expected = self.list.len + n;
@@ -117,27 +117,78 @@ impl Engine {
         self.count_lost(expected.saturating_sub(len));
         self.list.len = len;
         self.stats.stored += n;
+        self.apply_cap(store);
+    }
+
+    /// Brings the list back to its cap by trimming the head: records
+    /// confirmed and not trimmed yet go first (they were delivered), then
+    /// those in flight (their batches are marked: confirmed, or dropped if
+    /// they fail), then, only if the list is still over the cap, the oldest
+    /// unread records, dropped and counted. After a failed batch, until
+    /// every batch in flight settled, the head holds the failed records
+    /// (to be read again) before those still in flight: the cap waits for
+    /// the next write, when the head is plain again.
+    fn apply_cap(&mut self, store: &mut dyn Storage) {
         let cap = self.settings.fallback_cap();
-        if cap > 0 && self.list.len > cap {
-            let excess = self.list.len - cap;
+        if cap == 0 || self.list.len <= cap {
+            return;
+        }
+        if self.sending == super::Sending::Halted && self.list_in_flight() {
+            return;
+        }
+        let excess = self.list.len - cap;
+        let acked = self.list.acked as u64;
+        let read = acked + self.list.head_inflight as u64;
+        if excess <= acked {
+            // Delivered records only: the trim a confirm does, early.
             match store.trim_front(excess) {
                 Ok(()) => {
+                    self.list.acked -= excess as usize;
+                    self.list.len -= excess;
+                }
+                Err(e) => self.list_error("fallback cap", &e),
+            }
+            return;
+        }
+        if read > 0 {
+            match store.trim_front(read) {
+                Ok(()) => {
+                    self.detach_list_batches(super::Detached::Capped);
+                    self.list.detach_head();
+                    self.list.len -= read;
+                }
+                Err(e) => {
+                    self.list_error("fallback cap", &e);
+                    return;
+                }
+            }
+        }
+        if self.list.len > cap {
+            let excess = self.list.len - cap;
+            match store.trim_dropped(excess, DropReason::Cap) {
+                Ok(()) => {
                     self.list.len = cap;
-                    self.list.reset_head();
-                    self.stats.drop(Drop::Cap, excess);
+                    self.stats.count_dropped(DropReason::Cap, excess);
                 }
                 Err(e) => self.list_error("fallback cap", &e),
             }
         }
     }
 
+    /// Drops `records` under the rule `why`: counted, and shown to the
+    /// storage (see [`Storage::dropped`]).
+    pub(super) fn drop_records(&mut self, store: &mut dyn Storage, records: &Records, why: DropReason) {
+        self.stats.count_dropped(why, records.len() as u64);
+        store.dropped(records, why);
+    }
+
     fn write_failed(&mut self, e: StoreError) {
         // Bursts stop holding events back while the list refuses them (OOM).
-        self.list_refused = true;
+        self.list_writes = ListWrites::Refused;
         self.set_error(format!("fallback write: {e}"));
         // A slot may have moved: the host looks again.
-        self.want_slot_refresh = true;
-        self.list_misplaced |= e.misplaced();
+        self.todo.refresh_slots = true;
+        self.todo.misplaced |= e.misplaced();
     }
 
     /// Moves the whole in-memory queue to the tail of the list. While writes
@@ -155,7 +206,7 @@ impl Engine {
         if self.queue.is_empty() {
             return;
         }
-        if (store.writes_paused() || self.hold_tail) && self.settings.fallback_size >= 0 {
+        if (store.writes_paused() || self.adopting()) && self.settings.fallback_size >= 0 {
             return;
         }
         let mut moved = 0usize;
@@ -176,7 +227,7 @@ impl Engine {
     /// newest records stay in memory. The list then holds only records older
     /// than the queue's, so the order holds.
     pub fn spill_excess(&mut self, store: &mut dyn Storage, max_events: usize, max_bytes: usize) {
-        if (store.writes_paused() || self.hold_tail) && self.settings.fallback_size >= 0 {
+        if (store.writes_paused() || self.adopting()) && self.settings.fallback_size >= 0 {
             return;
         }
         let mut out = Records::default();
@@ -191,7 +242,7 @@ impl Engine {
 
     /// Writes everything held only in memory to the list (before SHUTDOWN).
     pub fn persist_memory(&mut self, store: &mut dyn Storage, broker: &mut dyn Broker) {
-        if !self.master || self.loading || store.writes_paused() {
+        if !self.is_master() || self.is_loading() || store.writes_paused() {
             return;
         }
         self.collect(broker);
@@ -203,21 +254,17 @@ impl Engine {
             .filter(|b| !b.from_list && !b.stored)
         {
             b.stored = true;
-            if let Some(records) = &b.records {
-                older.extend(records.iter());
-            }
+            older.extend(b.records.iter());
         }
         if self.store(store, older, At::Head) != Stored::Requeued {
             // Nothing may stay only in memory now, adoption or not.
-            self.hold_tail = false;
+            self.adoption = Adoption::None;
             self.spill(store);
         }
         // Refused as misplaced (the list's slot is being migrated away):
         // the process ends, so what memory holds is dropped, and counted.
-        let left = self.queue.len() as u64;
-        if left > 0 {
-            self.queue.take_all();
-            self.stats.drop(Drop::Unwritable, left);
+        for chunk in self.queue.take_all() {
+            self.drop_records(store, &chunk, DropReason::Unwritable);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! handler (in `lifecycle`) arms the timer, and the timer runs [`refresh`]
 //! and [`adopt`].
 
-use crate::engine::Storage;
+use crate::engine::{Storage, Todo};
 use crate::host::list::{read_opts, write_opts, writes_paused, RedisList};
 use crate::host::state;
 use crate::queue::Records;
@@ -13,7 +13,7 @@ use redis_module::{CallReply, CallResult, Context};
 /// Applies a role change; true when the role changed (the caller then
 /// arms the timer).
 pub fn set_role(ctx: &Context, st: &mut state::State, master: bool) -> bool {
-    if st.engine.master == master {
+    if st.engine.is_master() == master {
         return false;
     }
     let selected = crate::host::list::select(ctx).is_ok();
@@ -79,7 +79,7 @@ const SLOT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Cluster masters: re-reads slot ownership, picks the fallback key in an owned
 /// slot, and lists the fallback lists (of any node) that sit in owned slots.
 pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
-    if !st.cluster || !st.engine.master {
+    if !st.cluster || !st.engine.is_master() {
         return;
     }
     let now = std::time::Instant::now();
@@ -139,10 +139,9 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
             .owned
             .contains(&slots::key_slot(current.as_bytes()));
     // Otherwise switch keys only while no record read from the list is in flight.
-    let idle = !st.engine.list_in_flight() && st.engine.list.acked == 0;
+    let idle = !st.engine.list_in_flight() && st.engine.list().acked == 0;
     if wanted != st.list_key.key && (lost_slot || idle) {
         if lost_slot {
-            st.engine.list.reset_head();
             crate::host::log::notice(&format!(
                 "key_evt_amqp: the slot of the fallback list '{}' moved to another node, which sends its records",
                 st.list_key.key
@@ -150,11 +149,33 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
         }
         crate::host::log::notice(&format!("key_evt_amqp: fallback list is now '{wanted}'"));
         st.list_key.key = wanted;
-        st.engine.list.forget();
-        st.engine.list.len = 0;
+        st.engine.list_key_changed(lost_slot);
     }
     let own = st.list_key.key.clone();
     st.slots.found.retain(|k| *k != own);
+}
+
+/// Does what the engine asked after list writes (a tick, or the outbox
+/// job): logs its lines, and looks at slot ownership again when a write
+/// failed. A write refused with `ASK` or `MOVED` (the list's slot is being
+/// migrated away) left its records at the head of the queue: the refresh
+/// picks a key in a slot this node owns, and with `spill_now` (the outbox
+/// job, whose records must be in the list when its unit ends) they are
+/// written there at once; the timer writes them at its next tick.
+pub fn after_list_writes(ctx: &Context, st: &mut state::State, todo: Todo, spill_now: bool) {
+    crate::host::log::notices(todo.notices);
+    if !todo.refresh_slots && !todo.misplaced {
+        return;
+    }
+    let before = st.list_key.key.clone();
+    refresh(ctx, st, true);
+    if todo.misplaced && spill_now && st.list_key.key != before {
+        let mut store = RedisList::new(ctx, &mut st.list_key)
+            .without_oom_check()
+            .in_unit();
+        st.engine.spill(&mut store);
+        crate::host::log::notices(st.engine.take_notices());
+    }
 }
 
 /// Before a write or a tick: if our list vanished while the engine knows
@@ -166,11 +187,12 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
 /// handed over. The moved records are the new owner's to send, not lost. A
 /// list that vanished otherwise (a `DEL`) is counted as lost, as before.
 pub fn check_list_moved(ctx: &Context, st: &mut state::State) {
-    if !st.cluster || !st.engine.master || st.list_key.key.is_empty() {
+    if !st.cluster || !st.engine.is_master() || st.list_key.key.is_empty() {
         return;
     }
-    let known = st.engine.list.len > 0 || st.engine.list_in_flight() || st.engine.list.acked > 0;
-    if !known || st.engine.list.unknown {
+    let list = st.engine.list();
+    let known = list.len > 0 || st.engine.list_in_flight() || list.acked > 0;
+    if !known || list.unknown {
         return;
     }
     if crate::host::list::local_list_len(ctx, st.list_key.key.as_bytes()) == Some(0) {
@@ -185,17 +207,17 @@ pub fn check_list_moved(ctx: &Context, st: &mut state::State) {
 /// from the found list only after the push succeeded, all in one timer tick,
 /// so that the AOF and the replicas get both. Never while writes are paused.
 /// While a list is being adopted, this node's own new records wait in memory
-/// ([`Engine::hold_tail`](crate::engine::Engine::hold_tail)), so the adopted
+/// ([`Engine::start_adoption`](crate::engine::Engine::start_adoption)), so the adopted
 /// records stay contiguous and ahead of them.
 pub fn adopt(ctx: &Context, st: &mut state::State) {
     let Some(key) = st.slots.found.first().cloned() else {
-        st.engine.hold_tail = false;
+        st.engine.end_adoption();
         return;
     };
     if st.list_key.key.is_empty() || writes_paused() {
         return;
     }
-    st.engine.hold_tail = true;
+    st.engine.start_adoption();
     let last = (ADOPT_CHUNK - 1).to_string();
     let records = match ctx.call_ext::<_, CallResult>(
         "LRANGE",
@@ -259,13 +281,17 @@ pub fn adopt(ctx: &Context, st: &mut state::State) {
 
 fn adopt_done(st: &mut state::State, key: &str) {
     st.slots.found.retain(|k| k != key);
-    st.engine.hold_tail = !st.slots.found.is_empty();
+    if st.slots.found.is_empty() {
+        st.engine.end_adoption();
+    }
     crate::host::log::notice(&format!("key_evt_amqp: adopted the fallback list '{key}'"));
 }
 
 fn adopt_failed(st: &mut state::State, key: &str, e: &str) {
     st.slots.found.retain(|k| k != key);
-    st.engine.hold_tail = !st.slots.found.is_empty();
+    if st.slots.found.is_empty() {
+        st.engine.end_adoption();
+    }
     st.engine
         .set_error(format!("adopting the fallback list '{key}': {e}"));
     crate::host::log::warning(&format!(

@@ -25,7 +25,7 @@ pub fn apply(ctx: &Context, cmd: &Command) -> Result<(), String> {
             timer::arm(ctx, st);
             return Ok(());
         }
-        let (settings, action) = cmd.apply(&st.engine.settings).map_err(err)?;
+        let (settings, action) = cmd.apply(st.engine.settings()).map_err(err)?;
         // What a `CONFIG SET` staged is older than this change.
         configs::forget_pending();
         st.use_settings(settings, action);

@@ -1,5 +1,5 @@
 //! Module configs: the tunables, and every broker setting as
-//! `key_evt_amqp.<name>` (see [`crate::setting`]), readable with `CONFIG GET`,
+//! `key_evt_amqp.<name>` (see [`crate::config::setting`]), readable with `CONFIG GET`,
 //! settable with `CONFIG SET`, persisted by `CONFIG REWRITE`. The settings
 //! configs read and write the same settings the positional arguments and
 //! the commands change.
@@ -11,7 +11,7 @@ use crate::config::{
 };
 use crate::host::rawconfig::{self, Config};
 use crate::host::{outbox, redact, state, values};
-use crate::setting::{Setting, Value};
+use crate::config::setting::{Setting, Value};
 use redis_module::configuration::{
     register_enum_configuration, register_i64_configuration, ConfigurationContext,
     ConfigurationFlags, ConfigurationValue, EnumConfigurationValue,
@@ -95,7 +95,7 @@ fn apply_pending() -> Result<(), String> {
     // whole `CONFIG SET`: a refusal makes the server set the old values back.
     new.check().map_err(|e| e.to_string())?;
     state::with(|st| {
-        let action = LinkAction::after(&st.engine.settings, &new);
+        let action = LinkAction::after(st.engine.settings(), &new);
         st.use_settings(new, action);
     })
     .ok_or_else(|| "module state is busy".to_string())
@@ -113,7 +113,7 @@ impl SettingConfig {
         if let Some(v) = staged {
             return v;
         }
-        let now = state::with(|st| self.0.get(&st.engine.settings));
+        let now = state::with(|st| self.0.get(st.engine.settings()));
         now.or_else(|| {
             let l = LOADING.lock().ok()?;
             l.as_ref().map(|s| self.0.get(s))
@@ -147,7 +147,7 @@ impl SettingConfig {
         }
         state::with(|st| {
             let mut pending = PENDING.lock().map_err(|_| "config lock poisoned")?;
-            let base = pending.as_ref().unwrap_or(&st.engine.settings);
+            let base = pending.as_ref().unwrap_or(st.engine.settings());
             let new = self.0.set(base, &v).map_err(|e| e.to_string())?;
             needs_key_event(&new)?;
             *pending = Some(new);

@@ -81,7 +81,7 @@ pub fn drain(ctx: &Context, st: &mut State) -> Vec<Accepted> {
             // The module's own list writes notify too (in cluster mode):
             // skipped, they are not counted here.
             if accepted != Accepted::Skipped {
-                st.engine.stats.deferred += 1;
+                st.engine.count_deferred();
             }
             accepted
         })

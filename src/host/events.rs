@@ -144,6 +144,6 @@ unsafe extern "C" fn on_async_load(
             _ => "key_evt_amqp: async loading aborted: the old data set stays",
         };
         crate::host::log::notice(what);
-        state::with(|st| st.engine.list.forget());
+        state::with(|st| st.engine.list_forget());
     });
 }

@@ -127,7 +127,7 @@ pub fn render(ctx: &InfoContext, s: &Snapshot) -> RedisResult<()> {
     let numbers = [
         ("events_seen", st.seen),
         ("events_accepted", st.accepted),
-        ("events_forwarded", st.published),
+        ("events_forwarded", st.forwarded),
         ("events_confirmed", st.confirmed),
         ("events_nacked", st.nacked),
         ("events_stored", st.stored),

@@ -148,13 +148,13 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         "key_evt_amqp: loaded; events '{types}', broker {}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
         crate::endpoint::addresses(&settings.amqp).join(","), settings.amqp.exchange, settings.amqp.routing_key
     ));
-    let chunk = crate::config::BATCH_SIZE.get_usize();
-    let mut engine = Engine::new(settings, master, Intake::new(&tag, &base, chunk));
-    engine.loading = flags.contains(ContextFlags::LOADING);
+    let limits = crate::host::timer::limits();
+    let mut engine = Engine::new(settings, master, Intake::new(&tag, &base, limits.batch), limits);
+    engine.set_loading(flags.contains(ContextFlags::LOADING));
     if !notify::subscribe(ctx, types.0) {
         return refuse_load(ctx, "cannot subscribe to keyspace events");
     }
-    let listen = crate::host::values::wanted(&engine.settings, engine.loading);
+    let listen = crate::host::values::wanted(engine.settings(), engine.is_loading());
     crate::host::values::init(ctx, listen);
     // Only now, with every check passed, does the module hold state.
     state::install(State {
@@ -203,9 +203,7 @@ fn unload_blocker() -> Option<&'static str> {
         return Some("a thread of the module built a key-mask automaton");
     }
     let held = state::with(|st| {
-        !st.engine.queue.is_empty()
-            || st.engine.inflight_events() > 0
-            || !st.engine.intake.outbox.is_empty()
+        st.engine.queue_len() > 0 || st.engine.inflight_events() > 0 || !st.engine.outbox_is_empty()
     });
     match held {
         Some(true) => Some("events are held in memory"),
@@ -272,10 +270,8 @@ fn on_loading(_ctx: &Context, ev: LoadingSubevent) {
     guard::run("loading event", || {
         let ended = matches!(ev, LoadingSubevent::Ended | LoadingSubevent::Failed);
         state::with(|st| {
-            st.engine.loading = !ended;
-            if ended {
-                st.engine.list.forget();
-            } else if st.engine.withdraw_pending() {
+            st.engine.set_loading(!ended);
+            if !ended && st.engine.withdraw_pending() {
                 // `DEBUG RELOAD` / `DEBUG LOADAOF` emptied the data set to load
                 // it again: that flush is no event.
                 crate::host::log::notice(
@@ -284,8 +280,8 @@ fn on_loading(_ctx: &Context, ev: LoadingSubevent) {
             }
             // Not listening to the key event during a load (see `values::wanted`).
             crate::host::values::follow(crate::host::values::wanted(
-                &st.engine.settings,
-                st.engine.loading,
+                st.engine.settings(),
+                st.engine.is_loading(),
             ));
         });
     });
@@ -306,72 +302,67 @@ pub fn info(ctx: &InfoContext) -> RedisResult<()> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let snap = state::with(|st| Snapshot {
-        stats: crate::engine::Stats {
-            resent: st.engine.stats.resent + st.engine.list.reread,
-            ..st.engine.stats.clone()
-        },
-        connection: st.engine.link.name(),
-        role: if st.engine.master {
-            "master"
-        } else {
-            "replica"
-        },
-        forwarding: st.engine.master && !st.engine.loading,
-        queue_len: st.engine.queue.len(),
-        queue_bytes: st.engine.queue.bytes(),
-        inflight: st.engine.inflight_events(),
-        inflight_bytes: st.engine.inflight_bytes(),
-        module_memory_bytes: crate::memory::live_bytes(),
-        fallback_len: st.engine.list.len,
-        fallback_key: st.list_key.key.clone(),
-        shutdown_hook: shutdown::hook_registered(),
-        fallback_lists_found: st.slots.found.len(),
-        fallback_size: st.engine.settings.fallback_size,
-        event_types: st.types.to_string(),
-        keymasks: st.engine.settings.masks.describe(),
-        keymask_count: st.engine.settings.masks.count(),
-        keymask_matcher: st.engine.settings.masks.matcher().to_string(),
-        durability: crate::config::durability().name(),
-        keymask_bytes: st.engine.settings.masks.memory(),
-        fallback_moved_aside: st.list_key.moved_aside,
-        writes_paused: crate::host::list::writes_paused(),
-        broker: crate::endpoint::addresses(&st.engine.settings.amqp).join(","),
-        broker_connected: st.engine.nodes.now.clone(),
-        broker_failovers: st.engine.nodes.failovers,
-        broker_entries: st
-            .engine
-            .nodes
-            .describe(&crate::endpoint::addresses(&st.engine.settings.amqp)),
-        fallback_oldest_age_seconds: st.engine.metrics.oldest_age(crate::event::now_secs()),
-        oldest_memory_age_ms: age_ms(st.engine.oldest_in_memory(), now_ms),
-        // The head record as the last tick read it (no read here).
-        oldest_list_age_ms: if st.engine.list.len > 0 {
-            age_ms(st.engine.metrics.oldest_record_ts, now_ms)
-        } else {
-            0
-        },
-        confirm_latency_ms: {
-            let [p50, p99] = st
-                .engine
-                .metrics
-                .latency_percentiles(std::time::Instant::now(), [50, 99])
-                .map(|d| d.map_or(0, |d| d.as_millis() as u64));
-            (p50, p99)
-        },
-        connection_uptime_seconds: st.engine.metrics.uptime(std::time::Instant::now()),
-        last_error: st.engine.last_error.clone(),
-        unroutable: {
-            let (n, wait) = st.engine.unroutable_waiting(std::time::Instant::now());
-            (n, wait.as_millis() as u64)
-        },
-        nack_retry_in_ms: st
-            .engine
-            .nack_retry_in(std::time::Instant::now())
-            .as_millis() as u64,
-        migration_silent_slots: st.moves.silent_slots(),
-        key_event: crate::host::values::subscribed(),
-        snapshot: crate::host::snapshot::status(st),
+    let snap = state::with(|st| {
+        let e = &st.engine;
+        let s = e.settings();
+        let list = e.list();
+        let stats = e.stats();
+        Snapshot {
+            stats: crate::engine::Stats {
+                resent: stats.resent + list.reread,
+                ..stats.clone()
+            },
+            connection: e.link().name(),
+            role: if e.is_master() { "master" } else { "replica" },
+            forwarding: e.is_master() && !e.is_loading(),
+            queue_len: e.queue_len(),
+            queue_bytes: e.queue_bytes(),
+            inflight: e.inflight_events(),
+            inflight_bytes: e.inflight_bytes(),
+            module_memory_bytes: crate::memory::live_bytes(),
+            fallback_len: list.len,
+            fallback_key: st.list_key.key.clone(),
+            shutdown_hook: shutdown::hook_registered(),
+            fallback_lists_found: st.slots.found.len(),
+            fallback_size: s.fallback_size,
+            event_types: st.types.to_string(),
+            keymasks: s.masks.describe(),
+            keymask_count: s.masks.count(),
+            keymask_matcher: s.masks.matcher().to_string(),
+            durability: crate::config::durability().name(),
+            keymask_bytes: s.masks.memory(),
+            fallback_moved_aside: st.list_key.moved_aside,
+            writes_paused: crate::host::list::writes_paused(),
+            broker: crate::endpoint::addresses(&s.amqp).join(","),
+            broker_connected: e.nodes().now.clone(),
+            broker_failovers: e.nodes().failovers,
+            broker_entries: e.nodes().describe(&crate::endpoint::addresses(&s.amqp)),
+            fallback_oldest_age_seconds: e.metrics().oldest_age(crate::event::now_secs()),
+            oldest_memory_age_ms: age_ms(e.oldest_in_memory(), now_ms),
+            // The head record as the last tick read it (no read here).
+            oldest_list_age_ms: if list.len > 0 {
+                age_ms(e.metrics().oldest_record_ts, now_ms)
+            } else {
+                0
+            },
+            confirm_latency_ms: {
+                let [p50, p99] = e
+                    .metrics()
+                    .latency_percentiles(std::time::Instant::now(), [50, 99])
+                    .map(|d| d.map_or(0, |d| d.as_millis() as u64));
+                (p50, p99)
+            },
+            connection_uptime_seconds: e.metrics().uptime(std::time::Instant::now()),
+            last_error: e.last_error().to_string(),
+            unroutable: {
+                let (n, wait) = e.unroutable_waiting(std::time::Instant::now());
+                (n, wait.as_millis() as u64)
+            },
+            nack_retry_in_ms: e.nack_retry_in(std::time::Instant::now()).as_millis() as u64,
+            migration_silent_slots: st.moves.silent_slots(),
+            key_event: crate::host::values::subscribed(),
+            snapshot: crate::host::snapshot::status(st),
+        }
     })
     .unwrap_or_default();
     info::render(ctx, &snap)

@@ -4,7 +4,7 @@
 //! through a fixed `"%s"`), and control bytes are made visible so that one
 //! call is one log line.
 
-use crate::engine::{Engine, Notice};
+use crate::engine::Notice;
 use redis_module::raw;
 use std::ffi::CString;
 
@@ -50,8 +50,8 @@ pub fn warning(msg: &str) {
 }
 
 /// Writes the engine's log lines.
-pub fn notices(engine: &mut Engine) {
-    for n in engine.take_notices() {
+pub fn notices(lines: Vec<Notice>) {
+    for n in lines {
         match n {
             Notice::Notice(t) => notice(&t),
             Notice::Warning(t) => warning(&t),

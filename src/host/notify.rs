@@ -50,7 +50,8 @@ impl Origin for Notification {
     }
 
     fn values(&self, db: i32, event: &[u8], key: &[u8], v: Values, cap: usize, out: &mut Vec<u8>) {
-        values::images(self.ctx, self.key, db, event, key, v, cap, out);
+        // SAFETY: the callback's live context and key string.
+        unsafe { values::images(self.ctx, self.key, db, event, key, v, cap, out) };
     }
 }
 
@@ -71,8 +72,8 @@ extern "C" fn on_keyspace_event(
         let handled = state::with(|st| {
             let ctx = Context::new(ctx);
             drain_deferred(&ctx, st);
-            if st.cluster && st.engine.master && crate::host::moves::is_move(&ctx, st, event, key) {
-                st.engine.stats.moved += 1;
+            if st.cluster && st.engine.is_master() && crate::host::moves::is_move(&ctx, st, event, key) {
+                st.engine.count_moved();
                 return;
             }
             let origin = Notification {
@@ -113,9 +114,7 @@ pub fn act(ctx: &Context, st: &mut State, accepted: Accepted) {
 /// event's record in its outbox. If the server refuses the job, the records
 /// wait in memory instead.
 fn arm_outbox(ctx: &Context, st: &mut State) {
-    if outbox::add_job(ctx, outbox_job) {
-        st.engine.intake.outbox_armed = true;
-    } else {
+    if !outbox::add_job(ctx, outbox_job) {
         st.engine.outbox_to_queue();
         timer::hurry(ctx, st);
     }

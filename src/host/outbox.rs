@@ -30,8 +30,9 @@ pub fn add_job(ctx: &Context, job: fn(&Context)) -> bool {
 /// safety net should a job not have run). True when records were appended:
 /// the caller brings the timer forward to send them.
 pub fn flush(ctx: &Context, st: &mut State) -> bool {
-    if st.engine.intake.outbox.is_empty() {
-        st.engine.intake.outbox_armed = false;
+    if !st.engine.outbox_waiting() {
+        // Nothing for the list (the records went to the queue already).
+        st.engine.outbox_to_queue();
         return false;
     }
     if let Err(e) = list::select(ctx) {
@@ -46,21 +47,7 @@ pub fn flush(ctx: &Context, st: &mut State) -> bool {
     let mut store = RedisList::new(ctx, &mut st.list_key)
         .without_oom_check()
         .in_unit();
-    st.engine.flush_outbox(&mut store);
-    if std::mem::take(&mut st.engine.list_misplaced) {
-        // Refused with ASK or MOVED: the list's slot is being migrated away
-        // (the records wait at the head of the queue). Pick a key in a slot
-        // this node owns now, and write them there in this unit.
-        st.engine.want_slot_refresh = false;
-        let before = st.list_key.key.clone();
-        crate::host::cluster::refresh(ctx, st, true);
-        if st.list_key.key != before {
-            let mut store = RedisList::new(ctx, &mut st.list_key)
-                .without_oom_check()
-                .in_unit();
-            st.engine.spill(&mut store);
-        }
-    }
-    crate::host::log::notices(&mut st.engine);
+    let todo = st.engine.flush_outbox(&mut store);
+    crate::host::cluster::after_list_writes(ctx, st, todo, true);
     true
 }

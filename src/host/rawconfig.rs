@@ -9,7 +9,7 @@
 //!   `CONFIG SET` is set.
 
 use crate::host::guard;
-use crate::setting::Value;
+use crate::config::setting::Value;
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CString;
@@ -42,10 +42,14 @@ struct Entry {
     apply: Option<Apply>,
 }
 
-fn entry<'a>(privdata: *mut c_void) -> &'a Entry {
-    // SAFETY: the server passes back the pointer given at registration, a
-    // leaked `Box<Entry>`.
-    unsafe { &*(privdata as *const Entry) }
+/// The config entry a callback's private data points to.
+///
+/// # Safety
+/// `privdata` must be the pointer given to the server at registration (a
+/// leaked `Box<Entry>`, alive for the rest of the process), as the server
+/// passes it back to every config callback.
+unsafe fn entry<'a>(privdata: *mut c_void) -> &'a Entry {
+    &*(privdata as *const Entry)
 }
 
 fn bytes_of(v: Value) -> Vec<u8> {
@@ -59,7 +63,8 @@ unsafe extern "C" fn get_string(
     _name: *const c_char,
     privdata: *mut c_void,
 ) -> *mut raw::RedisModuleString {
-    let e = entry(privdata);
+    // SAFETY: the server passes back the pointer given at registration.
+    let e = unsafe { entry(privdata) };
     let out = guard::run("config get", || {
         let now = bytes_of(e.cfg.get());
         let mut held = e.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -110,7 +115,8 @@ unsafe extern "C" fn set_string(
     privdata: *mut c_void,
     err: *mut *mut raw::RedisModuleString,
 ) -> c_int {
-    let e = entry(privdata);
+    // SAFETY: the server passes back the pointer given at registration.
+    let e = unsafe { entry(privdata) };
     let bytes = if val.is_null() {
         Vec::new()
     } else {
@@ -123,7 +129,8 @@ unsafe extern "C" fn set_string(
 }
 
 unsafe extern "C" fn get_number(_name: *const c_char, privdata: *mut c_void) -> c_longlong {
-    let e = entry(privdata);
+    // SAFETY: the server passes back the pointer given at registration.
+    let e = unsafe { entry(privdata) };
     guard::run("config get", || match e.cfg.get() {
         Value::Number(n) => n,
         Value::Text(_) => 0,
@@ -137,7 +144,8 @@ unsafe extern "C" fn set_number(
     privdata: *mut c_void,
     err: *mut *mut raw::RedisModuleString,
 ) -> c_int {
-    let e = entry(privdata);
+    // SAFETY: the server passes back the pointer given at registration.
+    let e = unsafe { entry(privdata) };
     finish(
         guard::run("config set", || e.cfg.set(Value::Number(val))),
         err,
@@ -149,7 +157,8 @@ unsafe extern "C" fn apply(
     privdata: *mut c_void,
     err: *mut *mut raw::RedisModuleString,
 ) -> c_int {
-    let e = entry(privdata);
+    // SAFETY: the server passes back the pointer given at registration.
+    let e = unsafe { entry(privdata) };
     let out = guard::run("config apply", || e.apply.map_or(Ok(()), |f| f()));
     finish(out, err)
 }

@@ -90,7 +90,7 @@ pub fn request(ctx: &Context, st: &mut State, req: crate::snapshot::Request) -> 
                 Some(d) => vec![d],
                 None => (0..count).collect(),
             };
-            if !st.engine.master {
+            if !st.engine.is_master() {
                 // Cluster replicas get the broadcast too: only masters walk.
                 return if st.cluster {
                     Ok(())
@@ -143,16 +143,20 @@ impl Origin for Read<'_> {
 
     fn values(&self, db: i32, event: &[u8], key: &[u8], v: Values, cap: usize, out: &mut Vec<u8>) {
         if v.after() && !self.keyobj.is_null() {
-            values::images(
-                self.ctx.ctx,
-                self.keyobj,
-                db,
-                event,
-                key,
-                Values::After,
-                cap,
-                out,
-            );
+            // SAFETY: the timer's live context with the walked database
+            // selected, and the key's live string.
+            unsafe {
+                values::images(
+                    self.ctx.ctx,
+                    self.keyobj,
+                    db,
+                    event,
+                    key,
+                    Values::After,
+                    cap,
+                    out,
+                )
+            };
         }
     }
 }
@@ -226,7 +230,7 @@ fn exists(ctx: &Context, keyobj: *mut raw::RedisModuleString) -> bool {
 /// passes the masks.
 fn send_key(ctx: &Context, st: &mut State, db: i32, key: &[u8], outbox: bool) {
     let prefix = st.list_key.key_prefix.as_bytes();
-    if key.starts_with(prefix) || st.moves.is_silent(key) || !st.engine.settings.masks.matches(key)
+    if key.starts_with(prefix) || st.moves.is_silent(key) || !st.engine.settings().masks.matches(key)
     {
         return;
     }
@@ -260,20 +264,20 @@ pub fn step(ctx: &Context, st: &mut State) -> bool {
         return false;
     }
     let now = Instant::now();
-    if !st.engine.master {
+    if !st.engine.is_master() {
         st.snapshot
             .walk
             .stop(Phase::Aborted("no longer a master".into()), now);
         st.snapshot.cursor = None;
         return false;
     }
-    if st.engine.loading {
+    if st.engine.is_loading() {
         return false;
     }
     let backlog =
-        st.engine.queue.len() as u64 + st.engine.inflight_events() as u64 + st.engine.list.len;
+        st.engine.queue_len() as u64 + st.engine.inflight_events() as u64 + st.engine.list().len;
     let over = backlog >= SNAPSHOT_BACKLOG_MAX.get().unsigned_abs()
-        || st.engine.queue.bytes() >= QUEUE_MAX_BYTES.get_usize() / 2;
+        || st.engine.queue_bytes() >= QUEUE_MAX_BYTES.get_usize() / 2;
     st.snapshot.walk.paused = over;
     if over {
         return false;
@@ -349,5 +353,5 @@ pub fn step(ctx: &Context, st: &mut State) -> bool {
     if crate::host::list::select(ctx).is_err() {
         return false;
     }
-    !st.engine.intake.outbox.is_empty() && outbox::flush(ctx, st)
+    st.engine.outbox_waiting() && outbox::flush(ctx, st)
 }

@@ -10,7 +10,6 @@ use crate::host::list::ListKey;
 use crate::slots::SlotView;
 use std::cell::RefCell;
 
-pub use crate::engine::Link;
 
 /// Everything the module holds.
 #[derive(Debug)]
@@ -84,7 +83,17 @@ impl State {
     /// True when the timer should run at the short interval: the engine
     /// has work, or a snapshot walk is under way.
     pub fn busy(&self) -> bool {
-        self.engine.busy() || self.snapshot.walk.running()
+        self.next_tick().is_some()
+    }
+
+    /// When the next tick is due (`None`: nothing to do).
+    pub fn next_tick(&self) -> Option<std::time::Duration> {
+        self.engine.next_tick().or_else(|| {
+            self.snapshot
+                .walk
+                .running()
+                .then(|| crate::host::timer::limits().flush_interval)
+        })
     }
 
     /// Records the error shown in INFO.
@@ -95,22 +104,10 @@ impl State {
     /// Puts `settings` in force and does what `action` asks of the
     /// connection (commands and `CONFIG SET` both come here).
     pub fn use_settings(&mut self, settings: Settings, action: LinkAction) {
-        self.engine.settings = settings;
+        self.engine.use_settings(settings, action, &mut self.client);
         crate::host::values::follow(crate::host::values::wanted(
-            &self.engine.settings,
-            self.engine.loading,
+            self.engine.settings(),
+            self.engine.is_loading(),
         ));
-        match action {
-            LinkAction::Keep => {}
-            LinkAction::Connect if self.engine.master => self.engine.connect(&mut self.client),
-            // A replica connects when promoted.
-            LinkAction::Connect => self.engine.link = Link::Idle,
-            LinkAction::Reconnect => {
-                if self.engine.master && self.engine.link.active() {
-                    self.engine.connect(&mut self.client);
-                }
-            }
-            LinkAction::Disconnect => self.engine.disconnect(&mut self.client),
-        }
     }
 }

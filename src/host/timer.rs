@@ -20,10 +20,6 @@ use std::time::{Duration, Instant};
 /// answer), and at `hz` below 10 idle ticks come once per cron.
 pub const IDLE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The tick interval while half the in-flight window or more waits for
-/// confirms (`flush-interval-ms` when that is longer).
-const BUSY_WINDOW_INTERVAL: Duration = Duration::from_millis(20);
-
 /// Records one tick spills beyond what arrived since the last tick while
 /// the broker is unreachable (a few ms of `RPUSH` on the main thread).
 const SPILL_CHUNK: usize = 16_384;
@@ -62,37 +58,37 @@ pub fn on_cron(ctx: &Context, st: &mut State) {
     }
 }
 
-/// The tunables as they are now.
+/// The tunables as they are now: one snapshot per tick, so that every
+/// layer sees a setting at the same moment.
 pub fn limits() -> Limits {
+    let queue_max_bytes = QUEUE_MAX_BYTES.get_usize();
     Limits {
         window: INFLIGHT_MAX.get_usize(),
         batch: BATCH_SIZE.get_usize().max(1),
         queue_max_events: QUEUE_MAX_EVENTS.get_usize(),
-        queue_max_bytes: QUEUE_MAX_BYTES.get_usize(),
+        queue_max_bytes,
         burst_rate: BURST_RATE.get(),
         burst_max: Duration::from_millis(BURST_MAX_MS.get().unsigned_abs()),
         on_unroutable: ON_UNROUTABLE.lock().map_or(Unroutable::Store, |p| *p),
         unroutable_retry_max: Duration::from_millis(UNROUTABLE_RETRY_MAX_MS.get().unsigned_abs()),
         spill_chunk: SPILL_CHUNK,
+        hard_limit_bytes: crate::engine::intake::hard_limit_bytes(queue_max_bytes),
+        flush_interval: Duration::from_millis(FLUSH_INTERVAL_MS.get().unsigned_abs()),
     }
 }
 
-/// Arms the timer at the short interval when there is work and none is
-/// armed. An idle module arms nothing: the cron ticks it (see [`on_cron`]).
+/// Arms the timer when there is work and none is armed, after the delay
+/// the engine asks for. An idle module arms nothing: the cron ticks it
+/// (see [`on_cron`]).
 pub fn arm(ctx: &Context, st: &mut State) {
     if st.timer.is_some() {
         return;
     }
-    st.timer_fast = st.busy();
-    if !st.timer_fast {
+    let Some(period) = st.next_tick() else {
+        st.timer_fast = false;
         return;
-    }
-    let mut period = Duration::from_millis(FLUSH_INTERVAL_MS.get().unsigned_abs());
-    // Half the window or more in flight: the broker has work for a while
-    // and a tick would find few confirms, so the main thread wakes less often.
-    if st.engine.inflight_events() >= INFLIGHT_MAX.get_usize().div_ceil(2).max(1) {
-        period = period.max(BUSY_WINDOW_INTERVAL);
-    }
+    };
+    st.timer_fast = true;
     st.timer = Some(ctx.create_timer(period, on_timer, ()));
 }
 
@@ -122,39 +118,23 @@ pub fn tick(ctx: &Context, st: &mut State) {
     if st.engine.check_broker(&st.client) {
         st.client.reset();
     }
-    st.engine.intake.chunk = BATCH_SIZE.get_usize().max(1);
-    if st.engine.master && !st.engine.loading {
+    let forwarding = st.engine.is_master() && !st.engine.is_loading();
+    if forwarding {
         crate::host::cluster::check_list_moved(ctx, st);
     }
     st.engine.commit_pending();
-    if !st.engine.intake.outbox.is_empty() && crate::host::outbox::flush(ctx, st) {
-        hurry(ctx, st);
+    if st.engine.outbox_waiting() {
+        crate::host::outbox::flush(ctx, st);
     }
-    if st.engine.master && !st.engine.loading {
+    if forwarding {
         crate::host::cluster::refresh(ctx, st, false);
         crate::host::cluster::adopt(ctx, st);
     }
     let mut list = RedisList::new(ctx, &mut st.list_key).in_unit();
-    st.engine.tick(&mut list, &mut st.client, &limits(), now);
+    let todo = st.engine.tick(&mut list, &mut st.client, &limits(), now);
+    crate::host::cluster::after_list_writes(ctx, st, todo, false);
     crate::host::snapshot::step(ctx, st);
     crate::host::deferred::drain(ctx, st);
-    if std::mem::take(&mut st.engine.want_slot_refresh) {
-        // The refresh picks a key in an owned slot: a misplaced write the
-        // outbox job did not see is dealt with too.
-        st.engine.list_misplaced = false;
-        crate::host::cluster::refresh(ctx, st, true);
-    }
-    crate::host::log::notices(&mut st.engine);
-}
-
-/// Moves the whole in-memory queue to the tail of the list.
-pub fn spill(ctx: &Context, st: &mut State) {
-    if crate::host::list::select(ctx).is_err() {
-        return;
-    }
-    let mut list = RedisList::new(ctx, &mut st.list_key);
-    st.engine.spill(&mut list);
-    crate::host::log::notices(&mut st.engine);
 }
 
 /// Writes everything held only in memory to the list (before SHUTDOWN).
@@ -165,5 +145,5 @@ pub fn persist_memory(ctx: &Context, st: &mut State) {
     }
     let mut list = RedisList::new(ctx, &mut st.list_key);
     st.engine.persist_memory(&mut list, &mut st.client);
-    crate::host::log::notices(&mut st.engine);
+    crate::host::log::notices(st.engine.take_notices());
 }

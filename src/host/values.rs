@@ -176,11 +176,11 @@ extern "C" fn on_key_event(
             return;
         }
         let wanted = state::with(|st| {
-            let s = &st.engine.settings;
+            let s = st.engine.settings();
             if !s.values.before() || s.format != Format::Json {
                 return None;
             }
-            if !st.engine.master || st.engine.loading {
+            if !st.engine.is_master() || st.engine.is_loading() {
                 return None;
             }
             // SAFETY: a live key handle from the server.
@@ -262,9 +262,13 @@ fn take(db: i32, key: &[u8], event: &[u8]) -> Option<Vec<u8>> {
 /// Appends the `,"before":...` and `,"after":...` members that `v` asks
 /// for to the JSON record of `event` on `key` in `db`. `keyobj` is the key
 /// string the server passed to the keyspace callback (`key` is its bytes).
+///
+/// # Safety
+/// `ctx` must be the live context of the callback this runs in, with the
+/// key's database selected, and `keyobj` a live string holding `key`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(crate) fn images(
+pub(crate) unsafe fn images(
     ctx: *mut raw::RedisModuleCtx,
     keyobj: *mut raw::RedisModuleString,
     db: i32,
@@ -302,7 +306,8 @@ pub(crate) fn images_by_name(
     }
     let name = ctx.create_string(key);
     with_db(ctx, db, || {
-        images(ctx.ctx, name.inner, db, event, key, v, cap, out);
+        // SAFETY: the caller's live context, `db` selected; `name` holds `key`.
+        unsafe { images(ctx.ctx, name.inner, db, event, key, v, cap, out) };
     });
 }
 
@@ -519,9 +524,21 @@ struct Scan<'a> {
 }
 
 /// One hash field and value, set member, or zset member and score (the
-/// score comes as its text).
+/// score comes as its text). Guarded: a panic here would abort the server.
 unsafe extern "C" fn on_element(
     _key: *mut raw::RedisModuleKey,
+    field: *mut raw::RedisModuleString,
+    value: *mut raw::RedisModuleString,
+    privdata: *mut c_void,
+) {
+    guard::run("value scan", || {
+        // SAFETY: the server's arguments for this call; `privdata` is the
+        // `Scan` that `read` passed, alive for the call.
+        unsafe { element(field, value, privdata) }
+    });
+}
+
+unsafe fn element(
     field: *mut raw::RedisModuleString,
     value: *mut raw::RedisModuleString,
     privdata: *mut c_void,
@@ -529,7 +546,6 @@ unsafe extern "C" fn on_element(
     if privdata.is_null() || field.is_null() {
         return;
     }
-    // SAFETY: `privdata` is the `Scan` that `read` passed, alive for the call.
     let scan = &mut *privdata.cast::<Scan<'_>>();
     if scan.img.over() {
         return;

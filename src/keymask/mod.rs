@@ -15,6 +15,7 @@
 pub mod automaton;
 mod compile;
 pub mod mask;
+pub mod reference;
 pub mod text;
 
 pub use automaton::{Automaton, BuildError};
@@ -25,7 +26,7 @@ pub fn compiling() -> bool {
     compile::running()
 }
 
-use crate::tunables::KEYMASK_MAX_BYTES;
+use crate::knob::Tunable;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
@@ -47,6 +48,12 @@ pub enum MaskError {
     #[error("{0} masks are more than {MAX_MASKS}")]
     TooMany(usize),
 }
+
+/// `key_evt_amqp.keymask-max-bytes`: memory for the automaton of the key masks
+/// (its NFA and its cache of DFA states). A set whose NFA needs more is matched
+/// by the linear matcher instead. Read when a set is built.
+pub static KEYMASK_MAX_BYTES: Tunable =
+    Tunable::new("keymask-max-bytes", 128 << 20, 1 << 20, 16 << 30);
 
 /// Masks and, once built, their automaton. Clones share both.
 #[derive(Clone)]
@@ -321,7 +328,7 @@ mod tests {
 
     /// The book's recursive matcher (shared with the fuzz target).
     fn reference(re: &[u8], text: &[u8]) -> bool {
-        crate::fuzzing::reference_match(re, text).expect("within the work budget")
+        super::reference::reference_match(re, text).expect("within the work budget")
     }
 
     fn m(mask: &str, key: &str) -> bool {

@@ -2,46 +2,11 @@
 //! lock on every tick), and the fixed configs read at load. Pure: the host
 //! registers them.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-/// A tunable held in an atomic and exposed as a module config.
-pub struct Tunable {
-    /// Config name without the module prefix.
-    pub name: &'static str,
-    /// Current value.
-    pub value: AtomicI64,
-    /// Default.
-    pub default: i64,
-    /// Smallest accepted value.
-    pub min: i64,
-    /// Largest accepted value.
-    pub max: i64,
-}
-
-impl Tunable {
-    const fn new(name: &'static str, default: i64, min: i64, max: i64) -> Self {
-        Self {
-            name,
-            value: AtomicI64::new(default),
-            default,
-            min,
-            max,
-        }
-    }
-
-    /// Current value.
-    #[inline]
-    pub fn get(&self) -> i64 {
-        self.value.load(Ordering::Relaxed)
-    }
-
-    /// Current value as a count.
-    #[inline]
-    pub fn get_usize(&self) -> usize {
-        usize::try_from(self.get()).unwrap_or(0)
-    }
-}
+pub use crate::knob::Tunable;
+pub use crate::keymask::KEYMASK_MAX_BYTES;
 
 /// `key_evt_amqp.flush-interval-ms`: how often the timer runs while there is work.
 pub static FLUSH_INTERVAL_MS: Tunable = Tunable::new("flush-interval-ms", 5, 1, 1000);
@@ -143,12 +108,6 @@ pub static CONFIRM_TIMEOUT_MS: Tunable = Tunable::new("confirm-timeout-ms", 30_0
 /// `key_evt_amqp.max-record-bytes`: a record (message) larger than this is never
 /// sent; it is counted in `events_rejected` and dropped.
 pub static MAX_RECORD_BYTES: Tunable = Tunable::new("max-record-bytes", 16 << 20, 1024, 512 << 20);
-
-/// `key_evt_amqp.keymask-max-bytes`: memory for the automaton of the key masks
-/// (its NFA and its cache of DFA states). A set whose NFA needs more is matched
-/// by the linear matcher instead. Read when a set is built.
-pub static KEYMASK_MAX_BYTES: Tunable =
-    Tunable::new("keymask-max-bytes", 128 << 20, 1 << 20, 16 << 30);
 
 /// `key_evt_amqp.fallback-db` (immutable): the database that holds the fallback list.
 pub static FALLBACK_DB: Tunable = Tunable::new("fallback-db", 0, 0, 1_000_000);

@@ -6,7 +6,11 @@ use crate::json::{Format, Values};
 use crate::keymask::{KeyMasks, MaskError};
 use thiserror::Error;
 
-pub use crate::tunables::*;
+pub mod address;
+pub mod setting;
+pub mod tunables;
+
+pub use tunables::*;
 
 /// A bad argument; the message names it and never echoes a password.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -39,6 +43,38 @@ pub enum ConfigError {
     /// A bad `key_evt_amqp.snapshot` request.
     #[error("{0}")]
     Snapshot(#[from] crate::snapshot::BadRequest),
+}
+
+/// `host-order`: how the entries are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostOrder {
+    /// The first that answers; on loss, the next one.
+    #[default]
+    Ordered,
+    /// Shuffled at the start of every round (as the Java client does).
+    Random,
+}
+
+impl HostOrder {
+    /// Config names, in the enum config's order.
+    pub const ALL: [(HostOrder, &'static str); 2] =
+        [(Self::Ordered, "ordered"), (Self::Random, "random")];
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ordered => "ordered",
+            Self::Random => "random",
+        }
+    }
+
+    /// Parses a config name.
+    pub fn parse(s: &[u8]) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, n)| n.as_bytes() == s)
+            .map(|(o, _)| *o)
+    }
 }
 
 /// Connection settings for the broker.
@@ -74,7 +110,7 @@ pub struct AmqpSettings {
     /// Secret: it may hold a password.
     pub uri: Secret,
     /// How the entries of the list are tried.
-    pub host_order: crate::endpoint::HostOrder,
+    pub host_order: HostOrder,
     /// PEM file of the client certificate (mutual TLS); empty: none.
     pub tls_cert_file: String,
     /// PEM file of the client certificate's private key.
@@ -140,7 +176,7 @@ impl Default for AmqpSettings {
             tls: false,
             tls_ca_file: String::new(),
             uri: Secret::default(),
-            host_order: crate::endpoint::HostOrder::Ordered,
+            host_order: HostOrder::Ordered,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_server_name: String::new(),
@@ -299,7 +335,7 @@ impl Settings {
                             reason: "must not be empty",
                         });
                     }
-                    crate::endpoint::parse_hosts(&s.amqp.host).map_err(|reason| {
+                    address::parse_hosts(&s.amqp.host).map_err(|reason| {
                         ConfigError::Invalid {
                             name: "host",
                             value: crate::keymask::printable(v),

@@ -3,7 +3,7 @@
 //! arguments and the commands change. Pure: no Redis import.
 
 use crate::config::{text, ConfigError, Secret, Settings};
-use crate::endpoint::HostOrder;
+use crate::config::HostOrder;
 use crate::json::{Format, Values};
 use crate::keymask::KeyMasks;
 
@@ -303,7 +303,7 @@ fn uri(bytes: &[u8]) -> Result<Secret, ConfigError> {
         return Err(invalid("must not contain NUL bytes"));
     }
     // The reason names the entry and what is wrong, never the text.
-    crate::endpoint::parse_uri_list(s).map_err(ConfigError::Uri)?;
+    super::address::parse_uri_list(s).map_err(ConfigError::Uri)?;
     Ok(Secret::new(s))
 }
 

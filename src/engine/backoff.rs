@@ -1,6 +1,7 @@
-//! Retrying records the broker returned as unroutable (`on-unroutable
-//! store`) or nacked: an exponential backoff, and one batch at a time until a
-//! batch is confirmed without a return or a nack.
+//! The backoff before records the broker returned as unroutable
+//! (`on-unroutable store`) or nacked are sent again: an exponential wait,
+//! and one batch at a time until a batch is confirmed without a return or a
+//! nack. The engine keeps one for returns and one for nacks.
 
 use super::{Engine, Limits};
 use std::time::{Duration, Instant};
@@ -8,9 +9,9 @@ use std::time::{Duration, Instant};
 /// The first wait after a return.
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 
-/// The retry state after returns.
+/// The backoff after returns (or nacks).
 #[derive(Debug, Clone)]
-pub struct Retry {
+pub struct Backoff {
     /// The next wait: [`FIRST_RETRY`], doubled per consecutive return.
     delay: Duration,
     /// Forwarding waits until then.
@@ -25,7 +26,7 @@ pub struct Retry {
     returned: bool,
 }
 
-impl Default for Retry {
+impl Default for Backoff {
     fn default() -> Self {
         Self {
             delay: FIRST_RETRY,
@@ -37,7 +38,7 @@ impl Default for Retry {
     }
 }
 
-impl Retry {
+impl Backoff {
     /// A batch sent at `sent_at` came back with a return that is kept.
     pub fn returned(&mut self, sent_at: Instant) {
         if self.set_at.is_none_or(|t| sent_at >= t) {
@@ -113,11 +114,6 @@ impl Engine {
     pub fn nack_retry_in(&self, now: Instant) -> Duration {
         self.nacked.retry_in(now)
     }
-
-    /// The retry state after returns, for checks.
-    pub fn unroutable_retry(&self) -> &Retry {
-        &self.unroutable
-    }
 }
 
 #[cfg(test)]
@@ -129,7 +125,7 @@ mod tests {
     #[test]
     fn the_wait_doubles_up_to_the_cap_and_resets() {
         let max = Duration::from_secs(10);
-        let mut r = Retry::default();
+        let mut r = Backoff::default();
         let mut now = Instant::now();
         let mut waits = Vec::new();
         for _ in 0..7 {
