@@ -297,6 +297,8 @@ fn connect_with_arguments_switches_the_target() {
     let srv = start(Kind::Redis, &first, &["ALL"]);
     srv.set_keys(&["one"]);
     first.expect_at_least(1, T);
+    // Nothing in flight to the first target when the module switches.
+    wait_for("one confirmed", T, || srv.stat("events_confirmed") == 1);
     let mut args = vec!["key_evt_amqp.connect".to_string()];
     args.extend(second.args(1));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -308,7 +310,8 @@ fn connect_with_arguments_switches_the_target() {
         .map(|m| m.key())
         .collect();
     assert_eq!(keys, ["two"]);
-    first.expect_quiet(Duration::from_millis(200));
+    second.expect_nothing_before(&srv, "sentinel", T);
+    first.expect_nothing_more(&srv, T);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use common::amqp::Sink;
 use common::args::ModuleArgs;
 use common::proxy::Proxy;
 use common::server::{module_path, Kind, Server};
-use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl, wait_for};
+use common::{amqp_port, main_broker, rabbitmqctl, unique, wait_for};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -71,8 +71,8 @@ fn settings_are_configs_and_survive_config_rewrite() {
         srv.set_keys(&["a1", "b1"]);
         let got = b.expect_at_least(1, T).to_vec();
         assert_eq!(got[0].key(), "b1", "{kind:?}");
-        b.expect_quiet(Duration::from_millis(300));
-        a.expect_quiet(Duration::from_millis(100));
+        b.expect_nothing_before(&srv, "b-sentinel", T);
+        a.expect_nothing_more(&srv, T);
         assert!(
             a.received.is_empty(),
             "{kind:?}: the old exchange got events"
@@ -124,10 +124,9 @@ fn bad_config_values_are_refused_and_change_nothing() {
 #[test]
 fn module_loadex_keeps_the_password_out_of_module_list() {
     const SECRET: &str = "Pw-only-in-config";
-    let user = format!("kea-cfg-{}", std::process::id());
+    let user = unique("kea-cfg");
     let user = user.as_str();
-    let _g = fault_lock();
-    let (port, node) = fault_broker();
+    let (port, node) = main_broker();
     // A broker user whose password only the config carries.
     rabbitmqctl(&node, &["add_user", user, SECRET]);
     rabbitmqctl(&node, &["set_permissions", user, ".*", ".*", ".*"]);
@@ -176,9 +175,8 @@ fn module_loadex_keeps_the_password_out_of_module_list() {
 
 #[test]
 fn events_flow_into_a_vhost() {
-    let _g = fault_lock();
-    let (port, node) = fault_broker();
-    let vhost = format!("kea-vh-{}", std::process::id());
+    let (port, node) = main_broker();
+    let vhost = unique("kea-vh");
     rabbitmqctl(&node, &["add_vhost", &vhost]);
     rabbitmqctl(
         &node,
@@ -266,9 +264,8 @@ fn slowlog(srv: &Server) -> String {
 /// only it), and SLOWLOG never shows it.
 #[test]
 fn a_password_set_by_config_set_stays_out_of_slowlog() {
-    let _g = fault_lock();
-    let (port, node) = fault_broker();
-    let user = format!("kea-pw-{}", std::process::id());
+    let (port, node) = main_broker();
+    let user = unique("kea-pw");
     let (pw1, pw2) = ("Pw1-only-here", "Pw2-only-here");
     rabbitmqctl(&node, &["add_user", &user, pw1]);
     rabbitmqctl(&node, &["set_permissions", &user, ".*", ".*", ".*"]);
@@ -455,9 +452,11 @@ fn a_multi_config_set_reconnects_at_most_once() {
         "3",
     ]);
     assert!(refused.is_err());
+    // k1 is the sentinel: the module applies new broker settings in the
+    // tick before it sends what came after them, so a connection the
+    // refused CONFIG SET made would have carried k1 and been counted.
     srv.set_keys(&["k1"]);
     sink.expect_at_least(2, T);
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         (a.accepted(), b.accepted()),
         (1, 0),
@@ -475,8 +474,9 @@ fn a_multi_config_set_reconnects_at_most_once() {
     ])
     .unwrap();
     wait_for("connected through proxy b", T, || b.accepted() == 1);
+    // k2, sent after the settings changed, is the sentinel for the
+    // connections they caused.
     srv.set_keys(&["k2"]);
     sink.expect_at_least(3, T);
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!((a.accepted(), b.accepted()), (1, 1), "connections made");
 }

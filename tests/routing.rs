@@ -8,7 +8,7 @@ use common::amqp::Sink;
 use common::args::ModuleArgs;
 use common::msg::check_sequence;
 use common::server::{Kind, Server};
-use common::{amqp_port, fault_broker, fault_lock, rabbitmqctl, wait_for};
+use common::{amqp_port, main_broker, rabbitmqctl, wait_for};
 use lapin::types::{AMQPValue, FieldTable};
 use std::time::Duration;
 
@@ -263,16 +263,18 @@ fn headers_app_id_and_a_routing_key_template() {
 
 #[test]
 fn each_node_names_its_connection() {
-    let _g = fault_lock();
-    let (port, node) = fault_broker();
+    let (port, node) = main_broker();
     let mut sink = Sink::new(port);
     let srv = Server::start(Kind::Redis, &ModuleArgs::new(&sink).build(), &[]);
     srv.set_keys(&["k0"]);
-    sink.expect_at_least(1, T);
+    // The `node` header names this process alone (its port and a random
+    // tag), so the shared broker's other connections cannot match.
+    let tag = sink.expect_at_least(1, T)[0].headers["node"].clone();
+    assert!(tag.starts_with(&format!("{}/", srv.port)), "node {tag}");
     let list = rabbitmqctl(&node, &["list_connections", "client_properties"]);
     assert!(
-        list.contains(&format!("key_evt_amqp {}/", srv.port)),
-        "connection name not found in: {list}"
+        list.contains(&format!("key_evt_amqp {tag}")),
+        "connection name 'key_evt_amqp {tag}' not found in: {list}"
     );
 }
 

@@ -12,6 +12,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::time::{Duration, Instant};
 
 pub use super::msg::Msg;
+use super::server::Server;
 
 fn to_msg(d: &lapin::message::Delivery) -> Msg {
     let p = &d.properties;
@@ -348,10 +349,68 @@ impl Sink {
         &self.received
     }
 
-    /// Drains for a short quiet period and asserts nothing more arrives.
-    pub fn expect_quiet(&mut self, quiet: Duration) {
+    /// Proves that nothing more is on its way, without a quiet period:
+    /// writes `sentinel` on `srv` (a SET, so the module must forward string
+    /// events of that key), waits until it arrives, and asserts that nothing
+    /// else arrived since the last drain. See [`Sink::expect_only_sentinels`].
+    pub fn expect_nothing_before(&mut self, srv: &Server, sentinel: &str, timeout: Duration) {
+        srv.set_keys(&[sentinel]);
+        self.expect_only_sentinels(&[sentinel], timeout);
+    }
+
+    /// The sentinels (one key per node, each written by the caller after
+    /// everything else it expects from that node) arrive, and nothing else
+    /// arrived since the last drain. Delivery is in order per node, so once a
+    /// node's sentinel is in, every event that node forwarded before it is
+    /// in too: what the queue holds then is exact, where a quiet period only
+    /// guesses. Removes the first arrival of each sentinel from `received`,
+    /// so that the caller's counts see only its own events.
+    pub fn expect_only_sentinels<S: AsRef<str>>(&mut self, sentinels: &[S], timeout: Duration) {
+        let mark = self.received.len();
+        let start = Instant::now();
+        let keys = |s: &Self| -> Vec<String> { s.received[mark..].iter().map(Msg::key).collect() };
+        while !sentinels
+            .iter()
+            .all(|k| keys(self).iter().any(|got| got == k.as_ref()))
+        {
+            if self.drain() == 0 {
+                assert!(
+                    start.elapsed() < timeout,
+                    "timed out after {timeout:?}: sentinels {:?}, arrived since: {:?}",
+                    sentinels.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+                    keys(self)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let extra: Vec<&Msg> = self.received[mark..]
+            .iter()
+            .filter(|m| !sentinels.iter().any(|k| m.key() == k.as_ref()))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "unexpected messages before the sentinels {:?}: {extra:?}",
+            sentinels.iter().map(AsRef::as_ref).collect::<Vec<_>>()
+        );
+        for k in sentinels {
+            if let Some(i) = self.received[mark..]
+                .iter()
+                .position(|m| m.key() == k.as_ref())
+            {
+                self.received.remove(mark + i);
+            }
+        }
+    }
+
+    /// Nothing more reached this sink (one `srv` no longer sends to) once
+    /// `srv` has every event it accepted confirmed: a confirm means the
+    /// broker has the event in its queues, so one sent here by mistake would
+    /// be in this queue by then.
+    pub fn expect_nothing_more(&mut self, srv: &Server, timeout: Duration) {
+        super::wait_for("every accepted event confirmed", timeout, || {
+            srv.stat("events_confirmed") == srv.stat("events_accepted")
+        });
         let before = self.received.len();
-        std::thread::sleep(quiet);
         self.drain();
         assert_eq!(
             self.received.len(),

@@ -157,6 +157,25 @@ impl Cluster {
         map
     }
 
+    /// One key per master, each in a slot that master owns now: written
+    /// after everything else a test expects, they are the sentinels of
+    /// [`Sink::expect_only_sentinels`](super::amqp::Sink::expect_only_sentinels).
+    pub fn sentinels(&self, prefix: &str) -> Vec<String> {
+        let map = self.slot_map();
+        let mut masters: Vec<usize> = map.iter().copied().filter(|&n| n != usize::MAX).collect();
+        masters.sort_unstable();
+        masters.dedup();
+        masters
+            .into_iter()
+            .map(|m| {
+                (0..)
+                    .map(|i| format!("{prefix}{i}"))
+                    .find(|k| map[usize::from(key_slot(k.as_bytes()))] == m)
+                    .expect("a key in one of the master's slots")
+            })
+            .collect()
+    }
+
     /// SETs every key on the node that owns it, in pipelines, retrying through
     /// redirects and failovers; returns the keys whose write was acknowledged.
     pub fn set_keys(&self, keys: &[String]) -> Vec<String> {

@@ -115,6 +115,40 @@ pub fn fault_broker() -> (u16, String) {
     (port, name)
 }
 
+/// The shared broker: its port and its node name for `scripts/rabbitmq ctl`
+/// (`KEA_MAIN_NODE`, which `scripts/test` exports; otherwise the node of
+/// `.deps/rabbitmq` that listens on the port). Tests that only add users,
+/// vhosts or read connections use it, each with names of its own
+/// ([`unique`]): it is never stopped, paused or alarmed.
+pub fn main_broker() -> (u16, String) {
+    let port = amqp_port();
+    let name = std::env::var("KEA_MAIN_NODE").unwrap_or_else(|_| node_at(port));
+    (port, name)
+}
+
+/// The `scripts/rabbitmq` name of the node listening on `port`.
+fn node_at(port: u16) -> String {
+    let names = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.deps/rabbitmq"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for name in names {
+        let Ok(out) = try_rabbitmqctl(
+            &name,
+            &["eval", "application:get_env(rabbit, tcp_listeners)."],
+        ) else {
+            continue;
+        };
+        if out.contains(&port.to_string()) {
+            return name;
+        }
+    }
+    panic!("no node of .deps/rabbitmq listens on {port}");
+}
+
 /// Runs `scripts/rabbitmq ctl NODE args...`: its stdout, or its stderr
 /// (or why it could not run) when it fails. Bounded by the script's limit
 /// (`KEA_CTL_TIMEOUT`, 180 s unless the environment says otherwise).
