@@ -184,11 +184,8 @@ fn manual_failover_under_write_load_delivers_everything() {
 /// events per master can break.
 const WINDOW: i64 = 64;
 const BATCH: i64 = 16;
-/// The most a node may hold in flight. A batch taken from the queue is sent
-/// whole while fewer than `WINDOW` are in flight (src/engine/forward.rs; the
-/// list's batches are cut to fit), so the window can overshoot by a batch
-/// less one.
-const IN_FLIGHT_MAX: i64 = WINDOW + BATCH - 1;
+/// The most a node may hold in flight: the window (batches are cut to fit it).
+const IN_FLIGHT_MAX: i64 = WINDOW;
 
 #[test]
 fn master_killed_then_automatic_failover_loses_at_most_the_window() {
@@ -219,7 +216,7 @@ fn master_killed_then_automatic_failover_loses_at_most_the_window() {
     let held = stat(&at_kill, "inflight");
     assert!(
         held <= IN_FLIGHT_MAX,
-        "{held} events in flight, over the window of {WINDOW} and a batch of {BATCH}"
+        "{held} events in flight, over the window of {WINDOW}"
     );
     wait_for("replica promoted", T, || {
         text(&c.nodes[r], &["INFO", "replication"]).contains("role:master")

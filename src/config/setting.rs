@@ -161,7 +161,22 @@ impl Setting {
             Self::RoutingKey => Some(6),
             Self::DeliveryMode => Some(7),
             Self::FallbackSize => Some(8),
-            _ => None,
+            Self::Vhost
+            | Self::Keymasks
+            | Self::Tls
+            | Self::TlsCaFile
+            | Self::Headers
+            | Self::Uri
+            | Self::HostOrder
+            | Self::TlsCertFile
+            | Self::TlsKeyFile
+            | Self::TlsServerName
+            | Self::TlsVerify
+            | Self::AuthMechanism
+            | Self::Format
+            | Self::Values
+            | Self::ValueMaxBytes
+            | Self::CloudEvents => None,
         }
     }
 
@@ -207,13 +222,24 @@ impl Setting {
             Value::Text(b) => b.clone(),
             Value::Number(n) => n.to_string().into_bytes(),
         };
-        if let Some(i) = self.position() {
-            let mut args = positional(s);
-            args[i] = bytes;
-            return s.with_args(&args);
-        }
         let mut out = s.clone();
         match self {
+            // The positional ones are checked as their load argument is.
+            Self::Host
+            | Self::Port
+            | Self::User
+            | Self::Password
+            | Self::Heartbeat
+            | Self::Exchange
+            | Self::RoutingKey
+            | Self::DeliveryMode
+            | Self::FallbackSize => {
+                let mut args = positional(s);
+                if let Some(i) = self.position() {
+                    args[i] = bytes;
+                }
+                return s.with_args(&args);
+            }
             Self::Vhost => out.amqp.vhost = text("vhost", &bytes)?,
             Self::Tls => out.amqp.tls = parse_yes_no("tls", &bytes)?,
             Self::TlsCaFile => out.amqp.tls_ca_file = text("tls-ca-file", &bytes)?,
@@ -271,7 +297,7 @@ impl Setting {
                         reason: "must be 0..536870912",
                     })?
             }
-            _ => {
+            Self::Keymasks => {
                 let masks =
                     crate::keymask::text::split(&bytes).map_err(|e| ConfigError::Invalid {
                         name: "keymasks",

@@ -47,30 +47,15 @@ const SLOT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Records moved from a found fallback list into ours per tick.
 const ADOPT_CHUNK: usize = 10_000;
 
-fn call_text(ctx: &Context, cmd: &str, args: &[&str]) -> Option<String> {
-    match ctx.call_ext::<_, CallResult>(cmd, &read_opts(), args) {
-        Ok(CallReply::String(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        Ok(CallReply::VerbatimString(v)) => v
-            .as_parts()
-            .map(|(_, b)| String::from_utf8_lossy(b).into_owned()),
-        _ => None,
-    }
-}
-
 /// Whether a fallback list (or anything) exists under `key`, read through
 /// the key API, which no cluster state refuses (an `EXISTS` in a slot
 /// being migrated answers ASK); `None` when the API is missing.
 fn exists(ctx: &Context, key: &str) -> Option<bool> {
-    match crate::host::list::local_list_len(ctx, key.as_bytes()) {
+    match crate::host::rawkey::local_list_len(ctx, key.as_bytes()) {
         Some(n) => Some(n > 0),
         // A value of another type: something is there.
         None => Some(true),
     }
-}
-
-/// `CLUSTER NODES`, as text.
-pub fn nodes_text(ctx: &Context) -> Option<String> {
-    call_text(ctx, "CLUSTER", &["NODES"])
 }
 
 /// How soon slot ownership is read again after a look that failed.
@@ -90,7 +75,7 @@ pub fn refresh(ctx: &Context, st: &mut state::State, force: bool) {
     if st.slots.tags.is_empty() {
         st.slots.tags = slots::canonical_tags();
     }
-    let Some(nodes) = nodes_text(ctx) else {
+    let Some(nodes) = crate::host::moves::nodes_text(ctx) else {
         return;
     };
     crate::host::moves::read_view(st, &nodes);
@@ -195,7 +180,7 @@ pub fn check_list_moved(ctx: &Context, st: &mut state::State) {
     if !known || list.unknown {
         return;
     }
-    if crate::host::list::local_list_len(ctx, st.list_key.key.as_bytes()) == Some(0) {
+    if crate::host::rawkey::local_list_len(ctx, st.list_key.key.as_bytes()) == Some(0) {
         refresh(ctx, st, true);
     }
 }

@@ -29,6 +29,7 @@ pub fn apply(ctx: &Context, cmd: &Command) -> Result<(), String> {
         // What a `CONFIG SET` staged is older than this change.
         configs::forget_pending();
         st.use_settings(settings, action);
+        crate::host::values::follow_settings(st);
         timer::arm(ctx, st);
         Ok(())
     })

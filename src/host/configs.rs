@@ -97,6 +97,7 @@ fn apply_pending() -> Result<(), String> {
     state::with(|st| {
         let action = LinkAction::after(st.engine.settings(), &new);
         st.use_settings(new, action);
+        values::follow_settings(st);
     })
     .ok_or_else(|| "module state is busy".to_string())
 }

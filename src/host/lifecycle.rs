@@ -148,7 +148,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         "key_evt_amqp: loaded; events '{types}', broker {}, exchange '{}', routing key '{}', fallback list '{key}', node tag {tag}",
         crate::endpoint::addresses(&settings.amqp).join(","), settings.amqp.exchange, settings.amqp.routing_key
     ));
-    let limits = crate::host::timer::limits();
+    let limits = crate::host::limits::now();
     let mut engine = Engine::new(settings, master, Intake::new(&tag, &base, limits.batch), limits);
     engine.set_loading(flags.contains(ContextFlags::LOADING));
     if !notify::subscribe(ctx, types.0) {

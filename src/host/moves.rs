@@ -12,8 +12,9 @@
 //! to.
 
 use crate::host::state::{self, State};
-use crate::host::{cluster, guard};
-use redis_module::{raw, Context};
+use crate::host::guard;
+use crate::host::list::read_opts;
+use redis_module::{raw, CallReply, CallResult, Context};
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -220,6 +221,17 @@ fn migrate_named(key: &[u8]) -> bool {
             .is_ok_and(|k| k.iter().any(|n| n.as_slice() == key))
 }
 
+/// `CLUSTER NODES`, as text (`None` when the server does not answer).
+pub fn nodes_text(ctx: &Context) -> Option<String> {
+    match ctx.call_ext::<_, CallResult>("CLUSTER", &read_opts(), &["NODES"]) {
+        Ok(CallReply::String(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Ok(CallReply::VerbatimString(v)) => v
+            .as_parts()
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
 /// Forgets every migration (a node became a master).
 pub fn forget(st: &mut State) {
     st.moves.clear();
@@ -254,7 +266,7 @@ pub fn is_move(ctx: &Context, st: &mut State, event: &[u8], key: &[u8]) -> bool 
         _ => false,
     };
     if legacy && VIEW_STALE.load(Ordering::Relaxed) {
-        if let Some(nodes) = cluster::nodes_text(ctx) {
+        if let Some(nodes) = nodes_text(ctx) {
             read_view(st, &nodes);
         }
     }

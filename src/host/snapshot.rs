@@ -18,43 +18,11 @@ use crate::engine::{Accepted, Origin};
 use crate::host::state::State;
 use crate::host::{deferred, outbox, values};
 use crate::json::Values;
-use crate::snapshot::{Phase, Request, Walk};
+use crate::host::scan::Cursor;
+use crate::snapshot::{Phase, Request};
 use redis_module::{raw, Context, RedisString};
 use std::os::raw::{c_int, c_void};
 use std::time::{Duration, Instant};
-
-/// The scan cursor of the database being walked (destroyed on drop).
-#[derive(Debug)]
-pub struct Cursor(*mut raw::RedisModuleScanCursor);
-
-impl Cursor {
-    fn new() -> Option<Self> {
-        // SAFETY: a plain constructor of the server.
-        let c = unsafe { raw::RedisModule_ScanCursorCreate.map(|f| f()) }?;
-        (!c.is_null()).then_some(Self(c))
-    }
-}
-
-impl Drop for Cursor {
-    fn drop(&mut self) {
-        // SAFETY: the cursor made in `new`, destroyed once.
-        unsafe {
-            if let Some(destroy) = raw::RedisModule_ScanCursorDestroy {
-                destroy(self.0);
-            }
-        }
-    }
-}
-
-/// The walk and its cursor.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Where the walk stands.
-    pub walk: Walk,
-    cursor: Option<Cursor>,
-    /// The scan of the current database returned its last keys.
-    scanned: bool,
-}
 
 /// How many databases the server has (`CONFIG GET databases`).
 fn databases(ctx: &Context) -> i32 {
@@ -216,7 +184,7 @@ fn exists(ctx: &Context, keyobj: *mut raw::RedisModuleString) -> bool {
         ) else {
             return false;
         };
-        let kp = open(ctx.ctx, keyobj, values::OPEN);
+        let kp = open(ctx.ctx, keyobj, crate::host::image::OPEN);
         if kp.is_null() {
             return false;
         }

@@ -36,7 +36,7 @@ pub struct State {
     /// Cluster only: the slot migrations touching this node.
     pub moves: crate::moves::Moves,
     /// The snapshot walk (`key_evt_amqp.snapshot`).
-    pub snapshot: crate::host::snapshot::Snapshot,
+    pub snapshot: crate::host::scan::Snapshot,
 }
 
 thread_local! {
@@ -92,7 +92,7 @@ impl State {
             self.snapshot
                 .walk
                 .running()
-                .then(|| crate::host::timer::limits().flush_interval)
+                .then(|| crate::host::limits::now().flush_interval)
         })
     }
 
@@ -105,9 +105,5 @@ impl State {
     /// connection (commands and `CONFIG SET` both come here).
     pub fn use_settings(&mut self, settings: Settings, action: LinkAction) {
         self.engine.use_settings(settings, action, &mut self.client);
-        crate::host::values::follow(crate::host::values::wanted(
-            self.engine.settings(),
-            self.engine.is_loading(),
-        ));
     }
 }

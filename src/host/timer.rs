@@ -2,11 +2,6 @@
 //! [`Engine::tick`](crate::engine::Engine::tick) against the Redis list and
 //! the AMQP client. It never waits on the network.
 
-use crate::config::{
-    Unroutable, BATCH_SIZE, BURST_MAX_MS, BURST_RATE, FLUSH_INTERVAL_MS, INFLIGHT_MAX,
-    ON_UNROUTABLE, QUEUE_MAX_BYTES, QUEUE_MAX_EVENTS, UNROUTABLE_RETRY_MAX_MS,
-};
-use crate::engine::Limits;
 use crate::host::guard;
 
 use crate::host::list::RedisList;
@@ -19,10 +14,6 @@ use std::time::{Duration, Instant};
 /// module holds no timer, and `MODULE UNLOAD` reaches the module's own
 /// answer), and at `hz` below 10 idle ticks come once per cron.
 pub const IDLE_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Records one tick spills beyond what arrived since the last tick while
-/// the broker is unreachable (a few ms of `RPUSH` on the main thread).
-const SPILL_CHUNK: usize = 16_384;
 
 fn on_timer(ctx: &Context, _: ()) {
     state::with(|st| st.timer = None);
@@ -55,25 +46,6 @@ pub fn on_cron(ctx: &Context, st: &mut State) {
     if due || st.busy() {
         st.timer_fast = st.busy();
         st.timer = Some(ctx.create_timer(Duration::ZERO, on_timer, ()));
-    }
-}
-
-/// The tunables as they are now: one snapshot per tick, so that every
-/// layer sees a setting at the same moment.
-pub fn limits() -> Limits {
-    let queue_max_bytes = QUEUE_MAX_BYTES.get_usize();
-    Limits {
-        window: INFLIGHT_MAX.get_usize(),
-        batch: BATCH_SIZE.get_usize().max(1),
-        queue_max_events: QUEUE_MAX_EVENTS.get_usize(),
-        queue_max_bytes,
-        burst_rate: BURST_RATE.get(),
-        burst_max: Duration::from_millis(BURST_MAX_MS.get().unsigned_abs()),
-        on_unroutable: ON_UNROUTABLE.lock().map_or(Unroutable::Store, |p| *p),
-        unroutable_retry_max: Duration::from_millis(UNROUTABLE_RETRY_MAX_MS.get().unsigned_abs()),
-        spill_chunk: SPILL_CHUNK,
-        hard_limit_bytes: crate::engine::intake::hard_limit_bytes(queue_max_bytes),
-        flush_interval: Duration::from_millis(FLUSH_INTERVAL_MS.get().unsigned_abs()),
     }
 }
 
@@ -131,7 +103,7 @@ pub fn tick(ctx: &Context, st: &mut State) {
         crate::host::cluster::adopt(ctx, st);
     }
     let mut list = RedisList::new(ctx, &mut st.list_key).in_unit();
-    let todo = st.engine.tick(&mut list, &mut st.client, &limits(), now);
+    let todo = st.engine.tick(&mut list, &mut st.client, &crate::host::limits::now(), now);
     crate::host::cluster::after_list_writes(ctx, st, todo, false);
     crate::host::snapshot::step(ctx, st);
     crate::host::deferred::drain(ctx, st);
