@@ -169,7 +169,6 @@ impl Rotation {
 mod tests {
     use super::*;
 
-
     #[test]
     fn the_uri_wins_and_the_settings_fill_in() {
         let mut a = AmqpSettings {
@@ -249,5 +248,4 @@ mod tests {
         assert_eq!(HostOrder::parse(b"random"), Some(HostOrder::Random));
         assert_eq!(HostOrder::parse(b"x"), None);
     }
-
 }

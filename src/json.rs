@@ -5,8 +5,9 @@
 //! Bytes (keys, values, fields, members) are a JSON string when they are
 //! valid UTF-8, else `{"base64": "..."}`. A value image is
 //! `{"type": T, "value": V}`, or `{"type": T, "omitted": "type"}` for a
-//! stream or module type, or `{"type": T, "omitted": "size", "size": N}`
-//! when it is over the cap (see [`Image`]).
+//! stream or module type, `{"type": T, "omitted": "size", "size": N}`
+//! when it is over the cap (see [`Image`]), or `{"type": T, "omitted":
+//! "unreadable"}` when the server does not let it be read safely.
 
 /// What the message body looks like (`key_evt_amqp.format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -236,6 +237,13 @@ pub fn push_omitted_type(out: &mut Vec<u8>, kind: Kind) {
     out.extend_from_slice(b",\"omitted\":\"type\"}");
 }
 
+/// Appends `{"type":T,"omitted":"unreadable"}`: a value the server does not
+/// let the module read safely where it was to be read.
+pub fn push_omitted_unreadable(out: &mut Vec<u8>, kind: Kind) {
+    push_type(out, kind);
+    out.extend_from_slice(b",\"omitted\":\"unreadable\"}");
+}
+
 /// Appends `{"type":T,"omitted":"size","size":N}`: a value over the cap.
 pub fn push_omitted_size(out: &mut Vec<u8>, kind: Kind, size: u64) {
     push_type(out, kind);
@@ -440,6 +448,10 @@ mod tests {
         assert_eq!(
             s(|o| push_omitted_type(o, Kind::Stream)),
             r#"{"type":"stream","omitted":"type"}"#
+        );
+        assert_eq!(
+            s(|o| push_omitted_unreadable(o, Kind::String)),
+            r#"{"type":"string","omitted":"unreadable"}"#
         );
         let hash = s(|o| {
             o.extend_from_slice(b"x");

@@ -41,4 +41,3 @@ impl Tunable {
         usize::try_from(self.get()).unwrap_or(0)
     }
 }
-

@@ -288,12 +288,8 @@ impl World {
         }
         let arrived = self.engine.stats().accepted - self.accepted_at_tick;
         self.accepted_at_tick = self.engine.stats().accepted;
-        let down = |e: &Engine| {
-            matches!(
-                e.link().name(),
-                "reconnecting" | "blocked" | "disconnected"
-            )
-        };
+        let down =
+            |e: &Engine| matches!(e.link().name(), "reconnecting" | "blocked" | "disconnected");
         let before = (
             self.engine.queue_len(),
             down(&self.engine),
@@ -498,8 +494,8 @@ impl World {
                 self.limits.burst_max = Duration::from_millis(if on { 400 } else { 0 });
             }
             Op::Policy(p) => {
-                self.limits.on_unroutable = [Unroutable::Store, Unroutable::Drop, Unroutable::Count]
-                    [usize::from(p) % 3];
+                self.limits.on_unroutable =
+                    [Unroutable::Store, Unroutable::Drop, Unroutable::Count][usize::from(p) % 3];
             }
             Op::Fallback(f) => {
                 let settings = Settings {
@@ -547,7 +543,8 @@ impl World {
         // Returned under `drop`: settled (so counted) once their outcome
         // was collected; those still waiting in the broker's outcomes not yet.
         let returned_dropped = st.dropped_unroutable;
-        let returned_dropped_seen = self.broker.returned_for_good.iter().filter(|r| r.1).count() as u64;
+        let returned_dropped_seen =
+            self.broker.returned_for_good.iter().filter(|r| r.1).count() as u64;
         prop_assert!(
             returned_dropped <= returned_dropped_seen,
             "{returned_dropped} counted as returned and dropped, the broker returned {returned_dropped_seen} under `drop`"
@@ -686,7 +683,11 @@ fn cases() -> u32 {
         .unwrap_or(10_000)
 }
 
-fn run(cases: u32, ops: impl Strategy<Value = Vec<Op>>, check: impl Fn(&mut World, &Op) -> Result<(), TestCaseError>) {
+fn run(
+    cases: u32,
+    ops: impl Strategy<Value = Vec<Op>>,
+    check: impl Fn(&mut World, &Op) -> Result<(), TestCaseError>,
+) {
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
@@ -706,22 +707,18 @@ fn run(cases: u32, ops: impl Strategy<Value = Vec<Op>>, check: impl Fn(&mut Worl
 
 #[test]
 fn engine_keeps_its_promises() {
-    run(
-        cases(),
-        proptest::collection::vec(op(), 1..120),
-        |w, op| {
-            let unwritable = w.engine.stats().dropped_unwritable;
-            w.check()?;
-            // A write refused because the list's slot is being migrated
-            // (ASK) drops nothing: the records wait in memory (but at
-            // SHUTDOWN, when memory is about to go).
-            let only_misplaced = w.list.misplaced && !w.list.refuse_writes && w.engine.is_master();
-            if only_misplaced && !matches!(op, Op::RoleFlip | Op::RefuseWrites(_) | Op::Shutdown) {
-                prop_assert_eq!(w.engine.stats().dropped_unwritable, unwritable, "{:?}", op);
-            }
-            Ok(())
-        },
-    );
+    run(cases(), proptest::collection::vec(op(), 1..120), |w, op| {
+        let unwritable = w.engine.stats().dropped_unwritable;
+        w.check()?;
+        // A write refused because the list's slot is being migrated
+        // (ASK) drops nothing: the records wait in memory (but at
+        // SHUTDOWN, when memory is about to go).
+        let only_misplaced = w.list.misplaced && !w.list.refuse_writes && w.engine.is_master();
+        if only_misplaced && !matches!(op, Op::RoleFlip | Op::RefuseWrites(_) | Op::Shutdown) {
+            prop_assert_eq!(w.engine.stats().dropped_unwritable, unwritable, "{:?}", op);
+        }
+        Ok(())
+    });
 }
 
 /// Without faults, every event arrives once, in order, and nothing is dropped.
@@ -825,7 +822,8 @@ fn foreign_writes_are_covered_by_the_counters() {
             let delivered: HashSet<u64> = w.broker.delivered.iter().copied().collect();
             let missing = (0..w.next_id).filter(|i| !delivered.contains(i)).count() as u64;
             prop_assert!(
-                missing <= st.dropped + st.lost.max(popped) + w.broker.returned_for_good.len() as u64,
+                missing
+                    <= st.dropped + st.lost.max(popped) + w.broker.returned_for_good.len() as u64,
                 "{missing} never arrived; {} dropped, {} lost, {popped} popped",
                 st.dropped,
                 st.lost
@@ -860,7 +858,15 @@ fn every_drop_reason_is_exercised() {
             seen.insert("Unroutable".into());
         }
     }
-    for why in [DropReason::Cap, DropReason::Disabled, DropReason::Unwritable, DropReason::Unroutable] {
-        assert!(seen.contains(&format!("{why:?}")), "{why:?} never exercised: {seen:?}");
+    for why in [
+        DropReason::Cap,
+        DropReason::Disabled,
+        DropReason::Unwritable,
+        DropReason::Unroutable,
+    ] {
+        assert!(
+            seen.contains(&format!("{why:?}")),
+            "{why:?} never exercised: {seen:?}"
+        );
     }
 }

@@ -147,6 +147,12 @@ fn before_and_after(kind: Kind) {
     settle(&srv, &mut sink);
     let msgs = &sink.received;
     let s = |v: &str| image("string", json!(v));
+    // A string replaced by a write: not read on Valkey 8.1+ (see
+    // `overwrites_while_the_keyspace_grows_keep_valkey_up`).
+    let replaced = |v: &str| match kind {
+        Kind::Valkey => json!({"type": "string", "omitted": "unreadable"}),
+        _ => s(v),
+    };
 
     // A string set, then overwritten.
     let first = one(msgs, "set", "s", 0);
@@ -155,7 +161,7 @@ fn before_and_after(kind: Kind) {
     let second = one(msgs, "set", "s", 1);
     assert_eq!(
         (&second["before"], &second["after"]),
-        (&s("v1"), &s("v2")),
+        (&replaced("v1"), &s("v2")),
         "{kind:?}"
     );
     assert_eq!(second["db"], 0);
@@ -219,7 +225,10 @@ fn before_and_after(kind: Kind) {
         assert_eq!(sets.len(), 2, "{kind:?} {key}");
         assert_eq!(sets[0]["after"], s(a));
         assert!(sets[0].get("before").is_none());
-        assert_eq!((&sets[1]["before"], &sets[1]["after"]), (&s(a), &s(b)));
+        assert_eq!(
+            (&sets[1]["before"], &sets[1]["after"]),
+            (&replaced(a), &s(b))
+        );
         assert_eq!(one(msgs, "del", key, 0)["before"], s(b), "{kind:?} {key}");
     }
     // Expiry, lazy and active, and eviction carry the value that went.
@@ -253,6 +262,60 @@ fn before_and_after_images_on_redis8_and_valkey() {
             s.spawn(move || before_and_after(kind));
         }
     });
+}
+
+/// Valkey 8.1+ keeps its keyspace in a hash table that every lookup
+/// rehashes one step further while it grows. The key event of an overwrite
+/// fires while the server holds a reference into that table; reading a
+/// small string there (`RedisModule_StringDMA` replaces it through a second
+/// lookup) left the server on a stale reference, and Valkey 9.1.2 crashed
+/// ("Unknown object type") within the first 4,000 writes of this workload
+/// in 5 runs of 5: each new key is followed by an overwrite of a key picked
+/// among all the existing ones. The module no longer reads a string in an
+/// overwrite's key event there.
+#[test]
+fn overwrites_while_the_keyspace_grows_keep_valkey_up() {
+    let sink = Sink::new(amqp_port());
+    // Class `g` only: the SETs send nothing, but the key event still reads.
+    let srv = Server::start(
+        Kind::Valkey,
+        &ModuleArgs::new(&sink).types("g").build(),
+        &[
+            ("key_evt_amqp.format", "json"),
+            ("key_evt_amqp.values", "both"),
+        ],
+    );
+    let mut c = srv.conn();
+    let n = 200_000usize;
+    let mut want = vec![String::new(); n];
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for chunk in 0..n / 1000 {
+        let mut p = redis::pipe();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            want[i] = "x".into();
+            p.cmd("SET").arg(format!("k:{i}")).arg("x").ignore();
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let j = (seed >> 33) as usize % (i + 1);
+            want[j] = format!("v{i}");
+            p.cmd("SET").arg(format!("k:{j}")).arg(&want[j]).ignore();
+        }
+        p.query::<()>(&mut c).unwrap_or_else(|e| {
+            panic!(
+                "the server went away within {} writes: {e}\n{}",
+                (chunk + 1) * 2000,
+                srv.log()
+            )
+        });
+    }
+    for (chunk, w) in want.chunks(1000).enumerate() {
+        let keys: Vec<String> = (0..w.len())
+            .map(|i| format!("k:{}", chunk * 1000 + i))
+            .collect();
+        let got: Vec<String> = redis::cmd("MGET").arg(&keys).query(&mut c).unwrap();
+        assert_eq!(got, w, "keys {}..", chunk * 1000);
+    }
 }
 
 /// After-images of commands that reply with (and propagate) the value they
@@ -502,9 +565,15 @@ fn outbox_restart(kind: Kind) {
     assert_eq!(msgs[0].body, b"0\nset\na");
     let s = |v: &str| image("string", json!(v));
     let set = one(msgs, "set", "a", 0);
+    // A replaced string is not read on Valkey 8.1+ (see
+    // `overwrites_while_the_keyspace_grows_keep_valkey_up`).
+    let before = match kind {
+        Kind::Valkey => json!({"type": "string", "omitted": "unreadable"}),
+        _ => s("1"),
+    };
     assert_eq!(
         (&set["before"], &set["after"]),
-        (&s("1"), &s("2")),
+        (&before, &s("2")),
         "{kind:?}"
     );
     assert_eq!(

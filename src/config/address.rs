@@ -256,7 +256,6 @@ pub fn parse_uri_list(s: &str) -> Result<Vec<UriEntry>, String> {
         .collect()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,7 +287,6 @@ mod tests {
         assert_eq!(address("::1", 5672), "[::1]:5672");
         assert_eq!(address("h", 1), "h:1");
     }
-
 
     #[test]
     fn uris_follow_the_rabbitmq_spec() {
@@ -343,7 +341,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn uri_lists_split_before_each_scheme() {
         let l = parse_uri_list("amqp://u:a,b@h1, amqps://h2:1").unwrap();
@@ -354,7 +351,6 @@ mod tests {
         let e = parse_uri_list("amqp://u:secret@h,amqp://h/a/b").unwrap_err();
         assert!(e.contains("entry 2") && !e.contains("secret"), "{e}");
     }
-
 
     #[test]
     fn escapes_are_two_hex_digits_and_hosts_stay_plain() {

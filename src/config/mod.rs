@@ -335,12 +335,10 @@ impl Settings {
                             reason: "must not be empty",
                         });
                     }
-                    address::parse_hosts(&s.amqp.host).map_err(|reason| {
-                        ConfigError::Invalid {
-                            name: "host",
-                            value: crate::keymask::printable(v),
-                            reason,
-                        }
+                    address::parse_hosts(&s.amqp.host).map_err(|reason| ConfigError::Invalid {
+                        name: "host",
+                        value: crate::keymask::printable(v),
+                        reason,
                     })?;
                 }
                 1 => {

@@ -2,8 +2,8 @@
 //! read from and written to the same [`Settings`] that the positional load
 //! arguments and the commands change. Pure: no Redis import.
 
-use crate::config::{text, ConfigError, Secret, Settings};
 use crate::config::HostOrder;
+use crate::config::{text, ConfigError, Secret, Settings};
 use crate::json::{Format, Values};
 use crate::keymask::KeyMasks;
 

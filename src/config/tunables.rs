@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-pub use crate::knob::Tunable;
 pub use crate::keymask::KEYMASK_MAX_BYTES;
+pub use crate::knob::Tunable;
 
 /// `key_evt_amqp.flush-interval-ms`: how often the timer runs while there is work.
 pub static FLUSH_INTERVAL_MS: Tunable = Tunable::new("flush-interval-ms", 5, 1, 1000);

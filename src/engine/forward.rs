@@ -1,7 +1,7 @@
 //! Handing batches to the broker: the list first while it holds anything,
 //! the queue otherwise, up to the in-flight window.
 
-use super::{Broker, Engine, InFlight, ListWrites, Limits, Storage, SYNC_BUSY, SYNC_IDLE};
+use super::{Broker, Engine, InFlight, Limits, ListWrites, Storage, SYNC_BUSY, SYNC_IDLE};
 use crate::amqp::{Batch, Request};
 use crate::queue::Records;
 use std::sync::Arc;

@@ -29,8 +29,8 @@ mod demoted;
 mod forward;
 mod role;
 mod settle;
-mod store;
 mod states;
+mod store;
 mod tick;
 
 use crate::config::Settings;
@@ -38,12 +38,12 @@ use crate::queue::{EventQueue, Records};
 pub use broker::{Broker, LazyClient};
 pub use intake::{Accepted, DbEvent, Intake, Origin};
 pub use list::ListView;
+pub use states::{Adoption, Leftovers, Limits, Link, Load, Notice, Role};
+use states::{At, Detached, InFlight, ListWrites, Rate, Sending};
 pub use stats::{DropReason, Stats};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 pub use storage::{MemList, Storage, StoreError};
-pub use states::{Adoption, Leftovers, Limits, Link, Load, Notice, Role};
-use states::{At, Detached, InFlight, ListWrites, Rate, Sending};
 pub use tick::Todo;
 
 /// How often the real list length is read: while records are stored, and while none are.

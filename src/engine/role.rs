@@ -24,7 +24,12 @@ impl Engine {
 
     /// Puts `settings` in force and does what `action` asks of the
     /// connection (commands and `CONFIG SET` both come here).
-    pub fn use_settings(&mut self, settings: Settings, action: LinkAction, broker: &mut dyn Broker) {
+    pub fn use_settings(
+        &mut self,
+        settings: Settings,
+        action: LinkAction,
+        broker: &mut dyn Broker,
+    ) {
         self.settings = settings;
         match action {
             LinkAction::Keep => {}

@@ -1,9 +1,9 @@
 //! Outcomes from the broker side, and settling batches in order.
 
 use super::{At, Broker, Detached, DropReason, Engine, Link, Sending, Storage};
-use crate::queue::Records;
 use crate::amqp::{Outcome, Settled};
 use crate::config::Unroutable;
+use crate::queue::Records;
 
 impl Engine {
     /// Takes every outcome the broker side reported.
@@ -116,7 +116,8 @@ impl Engine {
                 match b.on_unroutable {
                     Unroutable::Count => {}
                     Unroutable::Drop => {
-                        self.stats.count_dropped(DropReason::Unroutable, returned as u64);
+                        self.stats
+                            .count_dropped(DropReason::Unroutable, returned as u64);
                         not_taken += returned;
                     }
                     Unroutable::Store => {
@@ -135,7 +136,8 @@ impl Engine {
                 // The error the AMQP side reports says the broker nacked.
                 self.nacked.returned(b.sent_at);
             }
-            self.stats.count_dropped(DropReason::Rejected, rejected as u64);
+            self.stats
+                .count_dropped(DropReason::Rejected, rejected as u64);
             let failed = acked < b.count;
             if !failed && self.sending == Sending::Open {
                 // Sent after every earlier failure and confirmed whole.
@@ -187,7 +189,10 @@ impl Engine {
         }
         // Returns go back to the head before anything newer is sent; while
         // writes are paused they wait in memory and forwarding stays halted.
-        if self.sending == Sending::Halted && self.inflight.is_empty() && (self.returns.is_empty() || !paused) {
+        if self.sending == Sending::Halted
+            && self.inflight.is_empty()
+            && (self.returns.is_empty() || !paused)
+        {
             self.sending = Sending::Open;
             self.list.head_inflight = 0;
             let returns = std::mem::take(&mut self.returns);

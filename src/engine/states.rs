@@ -224,4 +224,3 @@ pub(super) struct InFlight {
     /// must read its returns the same way.
     pub(super) on_unroutable: Unroutable,
 }
-

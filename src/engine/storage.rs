@@ -155,7 +155,6 @@ impl Storage for MemList {
     }
 
     fn dropped(&mut self, records: &Records, why: DropReason) {
-        self.drops
-            .extend(records.iter().map(|r| (r.to_vec(), why)));
+        self.drops.extend(records.iter().map(|r| (r.to_vec(), why)));
     }
 }

@@ -177,7 +177,12 @@ impl Engine {
 
     /// Drops `records` under the rule `why`: counted, and shown to the
     /// storage (see [`Storage::dropped`]).
-    pub(super) fn drop_records(&mut self, store: &mut dyn Storage, records: &Records, why: DropReason) {
+    pub(super) fn drop_records(
+        &mut self,
+        store: &mut dyn Storage,
+        records: &Records,
+        why: DropReason,
+    ) {
         self.stats.count_dropped(why, records.len() as u64);
         store.dropped(records, why);
     }

@@ -5,13 +5,13 @@
 //! the commands change.
 
 use crate::command::LinkAction;
+use crate::config::setting::{Setting, Value};
 use crate::config::{
     durability, fallback_key, Durability, Settings, Unroutable, FALLBACK_DB, FALLBACK_KEY,
     FALLBACK_KEY_DEFAULT, ON_UNROUTABLE, OUTBOX, TUNABLES,
 };
 use crate::host::rawconfig::{self, Config};
 use crate::host::{outbox, redact, state, values};
-use crate::config::setting::{Setting, Value};
 use redis_module::configuration::{
     register_enum_configuration, register_i64_configuration, ConfigurationContext,
     ConfigurationFlags, ConfigurationValue, EnumConfigurationValue,

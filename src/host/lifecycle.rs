@@ -38,17 +38,18 @@ fn node_tag() -> String {
     format!("{:016x}", h.finish())
 }
 
-fn is_valkey_9(ctx: &Context) -> bool {
+/// The server's Valkey version (major, minor); `None` on Redis.
+fn valkey_version(ctx: &Context) -> Option<(u32, u32)> {
     let info = match ctx.call("INFO", &["server"]) {
         Ok(redis_module::RedisValue::SimpleString(s))
         | Ok(redis_module::RedisValue::BulkString(s)) => s,
-        _ => return false,
+        _ => return None,
     };
-    info.lines()
-        .find_map(|l| l.strip_prefix("valkey_version:"))
-        .and_then(|v| v.split('.').next())
-        .and_then(|m| m.trim().parse::<u32>().ok())
-        .is_some_and(|m| m >= 9)
+    let v = info
+        .lines()
+        .find_map(|l| l.strip_prefix("valkey_version:"))?;
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
 /// The server events the crate's `redis_module!` subscribed to before
@@ -149,13 +150,20 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
         crate::endpoint::addresses(&settings.amqp).join(","), settings.amqp.exchange, settings.amqp.routing_key
     ));
     let limits = crate::host::limits::now();
-    let mut engine = Engine::new(settings, master, Intake::new(&tag, &base, limits.batch), limits);
+    let mut engine = Engine::new(
+        settings,
+        master,
+        Intake::new(&tag, &base, limits.batch),
+        limits,
+    );
     engine.set_loading(flags.contains(ContextFlags::LOADING));
     if !notify::subscribe(ctx, types.0) {
         return refuse_load(ctx, "cannot subscribe to keyspace events");
     }
     let listen = crate::host::values::wanted(engine.settings(), engine.is_loading());
-    crate::host::values::init(ctx, listen);
+    let valkey = valkey_version(ctx);
+    // Valkey 8.1 moved the keyspace to its own hash table (see `values`).
+    crate::host::values::init(ctx, listen, valkey.is_some_and(|v| v >= (8, 1)));
     // Only now, with every check passed, does the module hold state.
     state::install(State {
         engine,
@@ -177,7 +185,7 @@ pub fn load(ctx: &Context, args: &[RedisString]) -> Status {
     // `events`); Valkey 9 refuses atomic slot migration unless every module
     // declares it.
     let mut options = raw::REDISMODULE_OPTIONS_HANDLE_REPL_ASYNC_LOAD as i32;
-    let valkey_9 = is_valkey_9(ctx);
+    let valkey_9 = valkey.is_some_and(|(major, _)| major >= 9);
     if valkey_9 {
         options |= HANDLE_ATOMIC_SLOT_MIGRATION;
     }

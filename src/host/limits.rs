@@ -30,4 +30,3 @@ pub fn now() -> Limits {
         flush_interval: Duration::from_millis(FLUSH_INTERVAL_MS.get().unsigned_abs()),
     }
 }
-

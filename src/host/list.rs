@@ -15,10 +15,9 @@
 //! trim is allowed again.
 
 use crate::engine::{Storage, StoreError};
+use crate::host::rawkey::{local_list_len, push_direct, read_direct, CHUNK};
 use crate::queue::Records;
 use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context};
-use crate::host::rawkey::{local_list_len, push_direct, read_direct, CHUNK};
-
 
 /// `RedisModule_Call` options for writes: replicated (`!`), errors as replies, OOM-checked.
 pub(crate) fn write_opts() -> CallOptions {
@@ -311,4 +310,3 @@ impl RedisList<'_> {
 /// Used memory (as a share of `maxmemory`) under which a push may skip
 /// `RedisModule_Call`'s OOM check: one chunk cannot reach the limit.
 const DIRECT_MEMORY_RATIO: f32 = 0.9;
-

@@ -11,9 +11,9 @@
 //! the module-only `key_trimmed` event, which this module never subscribes
 //! to.
 
-use crate::host::state::{self, State};
 use crate::host::guard;
 use crate::host::list::read_opts;
+use crate::host::state::{self, State};
 use redis_module::{raw, CallReply, CallResult, Context};
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -72,7 +72,10 @@ extern "C" fn on_keyspace_event(
         let handled = state::with(|st| {
             let ctx = Context::new(ctx);
             drain_deferred(&ctx, st);
-            if st.cluster && st.engine.is_master() && crate::host::moves::is_move(&ctx, st, event, key) {
+            if st.cluster
+                && st.engine.is_master()
+                && crate::host::moves::is_move(&ctx, st, event, key)
+            {
                 st.engine.count_moved();
                 return;
             }

@@ -8,8 +8,8 @@
 //! - the apply callback (`applyfn`), which the server calls once the whole
 //!   `CONFIG SET` is set.
 
-use crate::host::guard;
 use crate::config::setting::Value;
+use crate::host::guard;
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::{raw, Context, RedisString};
 use std::ffi::CString;

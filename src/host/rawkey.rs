@@ -113,7 +113,6 @@ pub(crate) fn local_list_len(ctx: &Context, key: &[u8]) -> Option<u64> {
     }
 }
 
-
 /// Reads up to `n` records from index `start` through the key API
 /// (`RedisModule_ListGet`, which steps one iterator along the list), without
 /// the reply `LRANGE` builds and the module parses again. `None`: a value of
@@ -165,7 +164,6 @@ pub(crate) fn read_direct(ctx: &Context, key: &[u8], start: usize, n: usize) -> 
     }
     Some(out)
 }
-
 
 /// Pushes `records` (in the order given; `cmd` is `RPUSH` or `LPUSH`) through
 /// the key API, replicating one `cmd` per chunk of [`CHUNK`]. `Ok(None)`: the

@@ -38,4 +38,3 @@ pub struct Snapshot {
     /// The scan of the current database returned its last keys.
     pub scanned: bool,
 }
-

@@ -15,10 +15,10 @@
 
 use crate::config::{QUEUE_MAX_BYTES, SNAPSHOT_BACKLOG_MAX, SNAPSHOT_SLICE_US};
 use crate::engine::{Accepted, Origin};
+use crate::host::scan::Cursor;
 use crate::host::state::State;
 use crate::host::{deferred, outbox, values};
 use crate::json::Values;
-use crate::host::scan::Cursor;
 use crate::snapshot::{Phase, Request};
 use redis_module::{raw, Context, RedisString};
 use std::os::raw::{c_int, c_void};
@@ -198,7 +198,9 @@ fn exists(ctx: &Context, keyobj: *mut raw::RedisModuleString) -> bool {
 /// passes the masks.
 fn send_key(ctx: &Context, st: &mut State, db: i32, key: &[u8], outbox: bool) {
     let prefix = st.list_key.key_prefix.as_bytes();
-    if key.starts_with(prefix) || st.moves.is_silent(key) || !st.engine.settings().masks.matches(key)
+    if key.starts_with(prefix)
+        || st.moves.is_silent(key)
+        || !st.engine.settings().masks.matches(key)
     {
         return;
     }

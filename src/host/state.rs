@@ -10,7 +10,6 @@ use crate::host::list::ListKey;
 use crate::slots::SlotView;
 use std::cell::RefCell;
 
-
 /// Everything the module holds.
 #[derive(Debug)]
 pub struct State {

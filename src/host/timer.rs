@@ -103,7 +103,9 @@ pub fn tick(ctx: &Context, st: &mut State) {
         crate::host::cluster::adopt(ctx, st);
     }
     let mut list = RedisList::new(ctx, &mut st.list_key).in_unit();
-    let todo = st.engine.tick(&mut list, &mut st.client, &crate::host::limits::now(), now);
+    let todo = st
+        .engine
+        .tick(&mut list, &mut st.client, &crate::host::limits::now(), now);
     crate::host::cluster::after_list_writes(ctx, st, todo, false);
     crate::host::snapshot::step(ctx, st);
     crate::host::deferred::drain(ctx, st);

@@ -17,7 +17,7 @@
 //! callback could expire it or notify a miss, so values are refused there.
 
 use crate::host::{guard, state};
-use crate::json::{Format, Values};
+use crate::json::{self, Format, Kind, Values};
 use redis_module::{raw, Context, RedisString};
 use std::cell::{Cell, RefCell};
 use std::os::raw::{c_int, c_void};
@@ -39,6 +39,7 @@ thread_local! {
     static CLEAR_ARMED: Cell<bool> = const { Cell::new(false) };
     static SUBSCRIBED: Cell<bool> = const { Cell::new(false) };
     static OWN_CTX: Cell<*mut raw::RedisModuleCtx> = const { Cell::new(std::ptr::null_mut()) };
+    static OVERWRITE_UNREADABLE: Cell<bool> = const { Cell::new(false) };
 }
 
 fn key_event() -> raw::RedisModuleEvent {
@@ -78,7 +79,11 @@ pub const NO_KEY_EVENT: &str = "values before and both need the server's key eve
 /// Keeps a context of the module's own (detached) for later changes of
 /// the key-event subscription (config changes and loading events come
 /// without one that could subscribe), and subscribes when `want`. At load.
-pub fn init(ctx: &Context, want: bool) {
+/// `hashtable_keyspace`: the server is Valkey 8.1 or later, where a string
+/// replaced by a write cannot be read in the key event (see
+/// [`unreadable_overwrite`]).
+pub fn init(ctx: &Context, want: bool, hashtable_keyspace: bool) {
+    OVERWRITE_UNREADABLE.with(|c| c.set(hashtable_keyspace));
     // SAFETY: OnLoad, valid context; the detached context lives until unload.
     let own = unsafe { raw::RedisModule_GetDetachedThreadSafeContext.map(|f| f(ctx.ctx)) };
     if let Some(own) = own.filter(|c| !c.is_null()) {
@@ -201,8 +206,11 @@ extern "C" fn on_key_event(
         // SAFETY: a live key handle from the server.
         let db = unsafe { raw::RedisModule_GetDbIdFromModuleKey.map_or(0, |f| f(kp)) };
         let mut image = Vec::new();
+        // SAFETY: a live key handle from the server.
+        if unsafe { unreadable_overwrite(kp, subevent) } {
+            json::push_omitted_unreadable(&mut image, Kind::String);
         // SAFETY: the server's key handle, opened READ; `ctx` is live.
-        if !unsafe { crate::host::image::read(ctx, kp, None, cap, &mut image) } {
+        } else if !unsafe { crate::host::image::read(ctx, kp, None, cap, &mut image) } {
             return;
         }
         STASH.with(|s| {
@@ -220,6 +228,30 @@ extern "C" fn on_key_event(
         });
         arm_clear(ctx);
     });
+}
+
+/// True when the key event reports a string about to be overwritten on
+/// Valkey 8.1 or later: its before-image is left out.
+///
+/// There the key event of an overwrite fires from `dbSetValue` while the
+/// server holds a reference into its keyspace hash table (`oldref`), and
+/// `RedisModule_StringDMA` of a string that is not raw (small, or an
+/// integer) replaces the value through a second lookup
+/// (`dbUnshareStringValue`). A lookup during incremental rehashing moves a
+/// bucket, so the server then reads and writes through a stale reference:
+/// use after free, a lost write, and a crash ("Unknown object type",
+/// Valkey 9.1.2, found by the leak check under memcheck). Reading the
+/// string any other way (a `GET`) is a lookup too. Deletes, expiry and
+/// eviction fire the key event inside a two-phase pop, which pauses
+/// rehashing: their strings are read.
+///
+/// # Safety
+/// `kp` must be the live key handle of the key event.
+unsafe fn unreadable_overwrite(kp: *mut raw::RedisModuleKey, subevent: u64) -> bool {
+    subevent == raw::REDISMODULE_SUBEVENT_KEY_OVERWRITTEN
+        && OVERWRITE_UNREADABLE.with(Cell::get)
+        && raw::RedisModule_KeyType
+            .is_some_and(|t| t(kp) == raw::REDISMODULE_KEYTYPE_STRING as c_int)
 }
 
 /// Arms the job that empties the stash at the end of the execution unit.
@@ -327,4 +359,3 @@ pub(crate) fn with_db<R>(ctx: &Context, db: i32, f: impl FnOnce() -> R) -> R {
         r
     }
 }
-
