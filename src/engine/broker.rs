@@ -1,7 +1,8 @@
 //! The broker as the engine sees it: requests go in, outcomes come out, and
-//! nothing ever waits. [`crate::amqp::Client`] is the real implementation.
+//! nothing ever waits. The host implements it on the real AMQP side
+//! (`host::client`); the model test on a scripted broker.
 
-use crate::amqp::{Client, Outcome, Request};
+use crate::amqp::{Outcome, Request};
 
 /// A non-blocking link to the broker side.
 pub trait Broker {
@@ -12,39 +13,4 @@ pub trait Broker {
     /// False once the broker side is gone for good (its task died): the
     /// engine then fails what was in flight and the host starts a new one.
     fn alive(&self) -> bool;
-}
-
-/// The real broker side, started on first use.
-#[derive(Default)]
-pub struct LazyClient(Option<Client>);
-
-impl LazyClient {
-    /// Forgets a dead client; the next request starts a new one.
-    pub fn reset(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Broker for LazyClient {
-    fn send(&mut self, req: Request) {
-        self.0.get_or_insert_with(Client::start).send(req);
-    }
-
-    fn poll(&mut self) -> Option<Outcome> {
-        self.0.as_ref().and_then(Client::poll)
-    }
-
-    fn alive(&self) -> bool {
-        self.0.as_ref().is_none_or(Client::alive)
-    }
-}
-
-impl std::fmt::Debug for LazyClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "LazyClient(started)"
-        } else {
-            "LazyClient(idle)"
-        })
-    }
 }

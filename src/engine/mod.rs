@@ -35,7 +35,7 @@ mod tick;
 
 use crate::config::Settings;
 use crate::queue::{EventQueue, Records};
-pub use broker::{Broker, LazyClient};
+pub use broker::Broker;
 pub use intake::{Accepted, DbEvent, Intake, Origin};
 pub use list::ListView;
 pub use states::{Adoption, Leftovers, Limits, Link, Load, Notice, Role};

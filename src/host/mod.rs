@@ -5,6 +5,7 @@
 //! imports it.
 
 pub mod classes;
+pub mod client;
 pub mod cluster;
 pub mod commands;
 pub mod configs;

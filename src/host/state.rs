@@ -4,8 +4,9 @@
 
 use crate::command::LinkAction;
 use crate::config::Settings;
-use crate::engine::{Engine, LazyClient};
+use crate::engine::Engine;
 use crate::event::EventTypes;
+use crate::host::client::LazyClient;
 use crate::host::list::ListKey;
 use crate::slots::SlotView;
 use std::cell::RefCell;
