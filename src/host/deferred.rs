@@ -11,6 +11,7 @@ use crate::host::values;
 use crate::json::Values;
 use redis_module::{raw, Context};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// An event kept for later.
 struct Deferred {
@@ -23,6 +24,10 @@ thread_local! {
     static DEFERRED: RefCell<Vec<Deferred>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Something was deferred: the one check the keyspace callback pays per
+/// event (a thread-local would cost a `__tls_get_addr` call).
+static ANY: AtomicBool = AtomicBool::new(false);
+
 /// Keeps an event that arrived while the state was in use.
 pub fn defer(ctx: &Context, event: &[u8], key: &[u8]) {
     // SAFETY: the valid context Redis passed to the callback.
@@ -34,6 +39,7 @@ pub fn defer(ctx: &Context, event: &[u8], key: &[u8]) {
             db,
         })
     });
+    ANY.store(true, Ordering::Relaxed);
 }
 
 /// Where a deferred event is encoded: its own database, and its values
@@ -64,8 +70,9 @@ impl Origin for Late<'_> {
 
 /// Accepts the deferred events, oldest first; returns what the engine made
 /// of each (the keyspace callback acts on them; the timer re-arms anyway).
+#[inline]
 pub fn drain(ctx: &Context, st: &mut State) -> Vec<Accepted> {
-    if DEFERRED.with(|d| d.borrow().is_empty()) {
+    if !ANY.swap(false, Ordering::Relaxed) {
         return Vec::new();
     }
     let items = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));

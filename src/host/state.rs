@@ -1,6 +1,9 @@
 //! The module's state. It lives on the Redis main thread only: every entry
 //! point that touches it (notifications, timer, commands, server events,
-//! INFO) runs there, so a thread-local `RefCell` is enough.
+//! INFO) runs there. It is a `RefCell` in a static that only the thread
+//! that installed it may reach (a plain static, not a thread-local: in a
+//! shared library every thread-local access calls `__tls_get_addr`, and the
+//! keyspace callback pays each one per event).
 
 use crate::command::LinkAction;
 use crate::config::Settings;
@@ -10,6 +13,7 @@ use crate::host::client::LazyClient;
 use crate::host::list::ListKey;
 use crate::slots::SlotView;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Everything the module holds.
 #[derive(Debug)]
@@ -39,33 +43,64 @@ pub struct State {
     pub snapshot: crate::host::scan::Snapshot,
 }
 
-thread_local! {
-    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+/// The state and the thread that owns it (the one that installed it: the
+/// server's main thread).
+struct MainCell {
+    owner: AtomicUsize,
+    cell: RefCell<Option<State>>,
 }
 
-/// Installs the state at load.
+// SAFETY: `cell` is only ever touched by the thread whose id is in `owner`
+// (see `here`); every other thread gets `None` without touching it.
+unsafe impl Sync for MainCell {}
+
+static STATE: MainCell = MainCell {
+    owner: AtomicUsize::new(0),
+    cell: RefCell::new(None),
+};
+
+/// This thread's id, as `pthread_self` gives it.
+#[inline]
+fn thread_id() -> usize {
+    // SAFETY: no arguments; always succeeds.
+    unsafe { libc::pthread_self() as usize }
+}
+
+/// The cell, when this thread owns it.
+#[inline]
+fn here() -> Option<&'static RefCell<Option<State>>> {
+    (STATE.owner.load(Ordering::Relaxed) == thread_id()).then_some(&STATE.cell)
+}
+
+/// Installs the state at load, on the thread that will own it.
 pub fn install(state: State) {
-    STATE.with(|s| *s.borrow_mut() = Some(state));
+    let owner = STATE.owner.load(Ordering::Relaxed);
+    if owner != 0 && owner != thread_id() {
+        return;
+    }
+    STATE.owner.store(thread_id(), Ordering::Relaxed);
+    if let Ok(mut s) = STATE.cell.try_borrow_mut() {
+        *s = Some(state);
+    }
 }
 
 /// Drops the state (a clean unload).
 pub fn take() -> Option<State> {
-    STATE.with(|s| s.try_borrow_mut().ok().and_then(|mut g| g.take()))
+    here().and_then(|s| s.try_borrow_mut().ok().and_then(|mut g| g.take()))
 }
 
-/// Runs `f` on the state; `None` when it is not installed or already borrowed
-/// (a notification fired by the module's own list write).
+/// Runs `f` on the state; `None` when it is not installed, already
+/// borrowed (a notification fired by the module's own work), or this is
+/// not the thread that owns it.
 #[inline]
 pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
-    STATE.with(|s| {
-        let mut guard = s.try_borrow_mut().ok()?;
-        guard.as_mut().map(f)
-    })
+    let mut guard = here()?.try_borrow_mut().ok()?;
+    guard.as_mut().map(f)
 }
 
 /// True while the state is in use (a notification now is a nested one).
 pub fn busy() -> bool {
-    STATE.with(|s| s.try_borrow_mut().is_err())
+    here().is_some_and(|s| s.try_borrow_mut().is_err())
 }
 
 impl State {
