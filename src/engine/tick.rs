@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 /// The tick interval while half the in-flight window or more waits for
 /// confirms (`flush-interval-ms` when that is longer): the broker has work
 /// for a while and a tick would find few confirms.
-const BUSY_WINDOW_INTERVAL: Duration = Duration::from_millis(20);
+pub const BUSY_WINDOW_INTERVAL: Duration = Duration::from_millis(20);
 
 /// What the host must do after a tick or an outbox job.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -96,14 +96,24 @@ impl Engine {
     /// When the next tick is due: `None` when the engine has nothing to do
     /// (the host then ticks it rarely, to notice what changed behind its
     /// back); the short interval while there is work, longer while half the
-    /// window or more waits for confirms.
-    pub fn next_tick(&self) -> Option<Duration> {
+    /// window or more waits for confirms, and the rest of a backoff when
+    /// that is all there is (records held after returns or nacks, nothing
+    /// in memory or in flight).
+    pub fn next_tick(&self, now: Instant) -> Option<Duration> {
         if !self.busy() {
             return None;
         }
         let mut period = self.limits.flush_interval;
         if self.inflight_events >= self.limits.window.div_ceil(2).max(1) {
             period = period.max(BUSY_WINDOW_INTERVAL);
+        }
+        if self.queue.is_empty()
+            && self.inflight_events == 0
+            && self.returns.is_empty()
+            && !self.intake.pending()
+        {
+            let wait = self.unroutable.retry_in(now).max(self.nacked.retry_in(now));
+            period = period.max(wait);
         }
         Some(period)
     }

@@ -123,12 +123,14 @@ impl State {
 
     /// When the next tick is due (`None`: nothing to do).
     pub fn next_tick(&self) -> Option<std::time::Duration> {
-        self.engine.next_tick().or_else(|| {
-            self.snapshot
-                .walk
-                .running()
-                .then(|| crate::host::limits::now().flush_interval)
-        })
+        self.engine
+            .next_tick(std::time::Instant::now())
+            .or_else(|| {
+                self.snapshot
+                    .walk
+                    .running()
+                    .then(|| crate::host::limits::now().flush_interval)
+            })
     }
 
     /// Records the error shown in INFO.

@@ -62,7 +62,8 @@ pub fn arm(ctx: &Context, st: &mut State) {
         st.timer_fast = false;
         return;
     };
-    st.timer_fast = true;
+    // A longer wait (a backoff) is brought forward by the next event.
+    st.timer_fast = period <= crate::engine::BUSY_WINDOW_INTERVAL;
     st.timer = Some(ctx.create_timer(period, on_timer, ()));
 }
 
