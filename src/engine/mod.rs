@@ -39,7 +39,7 @@ pub use broker::Broker;
 pub use intake::{Accepted, DbEvent, Intake, Origin};
 pub use list::ListView;
 pub use states::{Adoption, Leftovers, Limits, Link, Load, Notice, Role};
-use states::{At, Detached, InFlight, ListWrites, Rate, Sending};
+use states::{At, Detached, InFlight, ListWrites, Pace, Rate, Sending};
 pub use stats::{DropReason, Stats};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -90,6 +90,7 @@ pub struct Engine {
     generation: u64,
     next_batch: u64,
     rate: Rate,
+    pace: Pace,
     list_writes: ListWrites,
     /// Records came back unroutable: the backoff and the probe.
     unroutable: backoff::Backoff,
@@ -136,6 +137,7 @@ impl Engine {
                 burst_since: None,
                 last_fast: None,
             },
+            pace: Pace::default(),
             list_writes: ListWrites::Accepted,
             unroutable: backoff::Backoff::default(),
             nacked: backoff::Backoff::default(),

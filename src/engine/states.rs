@@ -181,6 +181,47 @@ pub(super) struct Rate {
     pub(super) last_fast: Option<Instant>,
 }
 
+/// How fast the broker confirms: the tick's pace while the in-flight
+/// window is half full or more (a tick sooner would find few confirms,
+/// and every tick wakes the server's event loop).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Pace {
+    /// When the rate was last measured, and `confirmed` then.
+    mark: Option<(Instant, u64)>,
+    /// Confirmed events per second (a moving average; 0: not known yet).
+    rate: f64,
+}
+
+impl Pace {
+    /// Measures the confirm rate at a tick (every 50 ms at most).
+    pub(super) fn observe(&mut self, now: Instant, confirmed: u64) {
+        let Some((at, base)) = self.mark else {
+            self.mark = Some((now, confirmed));
+            return;
+        };
+        let dt = now.saturating_duration_since(at).as_secs_f64();
+        if dt < 0.05 {
+            return;
+        }
+        let rate = confirmed.saturating_sub(base) as f64 / dt;
+        self.rate = if self.rate == 0.0 {
+            rate
+        } else {
+            0.5 * self.rate + 0.5 * rate
+        };
+        self.mark = Some((now, confirmed));
+    }
+
+    /// The time the broker takes to confirm `events` at the measured rate,
+    /// between `min` and `max` (`min` while the rate is not known).
+    pub(super) fn time_for(&self, events: usize, min: Duration, max: Duration) -> Duration {
+        if self.rate < 1.0 {
+            return min;
+        }
+        Duration::from_secs_f64(events as f64 / self.rate).clamp(min, max)
+    }
+}
+
 /// A line for the server log; the host writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -223,4 +264,27 @@ pub(super) struct InFlight {
     /// at its first returned record only under `store`, and its settle
     /// must read its returns the same way.
     pub(super) on_unroutable: Unroutable,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pace follows the confirm rate, within its bounds.
+    #[test]
+    fn the_pace_is_the_time_to_confirm_half_a_window() {
+        let (min, max) = (Duration::from_millis(20), Duration::from_millis(100));
+        let mut p = Pace::default();
+        let t = Instant::now();
+        assert_eq!(p.time_for(4096, min, max), min, "no rate yet");
+        p.observe(t, 0);
+        p.observe(t + Duration::from_millis(10), 1000); // too soon to measure
+        assert_eq!(p.time_for(4096, min, max), min);
+        p.observe(t + Duration::from_secs(1), 50_000); // 50,000 a second
+        assert_eq!(p.time_for(2500, min, max), Duration::from_millis(50));
+        assert_eq!(p.time_for(100_000, min, max), max, "a slow broker: the cap");
+        assert_eq!(p.time_for(10, min, max), min, "a fast broker: the floor");
+        p.observe(t + Duration::from_secs(2), 50_000); // stalled: the average halves
+        assert_eq!(p.time_for(2500, min, max), Duration::from_millis(100));
+    }
 }

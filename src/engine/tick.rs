@@ -4,10 +4,16 @@ use super::{Broker, Engine, Limits, Link, Notice, Sending, Storage};
 use crate::config::Unroutable;
 use std::time::{Duration, Instant};
 
-/// The tick interval while half the in-flight window or more waits for
-/// confirms (`flush-interval-ms` when that is longer): the broker has work
-/// for a while and a tick would find few confirms.
+/// The shortest tick interval while half the in-flight window or more
+/// waits for confirms (`flush-interval-ms` when that is longer): the broker
+/// has work for a while and a tick would find few confirms. The interval
+/// grows to the time the broker takes to confirm half the window, at the
+/// rate measured (up to [`MAX_WINDOW_INTERVAL`]).
 pub const BUSY_WINDOW_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The longest tick interval while the window waits for confirms (a slow
+/// broker): the module still notices a dead link or a full queue soon.
+const MAX_WINDOW_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the host must do after a tick or an outbox job.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,6 +50,7 @@ impl Engine {
         self.tick_accepted = self.stats.accepted;
         self.collect(broker);
         self.settle(store);
+        self.pace.observe(now, self.stats.confirmed);
         if limits.on_unroutable != Unroutable::Store {
             self.unroutable.confirmed();
         }
@@ -104,8 +111,13 @@ impl Engine {
             return None;
         }
         let mut period = self.limits.flush_interval;
-        if self.inflight_events >= self.limits.window.div_ceil(2).max(1) {
-            period = period.max(BUSY_WINDOW_INTERVAL);
+        let half = self.limits.window.div_ceil(2).max(1);
+        if self.inflight_events >= half {
+            // The next tick when about half the window is confirmed.
+            let wait = self
+                .pace
+                .time_for(half, BUSY_WINDOW_INTERVAL, MAX_WINDOW_INTERVAL);
+            period = period.max(wait);
         }
         if self.queue.is_empty()
             && self.inflight_events == 0
