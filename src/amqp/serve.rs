@@ -314,12 +314,20 @@ pub(super) async fn serve(
         .with_app_id("key_evt_amqp".into())
         .with_delivery_mode(settings.delivery_mode);
     let next = loop {
+        // Only this loop adds to `pending`: when it is empty now, it stays
+        // empty until a batch comes, and an idle link arms no timer (no
+        // wake-up of this thread or of the timer reactor).
+        let waiting = pending.lock().map_or(true, |p| !p.is_empty());
         let wake = future::or(
             future::or(async { Wake::Req(rx.recv().await) }, async {
                 Wake::Conn(events.next().await)
             }),
             async {
-                async_io::Timer::after(CONFIRM_CHECK).await;
+                if waiting {
+                    async_io::Timer::after(CONFIRM_CHECK).await;
+                } else {
+                    future::pending::<()>().await;
+                }
                 Wake::Check
             },
         )
