@@ -482,11 +482,10 @@ fn mutual_tls_with_a_client_certificate_and_external_auth() {
 
 #[test]
 fn the_uri_config_reaches_a_vhost_that_needs_percent_encoding() {
-    let port = amqp_port();
+    // The main broker is reached by port; rabbitmqctl needs its node name.
+    let (port, node) = common::main_broker();
     let vhost = common::unique("kea/v");
     let user = common::unique("kea-uri");
-    // The main broker is reached by port; rabbitmqctl needs its node name.
-    let node = std::env::var("KEA_MAIN_NODE").unwrap_or_else(|_| node_at(port));
     let ctl = |args: &[&str]| rabbitmqctl(&node, args);
     ctl(&["add_vhost", &vhost]);
     ctl(&["add_user", &user, "p@ss/w%rd,x"]);
@@ -535,28 +534,4 @@ fn the_uri_config_reaches_a_vhost_that_needs_percent_encoding() {
         .unwrap_err();
     assert!(e.contains("uri") && !e.contains("secret9"), "{e}");
     drop(cleanup);
-}
-
-/// The `scripts/rabbitmq` name of the node listening on `port`, when
-/// `KEA_MAIN_NODE` does not say.
-fn node_at(port: u16) -> String {
-    let names = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.deps/rabbitmq"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    for name in names {
-        let Ok(out) = common::try_rabbitmqctl(
-            &name,
-            &["eval", "application:get_env(rabbit, tcp_listeners)."],
-        ) else {
-            continue;
-        };
-        if out.contains(&port.to_string()) {
-            return name;
-        }
-    }
-    panic!("no node of .deps/rabbitmq listens on {port}");
 }

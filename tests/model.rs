@@ -618,8 +618,10 @@ impl World {
         Ok(())
     }
 
-    /// Ends the run: the broker comes back and settles everything.
-    fn finish(&mut self) -> Result<(), TestCaseError> {
+    /// The broker comes back, the list takes writes again, the node is a
+    /// master out of loading and adoption: ticks until nothing is left to
+    /// settle (at most 400).
+    fn settle(&mut self) {
         self.list.paused = false;
         self.list.refuse_writes = false;
         self.list.misplaced = false;
@@ -627,7 +629,6 @@ impl World {
             self.engine.set_role(true);
             self.engine.after_promotion(&mut self.list);
         }
-        self.limits.queue_max_events = 1000;
         self.engine.end_adoption();
         self.engine.set_loading(false);
         for _ in 0..400 {
@@ -644,6 +645,12 @@ impl World {
                 break;
             }
         }
+    }
+
+    /// Ends the run: the broker comes back and settles everything.
+    fn finish(&mut self) -> Result<(), TestCaseError> {
+        self.limits.queue_max_events = 1000;
+        self.settle();
         self.check()?;
         prop_assert!(
             self.list.items.is_empty(),
@@ -803,21 +810,7 @@ fn foreign_writes_are_covered_by_the_counters() {
                 }
                 prop_assert!(w.violation.is_none(), "{:?}", w.violation);
             }
-            w.list.paused = false;
-            w.list.refuse_writes = false;
-            w.list.misplaced = false;
-            if !w.engine.is_master() {
-                w.engine.set_role(true);
-                w.engine.after_promotion(&mut w.list);
-            }
-            w.engine.end_adoption();
-            w.engine.set_loading(false);
-            for _ in 0..400 {
-                w.tick();
-                w.apply(&Op::Connect);
-                w.apply(&Op::AckAll);
-                w.apply(&Op::Block(false));
-            }
+            w.settle();
             let st = w.engine.stats();
             let delivered: HashSet<u64> = w.broker.delivered.iter().copied().collect();
             let missing = (0..w.next_id).filter(|i| !delivered.contains(i)).count() as u64;
