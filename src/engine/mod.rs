@@ -44,7 +44,7 @@ pub use stats::{DropReason, Stats};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 pub use storage::{MemList, Storage, StoreError};
-pub use tick::{Todo, BUSY_WINDOW_INTERVAL};
+pub use tick::{Todo, MAX_WINDOW_INTERVAL};
 
 /// How often the real list length is read: while records are stored, and while none are.
 const SYNC_BUSY: Duration = Duration::from_millis(100);

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 /// has work for a while and a tick would find few confirms. The interval
 /// grows to the time the broker takes to confirm half the window, at the
 /// rate measured (up to [`MAX_WINDOW_INTERVAL`]).
-pub const BUSY_WINDOW_INTERVAL: Duration = Duration::from_millis(20);
+const BUSY_WINDOW_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The longest tick interval while the window waits for confirms (a slow
 /// broker): the module still notices a dead link or a full queue soon.
-const MAX_WINDOW_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_WINDOW_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the host must do after a tick or an outbox job.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

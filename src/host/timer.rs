@@ -62,8 +62,10 @@ pub fn arm(ctx: &Context, st: &mut State) {
         st.timer_fast = false;
         return;
     };
-    // A longer wait (a backoff) is brought forward by the next event.
-    st.timer_fast = period <= crate::engine::BUSY_WINDOW_INTERVAL;
+    // A wait longer than the engine's paced ticks (a backoff) is brought
+    // forward by the next event; a paced tick is not (the event would only
+    // re-arm the same delay, on the keyspace callback's path).
+    st.timer_fast = period <= crate::engine::MAX_WINDOW_INTERVAL;
     st.timer = Some(ctx.create_timer(period, on_timer, ()));
 }
 
